@@ -1,0 +1,24 @@
+# Thin wrappers; the work lives in scripts/ and in `mfe`.
+.PHONY: demo test build lint fmt deps bench
+
+demo: deps
+	scripts/demo.sh
+
+test: deps
+	scripts/test.sh
+
+build:
+	cargo build --workspace --all-targets
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+deps:
+	scripts/install-deps.sh
+
+bench: deps
+	scripts/bench.sh

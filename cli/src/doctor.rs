@@ -1,0 +1,14 @@
+//! `mfe doctor` (not built yet: see the issue that builds it).
+
+use crate::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Arguments of the command (accepted so `--help` lists the group).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
+}
+
+pub async fn run(_ctx: &Ctx, _args: DoctorArgs) -> anyhow::Result<()> {
+    Err(crate::not_built("doctor"))
+}

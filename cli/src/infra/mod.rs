@@ -1,0 +1,249 @@
+//! `mfe infra`: the infrastructure of SPEC §2 on one of two runtimes.
+//!
+//! - [`native`]: local processes from installed binaries, data under the state dir.
+//! - [`docker`]: containers through the Docker API (bollard), defined by docker-compose.yml.
+//!
+//! Both publish the same ports on localhost, so [`health`] probes them the same way and the
+//! rest of `mfe` never needs to know which runtime runs the stack.
+
+pub mod docker;
+pub mod health;
+pub mod native;
+pub mod nginx;
+pub mod ports;
+
+use crate::config::{Component, RuntimeKind};
+use crate::report::{Check, Report};
+use crate::Ctx;
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct InfraArgs {
+    #[command(subcommand)]
+    pub command: InfraCommand,
+}
+
+/// Runtime selection shared by every `infra` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArg {
+    /// Which runtime runs the infrastructure (default: MFE_RUNTIME, else auto).
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeKind>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InfraCommand {
+    /// Start components (all when none given), wait until healthy, print the status table.
+    Start {
+        /// Components: auth_db payments_db admin_db profile_db legacy_db rabbitmq redis nginx.
+        services: Vec<String>,
+        #[command(flatten)]
+        runtime: RuntimeArg,
+    },
+    /// Stop components (all when none given); data is kept.
+    Stop {
+        services: Vec<String>,
+        #[command(flatten)]
+        runtime: RuntimeArg,
+    },
+    /// Stop then start components, keeping their data.
+    Restart {
+        services: Vec<String>,
+        #[command(flatten)]
+        runtime: RuntimeArg,
+    },
+    /// One row per component: state, health, ports.
+    Status {
+        #[command(flatten)]
+        runtime: RuntimeArg,
+    },
+    /// Print a component's log (all components when none given).
+    Logs {
+        service: Option<String>,
+        /// Keep following the log.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end to show first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        #[command(flatten)]
+        runtime: RuntimeArg,
+    },
+    /// Stop everything and delete its data (containers, volumes, network or the state dir).
+    Clean {
+        /// Confirm deleting all data.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        runtime: RuntimeArg,
+    },
+    /// Print the RabbitMQ management URL (and open it where possible).
+    Ui,
+    /// Build the local images (debootstrap) that stand in for the official ones offline.
+    BuildImages(docker::BuildImagesArgs),
+}
+
+/// The observed state of one component, from either runtime.
+#[derive(Debug, Clone)]
+pub struct ComponentStatus {
+    pub component: Component,
+    /// `running`, `stopped`, `exited`, `not created`, `skipped`...
+    pub state: String,
+    pub healthy: bool,
+    /// Health detail or the reason it is unhealthy.
+    pub detail: String,
+    pub ports: Vec<u16>,
+}
+
+impl ComponentStatus {
+    pub fn check(&self) -> Check {
+        let ports = self.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        Check::new(self.component.name(), self.healthy, format!("{} ({}) ports {}", self.state, self.detail, ports))
+            .metric("ports", ports)
+    }
+}
+
+/// A runtime chosen for this run.
+pub enum Runtime {
+    Native(native::Native),
+    Docker(docker::Docker),
+}
+
+impl Runtime {
+    /// Resolves `--runtime` / MFE_RUNTIME; `auto` picks docker when a daemon answers and says so.
+    pub async fn select(ctx: &Ctx, wanted: Option<RuntimeKind>) -> anyhow::Result<Runtime> {
+        let kind = wanted.unwrap_or(ctx.config.runtime);
+        match kind {
+            RuntimeKind::Native => Ok(Runtime::Native(native::Native::new(&ctx.config))),
+            RuntimeKind::Docker => Ok(Runtime::Docker(docker::Docker::connect(&ctx.config).await?)),
+            RuntimeKind::Auto => {
+                if let Some(state) = native::Native::new(&ctx.config).any_running() {
+                    eprintln!("runtime: native ({state} is running from {})", ctx.config.state_dir.display());
+                    return Ok(Runtime::Native(native::Native::new(&ctx.config)));
+                }
+                match docker::Docker::connect(&ctx.config).await {
+                    Ok(d) => {
+                        eprintln!("runtime: docker (a Docker daemon answered)");
+                        Ok(Runtime::Docker(d))
+                    }
+                    Err(e) => {
+                        eprintln!("runtime: native (no Docker daemon: {})", crate::error_line(&e));
+                        Ok(Runtime::Native(native::Native::new(&ctx.config)))
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runtime::Native(_) => "native",
+            Runtime::Docker(_) => "docker",
+        }
+    }
+
+    pub async fn start(&self, comps: &[Component], explicit: bool) -> anyhow::Result<()> {
+        match self {
+            Runtime::Native(n) => n.start(comps, explicit).await,
+            Runtime::Docker(d) => d.start(comps, explicit).await,
+        }
+    }
+
+    pub async fn stop(&self, comps: &[Component]) -> anyhow::Result<()> {
+        match self {
+            Runtime::Native(n) => n.stop(comps).await,
+            Runtime::Docker(d) => d.stop(comps).await,
+        }
+    }
+
+    pub async fn restart(&self, comps: &[Component]) -> anyhow::Result<()> {
+        self.stop(comps).await?;
+        self.start(comps, true).await
+    }
+
+    pub async fn status(&self, comps: &[Component]) -> anyhow::Result<Vec<ComponentStatus>> {
+        match self {
+            Runtime::Native(n) => Ok(n.status(comps).await),
+            Runtime::Docker(d) => d.status(comps).await,
+        }
+    }
+
+    pub async fn logs(&self, comp: Option<Component>, follow: bool, tail: usize) -> anyhow::Result<()> {
+        match self {
+            Runtime::Native(n) => n.logs(comp, follow, tail).await,
+            Runtime::Docker(d) => d.logs(comp, follow, tail).await,
+        }
+    }
+
+    pub async fn clean(&self) -> anyhow::Result<()> {
+        match self {
+            Runtime::Native(n) => n.clean().await,
+            Runtime::Docker(d) => d.clean().await,
+        }
+    }
+}
+
+/// Builds the status report of `comps` on `rt`.
+pub async fn status_report(rt: &Runtime, comps: &[Component]) -> anyhow::Result<Report> {
+    let mut report = Report::new("infra status");
+    for s in rt.status(comps).await? {
+        report.push(s.check());
+    }
+    report.metric("runtime", rt.name());
+    Ok(report)
+}
+
+pub async fn run(ctx: &Ctx, args: InfraArgs) -> anyhow::Result<()> {
+    match args.command {
+        InfraCommand::Start { services, runtime } => {
+            let comps = Component::parse_list(&services)?;
+            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            rt.start(&comps, !services.is_empty()).await?;
+            status_report(&rt, &comps).await?.emit(ctx.json)
+        }
+        InfraCommand::Stop { services, runtime } => {
+            let comps = Component::parse_list(&services)?;
+            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            rt.stop(&comps).await?;
+            eprintln!("stopped: {}", comps.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "));
+            Ok(())
+        }
+        InfraCommand::Restart { services, runtime } => {
+            let comps = Component::parse_list(&services)?;
+            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            rt.restart(&comps).await?;
+            status_report(&rt, &comps).await?.emit(ctx.json)
+        }
+        InfraCommand::Status { runtime } => {
+            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            status_report(&rt, &Component::ALL).await?.emit(ctx.json)
+        }
+        InfraCommand::Logs { service, follow, tail, runtime } => {
+            let comp = service.as_deref().map(Component::parse).transpose()?;
+            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            rt.logs(comp, follow, tail).await
+        }
+        InfraCommand::Clean { yes, runtime } => {
+            anyhow::ensure!(
+                yes,
+                "`mfe infra clean` deletes all infrastructure data — run it again with --yes to confirm"
+            );
+            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            rt.clean().await?;
+            eprintln!("cleaned: every component stopped and its data removed ({} runtime)", rt.name());
+            Ok(())
+        }
+        InfraCommand::Ui => {
+            let url = format!("http://127.0.0.1:{}/", ctx.config.rabbitmq_management_port);
+            println!("{url}");
+            eprintln!("RabbitMQ management UI: {url} (user {})", ctx.config.rabbitmq_user);
+            let _ = std::process::Command::new("xdg-open")
+                .arg(&url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            Ok(())
+        }
+        InfraCommand::BuildImages(a) => docker::build_images(ctx, a).await,
+    }
+}
