@@ -13,12 +13,12 @@ pub enum TestCommand {
     /// RabbitMQ reliability suite (SPEC §7).
     EventHub,
     /// Sign-in and CRUD through the gateway and nginx.
-    Proxy,
+    Proxy(crate::proxy_test::ProxyTestArgs),
 }
 
 pub async fn run(_ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
     match args.command {
         TestCommand::EventHub => Err(crate::not_built("test event-hub")),
-        TestCommand::Proxy => Err(crate::not_built("test proxy")),
+        TestCommand::Proxy(a) => crate::proxy_test::run(_ctx, a).await,
     }
 }

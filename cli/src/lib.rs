@@ -17,6 +17,7 @@ pub mod hub_test;
 pub mod infra;
 pub mod migrate;
 pub mod pg;
+pub mod proxy_test;
 pub mod report;
 pub mod ssl;
 pub mod stack;
