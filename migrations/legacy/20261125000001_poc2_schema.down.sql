@@ -1,0 +1,10 @@
+DROP TABLE IF EXISTS "user_profiles";
+DROP TABLE IF EXISTS "system_config";
+DROP TABLE IF EXISTS "audit_logs";
+DROP TABLE IF EXISTS "payment_transactions";
+DROP TABLE IF EXISTS "payments";
+DROP TABLE IF EXISTS "refresh_tokens";
+DROP TABLE IF EXISTS "users";
+DROP TYPE IF EXISTS "PaymentType";
+DROP TYPE IF EXISTS "PaymentStatus";
+DROP TYPE IF EXISTS "Role";
