@@ -1,14 +1,108 @@
-//! `mfe doctor` (not built yet: see the issue that builds it).
+//! `mfe doctor`: checks what the stack needs — binaries or a Docker daemon, ports, certificates,
+//! environment, connectivity — and says how to fix each problem.
 
+use crate::config::Component;
+use crate::infra::{health, native, ports};
+use crate::report::{Check, Report};
 use crate::Ctx;
 
 #[derive(Debug, clap::Args)]
-pub struct DoctorArgs {
-    /// Arguments of the command (accepted so `--help` lists the group).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+pub struct DoctorArgs {}
+
+pub async fn run(ctx: &Ctx, _args: DoctorArgs) -> anyhow::Result<()> {
+    doctor_report(ctx).await.emit(ctx.json)
 }
 
-pub async fn run(_ctx: &Ctx, _args: DoctorArgs) -> anyhow::Result<()> {
-    Err(crate::not_built("doctor"))
+/// Every check of `mfe doctor`; failing ones carry the fix in their detail.
+pub async fn doctor_report(ctx: &Ctx) -> Report {
+    let cfg = &ctx.config;
+    let mut report = Report::new("doctor");
+
+    let docker = crate::infra::docker::Docker::connect(cfg).await;
+    let docker_ok = docker.is_ok();
+    report.push(match docker {
+        Ok(_) => Check::new("docker daemon", true, "answering (docker runtime available)"),
+        Err(e) => Check::new(
+            "docker daemon",
+            true,
+            format!("not available ({}); the native runtime will be used", crate::error_line(&e)),
+        ),
+    });
+    for c in [Component::AuthDb, Component::Rabbitmq, Component::Redis, Component::Nginx] {
+        let what = match c {
+            Component::AuthDb => "postgresql binaries",
+            Component::Rabbitmq => "rabbitmq-server binary",
+            Component::Redis => "redis-server binary",
+            _ => "nginx binary",
+        };
+        report.push(match native::binary_for(c) {
+            Ok(p) => Check::new(what, true, p.display().to_string()),
+            // Binaries are only needed when no Docker daemon runs the stack.
+            Err(e) => Check::new(what, docker_ok, crate::error_line(&e)),
+        });
+    }
+
+    let running = native::Native::new(cfg);
+    for c in Component::ALL {
+        for port in cfg.ports(c).unwrap_or_default() {
+            let ours = running.pid(c).is_some();
+            let check = if !ports::in_use(port) {
+                Check::new(format!("port {port} ({c})"), true, "free")
+            } else if ours {
+                Check::new(format!("port {port} ({c})"), true, "in use by our native stack")
+            } else {
+                let probe_ok = health::probe(cfg, c).await.is_ok();
+                let who = ports::describe_taken(port);
+                Check::new(
+                    format!("port {port} ({c})"),
+                    probe_ok,
+                    if probe_ok {
+                        format!("{who}; it answers like {c}")
+                    } else {
+                        format!("{who} — stop it or move {c} to another port (.env)")
+                    },
+                )
+            };
+            report.push(check);
+        }
+    }
+
+    report.push(if cfg.ssl_cert_path.is_file() && cfg.ssl_key_path.is_file() {
+        Check::new("tls certificate", true, cfg.ssl_cert_path.display().to_string())
+    } else {
+        Check::new(
+            "tls certificate",
+            false,
+            format!("missing at {} — run `mfe ssl generate`", cfg.ssl_cert_path.display()),
+        )
+    });
+
+    let default_secret = mfe_kit::env::var("JWT_SECRET").default;
+    report.push(if cfg.jwt_secret == default_secret {
+        Check::new("JWT_SECRET", true, "development default in use — set JWT_SECRET (≥ 32 bytes) outside development")
+    } else if cfg.jwt_secret.len() < 32 {
+        Check::new("JWT_SECRET", false, "shorter than 32 bytes — use a longer random secret")
+    } else {
+        Check::new("JWT_SECRET", true, "set")
+    });
+    report.push(Check::new(
+        ".env",
+        true,
+        if cfg.root.join(".env").is_file() { "present" } else { "absent (defaults apply; see .env.example)" },
+    ));
+
+    for c in Component::ALL {
+        if c == Component::Nginx && !cfg.ssl_cert_path.is_file() {
+            continue;
+        }
+        report.push(match health::probe(cfg, c).await {
+            Ok(d) => Check::new(format!("reach {c}"), true, d),
+            Err(e) => Check::new(
+                format!("reach {c}"),
+                false,
+                format!("{} — start it with `mfe infra start {c}`", crate::error_line(&e)),
+            ),
+        });
+    }
+    report
 }
