@@ -1,10 +1,57 @@
 #!/usr/bin/env bash
-# `make demo`: the main job end to end (grows with the stack; see README).
-set -euo pipefail
+# `make demo`: the main job end to end on a fresh machine — the whole stack up, the legacy sample
+# data migrated into the per-service databases, then every probe through nginx. Prints one
+# summary table and leaves the stack running (`target/debug/mfe down` stops it).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-cargo build --workspace
+export MFE_ROOT="$PWD"
+
+echo "demo: building"
+cargo build --workspace --quiet || { echo "demo: build failed"; exit 1; }
 MFE="$PWD/target/debug/mfe"
-"$MFE" infra start --runtime native
-"$MFE" infra status --runtime native
-echo "demo: stopping (run \`mfe infra start\` to keep a stack running)"
-"$MFE" infra stop --runtime native
+HTTPS_PORT="${NGINX_HTTPS_PORT:-443}"
+BASE="https://localhost:${HTTPS_PORT}"
+EMAIL="demo-$(date +%s)@example.com"
+PASSWORD="Demo-password-2026"
+
+names=(); results=(); seconds=()
+step() {
+  local name="$1"; shift
+  echo; echo "== demo: $name"
+  local t0; t0=$(date +%s.%N)
+  if "$@"; then results+=("ok"); else results+=("FAIL"); fi
+  names+=("$name"); seconds+=("$(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?')")
+}
+
+sign_in_through_nginx() {
+  curl -sk --fail-with-body -X POST "$BASE/api/auth/signup" -H 'content-type: application/json' \
+    -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\",\"name\":\"Demo User\"}" >/dev/null || return 1
+  local body
+  body=$(curl -sk --fail-with-body -X POST "$BASE/api/auth/signin" -H 'content-type: application/json' \
+    -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}") || { echo "$body"; return 1; }
+  TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])' <<<"$body") || return 1
+  curl -sk --fail-with-body "$BASE/api/auth/me" -H "authorization: Bearer $TOKEN" >/dev/null || return 1
+  echo "signed in through nginx as $EMAIL"
+}
+
+step "mfe up (infra, certificates, schemas, services, gateway)" "$MFE" up
+step "load the sample legacy (POC-2) data" "$MFE" fixtures load --dataset sample
+step "mfe migrate run (backup, migrate, export, import, validate)" "$MFE" migrate run
+step "sign up, sign in and /me through nginx" sign_in_through_nginx
+step "mfe test proxy" "$MFE" test proxy
+step "mfe test event-hub" "$MFE" test event-hub
+step "mfe ws probe --trigger payment (through nginx)" "$MFE" ws probe --email "$EMAIL" --password "$PASSWORD" --trigger payment --insecure --url "wss://localhost:${HTTPS_PORT}/ws"
+
+echo
+printf '%-62s %-6s %s\n' "demo step" "result" "seconds"
+printf '%-62s %-6s %s\n' "---------" "------" "-------"
+failed=0
+for i in "${!names[@]}"; do
+  printf '%-62s %-6s %.1f\n' "${names[$i]}" "${results[$i]}" "${seconds[$i]}" 2>/dev/null || printf '%-62s %-6s %s\n' "${names[$i]}" "${results[$i]}" "${seconds[$i]}"
+  [ "${results[$i]}" = ok ] || failed=1
+done
+echo
+"$MFE" status || failed=1
+echo
+echo "demo: the stack is still running — stop it with \`target/debug/mfe down\`"
+exit $failed
