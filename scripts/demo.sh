@@ -18,9 +18,9 @@ names=(); results=(); seconds=()
 step() {
   local name="$1"; shift
   echo; echo "== demo: $name"
-  local t0; t0=$(date +%s.%N)
+  local t0=$SECONDS
   if "$@"; then results+=("ok"); else results+=("FAIL"); fi
-  names+=("$name"); seconds+=("$(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?')")
+  names+=("$name"); seconds+=("$((SECONDS - t0))")
 }
 
 sign_in_through_nginx() {
@@ -47,7 +47,7 @@ printf '%-62s %-6s %s\n' "demo step" "result" "seconds"
 printf '%-62s %-6s %s\n' "---------" "------" "-------"
 failed=0
 for i in "${!names[@]}"; do
-  printf '%-62s %-6s %.1f\n' "${names[$i]}" "${results[$i]}" "${seconds[$i]}" 2>/dev/null || printf '%-62s %-6s %s\n' "${names[$i]}" "${results[$i]}" "${seconds[$i]}"
+  printf '%-62s %-6s %s\n' "${names[$i]}" "${results[$i]}" "${seconds[$i]}"
   [ "${results[$i]}" = ok ] || failed=1
 done
 echo
