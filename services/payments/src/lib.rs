@@ -1,1 +1,29 @@
-//! payments
+//! The payments service: payments on their own database (payments_db), each write carrying its
+//! status history row and its event through the transactional outbox.
+//!
+//! # Layout
+//! - [`domain`]: amounts, currencies, payment types and the status state machine (no I/O).
+//! - [`store`]: every SQL statement; writes are one transaction with their history row and event.
+//! - [`routes`]: the HTTP API under `/api/payments/`.
+//! - [`list_cache`]: the Redis cache of list pages, invalidated by per-user tags.
+//! - [`psp`]: the stubbed payment provider that completes payments when configured.
+//! - [`metrics`]: business metrics (payments created, amounts) beside the kit's.
+//! - [`startup`]: [`Settings`], [`AppState`], the background broker link and [`Application`].
+//!
+//! # Invariants
+//! - The service reads and writes payments_db only; users are plain ids from tokens.
+//! - A status change happens only along the state machine of [`domain::PaymentStatus::can_become`],
+//!   and every change (creation included) commits exactly one `payment_transactions` row and
+//!   exactly one outbox event with it.
+pub mod domain;
+pub mod list_cache;
+pub mod metrics;
+pub mod psp;
+pub mod routes;
+pub mod startup;
+pub mod store;
+
+pub use startup::{AppState, Application, Settings};
+
+/// The schema of payments_db, embedded: `migrations/payments`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payments");

@@ -1,0 +1,291 @@
+//! Settings, shared state and the [`Application`] that owns the listener.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{
+    extract::{FromRef, State},
+    http::{header::CONTENT_TYPE, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use mfe_events::{Hub, HubConfig, OutboxRelay, RelayHandle};
+use mfe_kit::{
+    config::{ConfigError, Service, ServiceConfig},
+    health::{health_handler, Health},
+    metrics::{track_requests, Metrics},
+    JwtKeys,
+};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::net::TcpListener;
+
+use crate::{
+    domain::PaymentStatus,
+    list_cache::ListCache,
+    metrics::BusinessMetrics,
+    psp::Psp,
+    routes,
+    store::{self, Payment, StatusChangeError},
+};
+
+/// Everything the payments service reads at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port, database, broker, Redis and JWT secret, as every service reads them.
+    pub service: ServiceConfig,
+    /// `PSP_AUTO_COMPLETE_MS`: when set (> 0), the stubbed payment provider moves each new
+    /// payment to processing after this delay and to completed after the same delay again.
+    pub psp_step: Option<Duration>,
+    /// `PAYMENTS_LIST_CACHE_TTL_SECS` (default 60): how long a cached list page may live; writes
+    /// invalidate pages at once, the TTL only bounds memory.
+    pub list_cache_ttl: Duration,
+    /// `PAYMENTS_DB_POOL_SIZE` (default 16): connections to payments_db.
+    pub db_pool_size: u32,
+}
+
+fn env_number(name: &str) -> Result<Option<u64>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number"))),
+        _ => Ok(None),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            service: ServiceConfig::from_env(Service::Payments)?,
+            psp_step: env_number("PSP_AUTO_COMPLETE_MS")?.filter(|ms| *ms > 0).map(Duration::from_millis),
+            list_cache_ttl: Duration::from_secs(env_number("PAYMENTS_LIST_CACHE_TTL_SECS")?.unwrap_or(60).max(1)),
+            db_pool_size: env_number("PAYMENTS_DB_POOL_SIZE")?.unwrap_or(16).clamp(1, 1000) as u32,
+        })
+    }
+}
+
+/// The broker side of the service: connected in the background, so the service starts and takes
+/// payments while RabbitMQ is down; events wait in the outbox until the relay can publish them.
+#[derive(Clone, Default)]
+pub struct BrokerLink {
+    hub: Arc<OnceLock<Hub>>,
+    relay: Arc<OnceLock<RelayHandle>>,
+}
+
+impl BrokerLink {
+    /// Connects to the broker in the background, retrying with backoff until it answers, then
+    /// starts the outbox relay on `pool`.
+    pub fn connect_in_background(cfg: HubConfig, pool: PgPool) -> Self {
+        let link = Self::default();
+        let this = link.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            let mut attempts = 0u32;
+            let hub = loop {
+                match Hub::connect(cfg.clone()).await {
+                    Ok(hub) => break hub,
+                    Err(e) => {
+                        attempts += 1;
+                        // Loud on the first failure, then once a minute or so: the outbox keeps the events.
+                        if attempts == 1 || attempts % 12 == 0 {
+                            tracing::warn!(error = %e, attempts, "event hub unreachable; payments are accepted and their events wait in the outbox");
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            tracing::info!(attempts, "event hub connected; starting the outbox relay");
+            let relay = OutboxRelay::spawn(pool, hub.clone());
+            let _ = this.hub.set(hub);
+            let _ = this.relay.set(relay);
+        });
+        link
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.hub.get().is_some_and(Hub::is_connected)
+    }
+
+    /// Wakes the relay after a commit that enqueued events (it also polls and listens).
+    pub fn notify(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.notify();
+        }
+    }
+
+    /// Flushes the outbox (bounded) and closes the connection.
+    pub async fn shutdown(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.shutdown().await;
+        }
+        if let Some(hub) = self.hub.get() {
+            hub.close().await;
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub jwt: JwtKeys,
+    /// `None` when Redis was unreachable at start: lists are then read from the database.
+    pub cache: Option<ListCache>,
+    pub metrics: Metrics,
+    pub business: BusinessMetrics,
+    pub health: Health,
+    pub broker: BrokerLink,
+    pub psp: Option<Psp>,
+}
+
+impl FromRef<AppState> for JwtKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.jwt.clone()
+    }
+}
+
+impl FromRef<AppState> for Health {
+    fn from_ref(state: &AppState) -> Self {
+        state.health.clone()
+    }
+}
+
+impl AppState {
+    /// After a committed write of `payment`: stale list pages out, relay woken.
+    pub async fn after_write(&self, payment: &Payment) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(payment).await;
+        }
+        self.broker.notify();
+    }
+
+    /// Moves a payment to `status` (see [`store::change_status`]) and does the after-write work.
+    pub async fn change_status(
+        &self,
+        id: &str,
+        status: PaymentStatus,
+        message: Option<&str>,
+        psp_transaction_id: Option<&str>,
+        correlation_id: Option<String>,
+    ) -> Result<Payment, StatusChangeError> {
+        let (before, after) =
+            store::change_status(&self.db, id, status, message, psp_transaction_id, correlation_id).await?;
+        self.after_write(&after).await;
+        self.business.status_changed(status.as_str());
+        self.metrics.event_published(status.event_type());
+        tracing::info!(payment_id = %id, from = %before.status, to = %after.status, "payment status changed");
+        Ok(after)
+    }
+}
+
+/// `GET /metrics`: the kit's HTTP/cache/event metrics followed by the business metrics.
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let body = format!("{}{}", state.metrics.render(), state.business.render());
+    (StatusCode::OK, [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+/// The service's router on `state`, with the kit's correlation-id and metrics layers.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::router())
+        .route("/health", get(health_handler))
+        .route("/metrics", get(metrics_handler))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track_requests))
+        .layer(axum::middleware::from_fn(mfe_kit::telemetry::correlation_id))
+        .with_state(state)
+}
+
+/// A built service: bound, connected, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to payments_db and Redis, starts the broker link and binds the listener
+    /// (port 0 picks a free port; see [`Application::port`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let cfg = &settings.service;
+        let db = PgPoolOptions::new()
+            .max_connections(settings.db_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&cfg.database_url)
+            .await
+            .with_context(|| {
+                format!("payments_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`", redact(&cfg.database_url))
+            })?;
+        let metrics = Metrics::new(Service::Payments.name());
+        let redis = match mfe_kit::cache::connect_redis(&cfg.redis_url).await {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, url = %cfg.redis_url, "redis unreachable; payment lists are served without a cache");
+                None
+            }
+        };
+        // Cache keys carry the database name, so apps on different databases (tests) never share pages.
+        let namespace = db.connect_options().get_database().unwrap_or("payments").to_string();
+        let cache = redis.clone().map(|conn| ListCache::new(conn, settings.list_cache_ttl, metrics.clone(), namespace));
+        let broker = BrokerLink::connect_in_background(cfg.hub.clone().with_connection_name("payments-service"), db.clone());
+        let mut health = Health::new(Service::Payments.name()).database(db.clone());
+        let probe = broker.clone();
+        health = health.broker(move || probe.is_connected());
+        if let Some(conn) = redis {
+            health = health.redis(conn);
+        }
+        let state = AppState {
+            db,
+            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            cache,
+            metrics,
+            business: BusinessMetrics::new(),
+            health,
+            broker,
+            psp: settings.psp_step.map(Psp::new),
+        };
+        let listener = TcpListener::bind((cfg.bind.as_str(), cfg.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{} — is the port taken? set PORT", cfg.bind, cfg.port))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self { listener, port, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests reach the pool and the broker link through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM/Ctrl-C, then flushes the outbox and closes the broker connection.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let broker = self.state.broker.clone();
+        tracing::info!(port = self.port, "payments service listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(mfe_kit::shutdown::shutdown_signal())
+            .await
+            .context("payments service: the http server failed")?;
+        broker.shutdown().await;
+        Ok(())
+    }
+}
+
+/// `postgres://user:***@host/db` for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<invalid url>".to_string(),
+    }
+}
