@@ -1,1 +1,38 @@
-//! placeholder
+//! `mfe-events`: the event hub every service and the gateway use (SPEC §7).
+//!
+//! Events are [`Envelope`]s published to the topic exchange `events` with their type as routing
+//! key. Each consuming service reads its own durable queue; failures are retried with
+//! exponential backoff through per-queue retry queues (so only the failing consumer sees the
+//! retry) and then dead-lettered to `events.dlq` with the reason in headers.
+//!
+//! # Layout
+//! - [`envelope`]: the envelope and the event type names ([`types`]).
+//! - [`config`]: [`HubConfig`], read from `RABBITMQ_URL`, `RABBITMQ_QUEUE_TYPE`, `EVENT_RETRY_DELAYS_MS`.
+//! - [`topology`]: exchanges, queues and bindings as data, matching `rabbitmq/definitions.json`.
+//! - [`hub`]: [`Hub`], the connection manager, confirmed publisher and consumer runner.
+//! - [`handler`]: the [`Handler`] trait and [`handler_fn`] for closures.
+//! - [`outbox`]: the transactional outbox and its relay.
+//! - [`idempotency`]: once-per-consumer processing of an event id.
+//!
+//! The tables (`event_outbox`, `processed_events`) are in `migrations/_shared/event_hub.up.sql`,
+//! which each service's migrations include.
+
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod handler;
+pub mod hub;
+pub mod idempotency;
+pub mod outbox;
+pub mod topology;
+
+pub use config::{HubConfig, QueueType};
+pub use envelope::{types, Envelope};
+pub use error::{HandlerError, HubError};
+pub use handler::{handler_fn, Handler};
+pub use hub::{Hub, SubscriptionHandle};
+pub use outbox::{OutboxRelay, RelayHandle};
+pub use topology::Subscription;
+
+/// The DDL of the event hub tables, for tests and tools that create scratch databases.
+pub const EVENT_HUB_DDL: &str = include_str!("../../../migrations/_shared/event_hub.up.sql");

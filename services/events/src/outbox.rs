@@ -1,0 +1,238 @@
+//! The transactional outbox: a service writes its event in the same transaction as the
+//! business change ([`enqueue`]); an [`OutboxRelay`] publishes pending rows in creation order
+//! with publisher confirms and stamps `published_at`. A broker outage only delays events:
+//! rows stay pending and the relay keeps trying.
+//!
+//! Delivery is at least once (a confirm lost with the connection means a republish), which
+//! the consumers' [`crate::idempotency`] absorbs.
+
+use crate::envelope::Envelope;
+use crate::error::HubError;
+use crate::hub::Hub;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+/// The channel `enqueue` notifies on commit, so relays on other connections wake at once.
+pub const NOTIFY_CHANNEL: &str = "event_outbox";
+
+/// Writes `env` to `event_outbox`; call it with `&mut *tx` inside the business transaction.
+pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
+    let envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO event_outbox (id, routing_key, envelope) VALUES ($1, $2, $3)")
+        .bind(env.id)
+        .bind(&env.event_type)
+        .bind(envelope)
+        .execute(&mut *conn)
+        .await?;
+    // Delivered at commit, not before; a rolled-back transaction notifies nobody.
+    sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(conn).await?;
+    Ok(())
+}
+
+/// How the relay paces itself.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows published per round (their confirms are in flight together).
+    pub batch: i64,
+    /// Pause between polls when nothing woke the relay.
+    pub poll_interval: Duration,
+    /// Longest pause after failed rounds (doubling from `poll_interval`).
+    pub max_backoff: Duration,
+    /// How long `shutdown` keeps trying to flush pending rows.
+    pub shutdown_flush: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 200,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+            shutdown_flush: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Publishes outbox rows; see the module docs.
+pub struct OutboxRelay;
+
+/// The running relay: wake it after a commit, or shut it down.
+#[derive(Clone)]
+pub struct RelayHandle {
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    done: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl RelayHandle {
+    /// Wakes the relay now (after committing a transaction that enqueued events).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Flushes pending rows (best effort, bounded by `shutdown_flush`) and stops.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.wake.notify_one();
+        if let Some(task) = self.done.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl OutboxRelay {
+    /// Starts a relay with the default pacing.
+    pub fn spawn(pool: PgPool, hub: Hub) -> RelayHandle {
+        Self::spawn_with(pool, hub, RelayConfig::default())
+    }
+
+    pub fn spawn_with(pool: PgPool, hub: Hub, cfg: RelayConfig) -> RelayHandle {
+        let wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let listener_stop = stop.child_token();
+        tokio::spawn(listen(pool.clone(), wake.clone(), listener_stop));
+        let task = tokio::spawn(relay_loop(pool, hub, cfg, wake.clone(), stop.clone()));
+        RelayHandle { wake, stop, done: Arc::new(tokio::sync::Mutex::new(Some(task))) }
+    }
+}
+
+/// Wakes the relay on every `NOTIFY event_outbox` (other processes' commits).
+async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!("outbox relay: cannot listen for notifications (polling only): {e}");
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(5)) => continue }
+            }
+        };
+        if listener.listen(NOTIFY_CHANNEL).await.is_err() {
+            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(5)) => continue }
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_one(),
+                    Err(_) => break,
+                },
+            }
+        }
+    }
+}
+
+async fn relay_loop(pool: PgPool, hub: Hub, cfg: RelayConfig, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut pause = cfg.poll_interval;
+    loop {
+        if stop.is_cancelled() {
+            let flush = async {
+                while let Ok(n) = relay_once(&pool, &hub, cfg.batch).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(cfg.shutdown_flush, flush).await;
+            return;
+        }
+        match relay_once(&pool, &hub, cfg.batch).await {
+            Ok(n) if n as i64 >= cfg.batch => {
+                pause = cfg.poll_interval;
+                continue;
+            }
+            Ok(_) => pause = cfg.poll_interval,
+            Err(e) => {
+                warn!("outbox relay: {e}; retrying in {pause:?}");
+                pause = (pause * 2).min(cfg.max_backoff);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Why a relay round stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox: database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("outbox: publishing event {id}: {source}")]
+    Publish {
+        id: Uuid,
+        #[source]
+        source: HubError,
+    },
+}
+
+/// Publishes one batch of pending rows, oldest first; returns how many were published.
+/// Rows are locked (`FOR UPDATE SKIP LOCKED`) so several relays never publish the same row.
+pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, RelayError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, envelope FROM event_outbox WHERE published_at IS NULL \
+         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut envs = Vec::with_capacity(rows.len());
+    let mut broken = Vec::new();
+    for (id, value) in rows {
+        match serde_json::from_value::<Envelope>(value) {
+            Ok(env) => envs.push(env),
+            Err(e) => broken.push((id, format!("undecodable envelope: {e}"))),
+        }
+    }
+    let results = hub.publish_batch(&envs).await;
+    let mut published = Vec::new();
+    let mut first_error = None;
+    for (env, result) in envs.iter().zip(results) {
+        match result {
+            Ok(()) => published.push(env.id),
+            // Nobody consumes this type (no queue bound): the broker accepted it; retrying
+            // cannot deliver it, so it counts as published and the reason is kept.
+            Err(e @ HubError::Unroutable { .. }) => {
+                published.push(env.id);
+                broken.push((env.id, e.to_string()));
+            }
+            Err(e) => {
+                broken.push((env.id, e.to_string()));
+                first_error.get_or_insert(RelayError::Publish { id: env.id, source: e });
+            }
+        }
+    }
+    sqlx::query("UPDATE event_outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(&published)
+        .execute(&mut *tx)
+        .await?;
+    for (id, reason) in &broken {
+        sqlx::query("UPDATE event_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(published.len()),
+    }
+}
+
+/// Rows still waiting to be published.
+pub async fn pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM event_outbox WHERE published_at IS NULL").fetch_one(pool).await?;
+    Ok(n)
+}

@@ -1,0 +1,332 @@
+//! The RabbitMQ topology of SPEC §7, as data ([`Plan`]) and as declarations on a channel.
+//!
+//! - exchange `events` (topic): every event, routing key = type;
+//! - per consumer a durable queue `<service>.events.queue` bound with that consumer's keys,
+//!   dead-lettering to `events.dlx`;
+//! - per consumer and retry delay a queue `<queue>.retry.<ms>` with that message TTL, which
+//!   dead-letters back through the default exchange to `<queue>` only — so a retry never
+//!   reaches another consumer;
+//! - exchange `events.dlx` (direct) and queue `events.dlq`, bound with routing key `events.dlq`.
+//!
+//! `rabbitmq/definitions.json` holds the same topology for the default [`HubConfig`]; a test
+//! compares the two.
+
+use crate::config::{HubConfig, QueueType};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// What a consumer reads: its queue and the routing keys bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The consuming service, e.g. `profile`; recorded on dead-lettered messages.
+    pub consumer: String,
+    /// The queue, e.g. `profile.events.queue`; empty with `exclusive` for a generated name.
+    pub queue: String,
+    /// Routing keys (topic patterns) bound to the queue, e.g. `["auth.user.registered"]`.
+    pub bindings: Vec<String>,
+    /// A per-replica queue (the gateway's): non-durable, exclusive to the connection, deleted
+    /// with it. Its retry queues expire when unused.
+    pub exclusive: bool,
+}
+
+impl Subscription {
+    /// A durable per-service queue `<consumer>.events.queue`.
+    pub fn durable(consumer: &str, bindings: &[&str]) -> Self {
+        Self {
+            consumer: consumer.into(),
+            queue: format!("{consumer}.events.queue"),
+            bindings: bindings.iter().map(|s| s.to_string()).collect(),
+            exclusive: false,
+        }
+    }
+
+    /// A per-replica queue named `<consumer>.<uuid>`, gone when the connection closes.
+    pub fn exclusive(consumer: &str, bindings: &[&str]) -> Self {
+        Self {
+            consumer: consumer.into(),
+            queue: String::new(),
+            bindings: bindings.iter().map(|s| s.to_string()).collect(),
+            exclusive: true,
+        }
+    }
+
+    /// The same subscription with every name under a private prefix (for test suites).
+    pub fn isolated(mut self, prefix: &str) -> Self {
+        if !self.queue.is_empty() {
+            self.queue = format!("{prefix}.{}", self.queue);
+        }
+        self
+    }
+}
+
+/// The four service queues of SPEC §7 and their bindings (the gateway uses exclusive queues).
+pub fn service_queues() -> Vec<Subscription> {
+    vec![
+        Subscription::durable("auth", &["auth.#"]),
+        Subscription::durable("payments", &["payments.#"]),
+        // Admin keeps the audit log of everything.
+        Subscription::durable("admin", &["#"]),
+        Subscription::durable("profile", &["auth.user.registered", "profile.#"]),
+    ]
+}
+
+/// The retry queue that holds a failed message of `queue` for `delay_ms` before it returns.
+pub fn retry_queue_name(queue: &str, delay_ms: u64) -> String {
+    format!("{queue}.retry.{delay_ms}")
+}
+
+/// Idle retry queues of exclusive subscriptions disappear after this long.
+const EXCLUSIVE_RETRY_EXPIRES_MS: i64 = 10 * 60 * 1000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDecl {
+    pub name: String,
+    /// `topic` or `direct`.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDecl {
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    /// `x-` arguments; numbers are integers, everything else strings.
+    pub arguments: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BindingDecl {
+    pub source: String,
+    pub destination: String,
+    pub routing_key: String,
+}
+
+/// A set of declarations, applied in order: exchanges, queues, bindings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub exchanges: Vec<ExchangeDecl>,
+    pub queues: Vec<QueueDecl>,
+    pub bindings: Vec<BindingDecl>,
+}
+
+impl Plan {
+    pub fn extend(&mut self, other: Plan) {
+        self.exchanges.extend(other.exchanges);
+        self.queues.extend(other.queues);
+        self.bindings.extend(other.bindings);
+    }
+}
+
+fn args(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// The shared part: the events exchange, the DLX and the DLQ.
+pub fn base_plan(cfg: &HubConfig) -> Plan {
+    Plan {
+        exchanges: vec![
+            ExchangeDecl { name: cfg.exchange.clone(), kind: "topic".into() },
+            ExchangeDecl { name: cfg.dlx.clone(), kind: "direct".into() },
+        ],
+        queues: vec![QueueDecl {
+            name: cfg.dlq.clone(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: args(&[("x-queue-type", json!(cfg.queue_type.as_str()))]),
+        }],
+        bindings: vec![BindingDecl {
+            source: cfg.dlx.clone(),
+            destination: cfg.dlq.clone(),
+            routing_key: cfg.dlq.clone(),
+        }],
+    }
+}
+
+/// One consumer's queue, its retry queues and its bindings. `sub.queue` must be set.
+pub fn subscription_plan(cfg: &HubConfig, sub: &Subscription) -> Plan {
+    let mut plan = Plan::default();
+    let mut main_args =
+        args(&[("x-dead-letter-exchange", json!(cfg.dlx)), ("x-dead-letter-routing-key", json!(cfg.dlq))]);
+    if !sub.exclusive {
+        // Exclusive queues are always classic; a queue type argument would be refused for quorum.
+        main_args.insert("x-queue-type".into(), json!(cfg.queue_type.as_str()));
+    }
+    plan.queues.push(QueueDecl {
+        name: sub.queue.clone(),
+        durable: !sub.exclusive,
+        exclusive: sub.exclusive,
+        auto_delete: sub.exclusive,
+        arguments: main_args,
+    });
+    let mut delays: Vec<u64> = cfg.retry_delays.iter().map(|d| d.as_millis() as u64).collect();
+    delays.dedup();
+    for ms in delays {
+        let mut a = args(&[
+            ("x-message-ttl", json!(ms)),
+            ("x-dead-letter-exchange", json!("")),
+            ("x-dead-letter-routing-key", json!(sub.queue)),
+        ]);
+        if sub.exclusive {
+            a.insert("x-expires".into(), json!(EXCLUSIVE_RETRY_EXPIRES_MS));
+        } else {
+            a.insert("x-queue-type".into(), json!(cfg.queue_type.as_str()));
+        }
+        plan.queues.push(QueueDecl {
+            name: retry_queue_name(&sub.queue, ms),
+            durable: !sub.exclusive,
+            exclusive: false,
+            auto_delete: false,
+            arguments: a,
+        });
+    }
+    for key in &sub.bindings {
+        plan.bindings.push(BindingDecl {
+            source: cfg.exchange.clone(),
+            destination: sub.queue.clone(),
+            routing_key: key.clone(),
+        });
+    }
+    plan
+}
+
+/// The whole topology of the platform: base plus every service queue.
+pub fn platform_plan(cfg: &HubConfig) -> Plan {
+    let mut plan = base_plan(cfg);
+    for sub in service_queues() {
+        plan.extend(subscription_plan(cfg, &sub));
+    }
+    plan
+}
+
+/// The `exchanges`, `queues` and `bindings` sections of `rabbitmq/definitions.json` for `plan`
+/// in vhost `/`.
+pub fn definitions(plan: &Plan) -> Value {
+    let exchanges: Vec<Value> = plan
+        .exchanges
+        .iter()
+        .map(|e| {
+            json!({"name": e.name, "vhost": "/", "type": e.kind, "durable": true, "auto_delete": false,
+                   "internal": false, "arguments": {}})
+        })
+        .collect();
+    let queues: Vec<Value> = plan
+        .queues
+        .iter()
+        .map(|q| json!({"name": q.name, "vhost": "/", "durable": q.durable, "auto_delete": q.auto_delete, "arguments": q.arguments}))
+        .collect();
+    let bindings: Vec<Value> = plan
+        .bindings
+        .iter()
+        .map(|b| {
+            json!({"source": b.source, "vhost": "/", "destination": b.destination, "destination_type": "queue",
+                   "routing_key": b.routing_key, "arguments": {}})
+        })
+        .collect();
+    json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
+}
+
+fn field_table(arguments: &BTreeMap<String, Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in arguments {
+        let value = match v {
+            Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
+            Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            Value::Bool(b) => AMQPValue::Boolean(*b),
+            other => AMQPValue::LongString(LongString::from(other.to_string())),
+        };
+        t.insert(ShortString::from(k.as_str()), value);
+    }
+    t
+}
+
+/// Declares `plan` on `channel` (idempotent: same arguments, same result).
+pub async fn apply(channel: &Channel, plan: &Plan) -> Result<(), lapin::Error> {
+    for e in &plan.exchanges {
+        let kind = if e.kind == "topic" { ExchangeKind::Topic } else { ExchangeKind::Direct };
+        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare(&e.name, kind, opts, FieldTable::default()).await?;
+    }
+    for q in &plan.queues {
+        let opts = QueueDeclareOptions {
+            durable: q.durable,
+            exclusive: q.exclusive,
+            auto_delete: q.auto_delete,
+            ..Default::default()
+        };
+        channel.queue_declare(&q.name, opts, field_table(&q.arguments)).await?;
+    }
+    for b in &plan.bindings {
+        channel
+            .queue_bind(&b.destination, &b.source, &b.routing_key, QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares the shared part (exchanges, DLX, DLQ): what every connection does first.
+pub async fn declare(channel: &Channel, cfg: &HubConfig) -> Result<(), lapin::Error> {
+    apply(channel, &base_plan(cfg)).await
+}
+
+/// Declares the whole platform topology (base and every service queue).
+pub async fn declare_platform(channel: &Channel, cfg: &HubConfig) -> Result<(), lapin::Error> {
+    apply(channel, &platform_plan(cfg)).await
+}
+
+/// For docs and errors: `classic` or `quorum`.
+pub fn queue_type_name(t: QueueType) -> &'static str {
+    t.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn definitions_file() -> Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rabbitmq/definitions.json");
+        let text = std::fs::read_to_string(path).expect("rabbitmq/definitions.json is readable");
+        serde_json::from_str(&text).expect("rabbitmq/definitions.json is valid JSON")
+    }
+
+    fn as_set(v: &Value, section: &str) -> BTreeSet<String> {
+        v[section].as_array().unwrap_or(&Vec::new()).iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn definitions_json_declares_exactly_the_topology_the_code_declares() {
+        let file = definitions_file();
+        let code = definitions(&platform_plan(&HubConfig::default()));
+        for section in ["exchanges", "queues", "bindings"] {
+            let (in_file, in_code) = (as_set(&file, section), as_set(&code, section));
+            let missing: Vec<_> = in_code.difference(&in_file).collect();
+            let extra: Vec<_> = in_file.difference(&in_code).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "{section}: missing from definitions.json {missing:?}; only in definitions.json {extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retry_queue_returns_messages_only_to_its_own_consumer_queue() {
+        let cfg = HubConfig::default();
+        let plan = subscription_plan(&cfg, &Subscription::durable("profile", &["auth.user.registered"]));
+        let retry = plan.queues.iter().find(|q| q.name == "profile.events.queue.retry.2000").expect("2 s retry queue");
+        assert_eq!(retry.arguments["x-message-ttl"], json!(2000));
+        assert_eq!(retry.arguments["x-dead-letter-exchange"], json!(""));
+        assert_eq!(retry.arguments["x-dead-letter-routing-key"], json!("profile.events.queue"));
+        assert!(plan.bindings.iter().all(|b| b.destination == "profile.events.queue"));
+    }
+
+    #[test]
+    fn the_admin_queue_receives_every_event() {
+        let admin = service_queues().into_iter().find(|s| s.consumer == "admin").unwrap();
+        assert_eq!(admin.bindings, vec!["#"]);
+    }
+}
