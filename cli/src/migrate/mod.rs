@@ -1,0 +1,198 @@
+//! `mfe migrate`: moves the data of the legacy shared database into the four split databases
+//! (SPEC §6) — `export`, `import`, `validate`, `rollback`, and `run` which chains them.
+//!
+//! # Layout
+//! - [`tables`]: the carried-over tables, their legacy columns and their user references.
+//! - [`export`]: one snapshot, binary COPY out, per-service files + [`manifest`].
+//! - [`import`]: manifest and file checks first, then one transaction per service; which ids it
+//!   inserted goes to [`bookkeeping`], which [`rollback`] reads to remove exactly those.
+//! - [`validate`]: count + order-independent checksum per table on both sides ([`checksum`]),
+//!   sample ids only on a mismatch, cross-service references.
+//! - [`run`]: backup → schemas → export → import → validate → rollback on failure.
+//! - [`progress`]: the line (and the bar on a terminal) every step prints.
+//!
+//! # Invariants
+//! - The legacy database is never written: every connection to it is opened with
+//!   `default_transaction_read_only=on`.
+//! - Every migrate session pins DateStyle/IntervalStyle/TimeZone, so a row renders to the same
+//!   text on both sides of a checksum.
+
+pub mod bookkeeping;
+pub mod checksum;
+pub mod export;
+pub mod import;
+pub mod manifest;
+pub mod progress;
+pub mod rollback;
+pub mod run;
+pub mod tables;
+pub mod validate;
+
+use crate::config::{Config, DbService};
+use crate::report::Report;
+use crate::Ctx;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use progress::say;
+use sqlx::PgPool;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub command: MigrateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Export the legacy tables (one snapshot) into per-service files and a manifest.
+    Export(ExportArgs),
+    /// Import an export into the split databases (verified first, one transaction per service).
+    Import(ImportArgs),
+    /// Compare legacy and split databases: counts, checksums, cross-service references.
+    Validate(ServiceArg),
+    /// Remove what imports inserted from the split databases.
+    Rollback(ServiceArg),
+    /// Backup, schemas, export, import, validate — and roll back if validation fails.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArg {
+    /// Only this split service (auth, payments, admin, profile); all four by default.
+    #[arg(long, value_name = "S")]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Directory for the data files and manifest.json.
+    #[arg(long, value_name = "DIR", default_value = "migration-data")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Directory of an export (holding manifest.json).
+    #[arg(long = "in", value_name = "DIR", default_value = "migration-data")]
+    pub input: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Directory for the backup, the data files and manifest.json.
+    #[arg(long, value_name = "DIR", default_value = "migration-data")]
+    pub out: PathBuf,
+    /// Keep the imported rows even when validation fails (for inspection).
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+pub async fn run(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<()> {
+    let cfg = &ctx.config;
+    match args.command {
+        MigrateCommand::Export(a) => {
+            let services = tables::parse_services(a.service.service.as_deref())?;
+            let (manifest, stats) = export::export(cfg, &services, &a.out).await?;
+            say(&stats.line());
+            let mut report = Report::new("migrate export");
+            for t in &manifest.tables {
+                report.push(
+                    crate::report::Check::new(format!("{}.{}", t.service, t.table), true, t.file.clone())
+                        .metric("rows", t.rows)
+                        .metric("bytes", t.bytes),
+                );
+            }
+            report.push(stats.check(true, format!("written to {}", a.out.display())));
+            emit(ctx, &report)
+        }
+        MigrateCommand::Import(a) => {
+            let services = tables::parse_services(a.service.service.as_deref())?;
+            let outcome = import::import(cfg, &services, &a.input).await?;
+            say(&outcome.stats.line());
+            let mut report = Report::new("migrate import");
+            for s in &outcome.services {
+                for t in &s.tables {
+                    report.push(
+                        crate::report::Check::new(
+                            t.label.clone(),
+                            true,
+                            format!("{} of {} rows inserted ({})", t.rows_inserted, t.rows_in_file, t.mode),
+                        )
+                        .metric("rows_inserted", t.rows_inserted)
+                        .metric("rows_in_file", t.rows_in_file),
+                    );
+                }
+            }
+            report.push(outcome.stats.check(true, format!("from {}", a.input.display())));
+            emit(ctx, &report)
+        }
+        MigrateCommand::Validate(a) => {
+            let services = tables::parse_services(a.service.as_deref())?;
+            let (checks, stats) = validate::validate(cfg, &services).await?;
+            say(&stats.line());
+            let mut report = Report::new("migrate validate");
+            for c in checks {
+                report.push(c);
+            }
+            report.metric("rows", stats.rows);
+            report.metric("seconds", progress::round3(stats.seconds));
+            report.metric("rows_per_s", stats.rows_per_s().round());
+            emit(ctx, &report)
+        }
+        MigrateCommand::Rollback(a) => {
+            let services = tables::parse_services(a.service.as_deref())?;
+            let (checks, stats) = rollback::rollback(cfg, &services, None).await?;
+            say(&stats.line());
+            let mut report = Report::new("migrate rollback");
+            for c in checks {
+                report.push(c);
+            }
+            emit(ctx, &report)
+        }
+        MigrateCommand::Run(a) => {
+            let services = tables::parse_services(a.service.service.as_deref())?;
+            let report = run::run(cfg, &services, &a.out, a.no_rollback).await?;
+            emit(ctx, &report)
+        }
+    }
+}
+
+/// JSON on stdout with `--json`; otherwise the table goes to stderr with the other human output.
+fn emit(ctx: &Ctx, report: &Report) -> anyhow::Result<()> {
+    if ctx.json {
+        return report.emit(true);
+    }
+    eprintln!("{}", report.table());
+    report.into_result()
+}
+
+/// Session settings of every migrate connection: rows render to the same text on both sides.
+const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1";
+
+async fn pool(cfg: &Config, db: DbService, read_only: bool) -> anyhow::Result<PgPool> {
+    let target = cfg.pg(db)?;
+    let mut url = url::Url::parse(&target.url).with_context(|| format!("{} is not a valid URL", db.url_var()))?;
+    let mut options = SESSION_OPTIONS.to_string();
+    if read_only {
+        options.push_str(" -c default_transaction_read_only=on");
+    }
+    url.query_pairs_mut().append_pair("options", &options);
+    crate::pg::connect_url(db.component().name(), url.as_str()).await
+}
+
+/// A pool to the legacy database whose every transaction is read-only.
+pub async fn legacy_pool(cfg: &Config) -> anyhow::Result<PgPool> {
+    pool(cfg, DbService::Legacy, true).await
+}
+
+/// A pool to a split database.
+pub async fn split_pool(cfg: &Config, db: DbService) -> anyhow::Result<PgPool> {
+    pool(cfg, db, false).await
+}
