@@ -1,0 +1,271 @@
+//! Checksums of the migration.
+//!
+//! - Files: sha256 and size of every export file, checked by `import` before anything is written.
+//! - Export stream: [`TupleScanner`] walks PostgreSQL's binary COPY format as it streams by, to
+//!   count rows and add up a 64-bit hash of every tuple (order-independent: a wrapping sum).
+//! - Tables: [`table_checksum_sql`] is the one SQL both sides of `validate` run — a count and a
+//!   sum of 64-bit prefixes of `md5(ROW(<legacy columns>)::text)`. Both databases have the same
+//!   column types (SPEC §5), and every session of `mfe migrate` pins DateStyle/IntervalStyle, so a
+//!   row renders to the same text on both sides; the sum does not depend on row order, and it is
+//!   one sequential scan with no sort.
+
+use super::tables::TableSpec;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+use xxhash_rust::xxh3::Xxh3;
+
+/// The 11-byte signature that opens a binary COPY stream.
+pub const PGCOPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// Where the scanner is inside the binary COPY format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Signature, flags and header-extension length: 19 fixed bytes.
+    Header,
+    HeaderExtension(u32),
+    TupleFieldCount,
+    FieldLength,
+    FieldData(u32),
+    Trailer,
+}
+
+/// Counts the tuples of a binary COPY stream fed in arbitrary chunks, and sums a hash of each.
+pub struct TupleScanner {
+    state: State,
+    /// Bytes of a fixed-size item (header, count, length) split across chunks.
+    pending: Vec<u8>,
+    fields_left: u16,
+    tuple_hash: Xxh3,
+    /// Tuples seen so far.
+    pub n_rows: u64,
+    /// Wrapping sum of the xxh3-64 of every tuple's bytes.
+    pub content_sum: u64,
+}
+
+impl Default for TupleScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TupleScanner {
+    pub fn new() -> Self {
+        Self {
+            state: State::Header,
+            pending: Vec::with_capacity(19),
+            fields_left: 0,
+            tuple_hash: Xxh3::new(),
+            n_rows: 0,
+            content_sum: 0,
+        }
+    }
+
+    /// True once the trailer has been seen: the stream is complete.
+    pub fn finished(&self) -> bool {
+        self.state == State::Trailer
+    }
+
+    /// The content checksum as written in the manifest.
+    pub fn content_checksum(&self) -> String {
+        format!("{:016x}", self.content_sum)
+    }
+
+    /// Fills `pending` up to `n` bytes from `data`; returns the bytes consumed and whether the
+    /// item is complete.
+    fn take_fixed(&mut self, data: &[u8], n: usize) -> (usize, bool) {
+        let want = n - self.pending.len();
+        let took = want.min(data.len());
+        self.pending.extend_from_slice(&data[..took]);
+        (took, self.pending.len() == n)
+    }
+
+    fn end_field(&mut self) {
+        self.fields_left -= 1;
+        if self.fields_left == 0 {
+            self.end_tuple();
+        } else {
+            self.state = State::FieldLength;
+        }
+    }
+
+    fn end_tuple(&mut self) {
+        self.n_rows += 1;
+        self.content_sum = self.content_sum.wrapping_add(self.tuple_hash.digest());
+        self.tuple_hash.reset();
+        self.state = State::TupleFieldCount;
+    }
+
+    /// Feeds the next chunk of the stream.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            match self.state {
+                State::Header => {
+                    let (took, done) = self.take_fixed(data, 19);
+                    data = &data[took..];
+                    if done {
+                        if &self.pending[..11] != PGCOPY_SIGNATURE {
+                            return Err("not a binary COPY stream (bad signature)".into());
+                        }
+                        let ext = u32::from_be_bytes(self.pending[15..19].try_into().expect("4 bytes"));
+                        self.pending.clear();
+                        self.state = if ext > 0 { State::HeaderExtension(ext) } else { State::TupleFieldCount };
+                    }
+                }
+                State::HeaderExtension(left) => {
+                    let took = (left as usize).min(data.len());
+                    data = &data[took..];
+                    let left = left - took as u32;
+                    self.state = if left == 0 { State::TupleFieldCount } else { State::HeaderExtension(left) };
+                }
+                State::TupleFieldCount => {
+                    let (took, done) = self.take_fixed(data, 2);
+                    data = &data[took..];
+                    if done {
+                        let n = i16::from_be_bytes([self.pending[0], self.pending[1]]);
+                        self.pending.clear();
+                        if n == -1 {
+                            self.state = State::Trailer;
+                        } else if n < 0 {
+                            return Err(format!("corrupt binary COPY stream: field count {n}"));
+                        } else {
+                            self.tuple_hash.update(&n.to_be_bytes());
+                            self.fields_left = n as u16;
+                            if n == 0 {
+                                self.end_tuple();
+                            } else {
+                                self.state = State::FieldLength;
+                            }
+                        }
+                    }
+                }
+                State::FieldLength => {
+                    let (took, done) = self.take_fixed(data, 4);
+                    data = &data[took..];
+                    if done {
+                        let len = i32::from_be_bytes(self.pending[..4].try_into().expect("4 bytes"));
+                        self.pending.clear();
+                        self.tuple_hash.update(&len.to_be_bytes());
+                        if len < -1 {
+                            return Err(format!("corrupt binary COPY stream: field length {len}"));
+                        }
+                        if len <= 0 {
+                            self.end_field();
+                        } else {
+                            self.state = State::FieldData(len as u32);
+                        }
+                    }
+                }
+                State::FieldData(left) => {
+                    let took = (left as usize).min(data.len());
+                    self.tuple_hash.update(&data[..took]);
+                    data = &data[took..];
+                    let left = left - took as u32;
+                    if left == 0 {
+                        self.end_field();
+                    } else {
+                        self.state = State::FieldData(left);
+                    }
+                }
+                State::Trailer => return Err("data after the end of the binary COPY stream".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// sha256 (hex) and size of a file, read in 1 MiB blocks (blocking: call from a blocking task).
+pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n_bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        n_bytes += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), n_bytes))
+}
+
+/// `md5(ROW(<legacy columns>)::text)` of a table row aliased `t`.
+pub fn row_md5_sql(table: &TableSpec) -> String {
+    let cols: Vec<String> = table.columns.iter().map(|c| format!("t.{}", super::tables::quote_ident(c))).collect();
+    format!("md5(ROW({})::text)", cols.join(", "))
+}
+
+/// Count and order-independent content checksum of a table, the same SQL on both sides:
+/// returns `(n_rows int8, checksum text)`.
+pub fn table_checksum_sql(table: &TableSpec) -> String {
+    format!(
+        "SELECT count(*)::int8, coalesce(sum(('x' || substr({}, 1, 16))::bit(64)::int8), 0)::text FROM {} AS t",
+        row_md5_sql(table),
+        table.ident()
+    )
+}
+
+/// Every row's id and md5, ordered by id byte-wise on both sides (collation "C"), for finding
+/// the sample ids of a mismatch by a merge of two streams.
+pub fn row_hashes_sql(table: &TableSpec) -> String {
+    format!("SELECT t.\"id\", {} FROM {} AS t ORDER BY t.\"id\" COLLATE \"C\"", row_md5_sql(table), table.ident())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary COPY stream of `rows`, each a list of optional field values.
+    fn stream(rows: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
+        let mut out = PGCOPY_SIGNATURE.to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for field in row {
+                match field {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(v) => {
+                        out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        out.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn the_scanner_counts_rows_whatever_the_chunking_and_its_checksum_ignores_row_order() {
+        let a: Vec<Option<&[u8]>> = vec![Some(b"id-1"), None, Some(b"")];
+        let b: Vec<Option<&[u8]>> = vec![Some(b"id-2"), Some(b"tab\there"), Some(b"x")];
+        let data = stream(&[a.clone(), b.clone()]);
+        let mut whole = TupleScanner::new();
+        whole.feed(&data).unwrap();
+        assert!(whole.finished());
+        assert_eq!(whole.n_rows, 2);
+        for chunk in [1, 2, 3, 7] {
+            let mut s = TupleScanner::new();
+            for c in data.chunks(chunk) {
+                s.feed(c).unwrap();
+            }
+            assert_eq!((s.n_rows, s.content_sum, s.finished()), (2, whole.content_sum, true), "chunk {chunk}");
+        }
+        let mut reversed = TupleScanner::new();
+        reversed.feed(&stream(&[b, a])).unwrap();
+        assert_eq!(reversed.content_sum, whole.content_sum);
+    }
+
+    #[test]
+    fn a_truncated_stream_is_not_finished_and_a_bad_signature_is_refused() {
+        let data = stream(&[vec![Some(b"x")]]);
+        let mut s = TupleScanner::new();
+        s.feed(&data[..data.len() - 1]).unwrap();
+        assert!(!s.finished());
+        let mut bad = TupleScanner::new();
+        assert!(bad.feed(b"id\temail\nxxxxxxxxxxxxxxxxxxxxx").is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! `mfe migrate validate`: legacy vs split, table by table, plus cross-service references.
+//!
+//! Per table, both sides run the same count + content-checksum query at the same time
+//! ([`checksum::table_checksum_sql`]): one sequential scan each, no sort. Only on a mismatch are
+//! the rows walked: `(id, md5)` streams of both sides, ordered by id byte-wise, merged to name
+//! missing, extra and changed rows (counts, and up to [`N_SAMPLES`] ids of each kind).
+//!
+//! References: every distinct user id a split table holds (payments.sender_id, ...) must be an
+//! `auth_db.users.id`; ids stream from the child database and are looked up in chunks.
+
+use super::checksum;
+use super::progress::StepStats;
+use super::tables::{self, quote_ident, TableSpec};
+use crate::config::{Config, DbService};
+use crate::report::Check;
+use futures::{StreamExt, TryStreamExt};
+use sqlx::PgPool;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Sample ids reported per kind of mismatch.
+pub const N_SAMPLES: usize = 10;
+/// Ids looked up in auth_db per query.
+const REF_CHUNK: usize = 10_000;
+
+/// Validates the tables of `services`; one check per table and per reference column.
+pub async fn validate(cfg: &Config, services: &[DbService]) -> anyhow::Result<(Vec<Check>, StepStats)> {
+    let started = Instant::now();
+    let legacy = super::legacy_pool(cfg).await?;
+    let mut pools: HashMap<DbService, PgPool> = HashMap::new();
+    let mut needed = services.to_vec();
+    if !needed.contains(&DbService::Auth) && tables::tables_of(services).iter().any(|t| !t.user_refs.is_empty()) {
+        needed.push(DbService::Auth);
+    }
+    for db in needed {
+        pools.insert(db, super::split_pool(cfg, db).await?);
+    }
+    let specs = tables::tables_of(services);
+    let table_checks: Vec<(Check, u64)> = futures::stream::iter(specs.iter().copied())
+        .map(|spec| validate_table(&legacy, &pools[&spec.service], spec))
+        .buffered(2)
+        .try_collect()
+        .await?;
+    let mut rows = 0;
+    let mut checks = Vec::new();
+    for (c, n) in table_checks {
+        rows += n;
+        checks.push(c);
+    }
+    for spec in &specs {
+        for column in spec.user_refs {
+            checks.push(validate_refs(&pools[&spec.service], &pools[&DbService::Auth], spec, column).await?);
+        }
+    }
+    legacy.close().await;
+    for pool in pools.values() {
+        pool.close().await;
+    }
+    Ok((checks, StepStats::new("validate", rows, 0, started)))
+}
+
+/// Count and checksum of one table on one side; a missing table is a finding, not an error.
+async fn table_sum(pool: &PgPool, spec: &TableSpec) -> Result<(i64, String), String> {
+    sqlx::query_as::<_, (i64, String)>(&checksum::table_checksum_sql(spec))
+        .fetch_one(pool)
+        .await
+        .map_err(|e| crate::pg::short_sqlx_error(&e))
+}
+
+async fn validate_table(legacy: &PgPool, split: &PgPool, spec: &'static TableSpec) -> anyhow::Result<(Check, u64)> {
+    let started = Instant::now();
+    let name = spec.label();
+    let (l, s) = tokio::join!(table_sum(legacy, spec), table_sum(split, spec));
+    let (l_rows, l_sum) = match l {
+        Ok(v) => v,
+        Err(e) => anyhow::bail!("legacy_db: cannot read {}: {e} — is the legacy schema there?", spec.name),
+    };
+    let (s_rows, s_sum) = match s {
+        Ok(v) => v,
+        Err(e) => {
+            let detail = format!("cannot read {name}: {e} — run `mfe db migrate --service {}`", spec.service.name());
+            return Ok((Check::new(name, false, detail).metric("legacy_rows", l_rows), l_rows as u64));
+        }
+    };
+    let stats = StepStats::new(name.clone(), l_rows as u64, 0, started);
+    if l_rows == s_rows && l_sum == s_sum {
+        let detail = format!("{l_rows} rows, checksums match");
+        let check = stats.check(true, detail).metric("legacy_rows", l_rows).metric("split_rows", s_rows);
+        return Ok((check, l_rows as u64));
+    }
+    let diff = diff_rows(legacy, split, spec).await?;
+    let mut parts = vec![format!("legacy {l_rows} rows, split {s_rows}")];
+    for (kind, n, ids) in [
+        ("missing", diff.n_missing, &diff.missing),
+        ("extra", diff.n_extra, &diff.extra),
+        ("changed", diff.n_changed, &diff.changed),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {kind} row(s) (ids: {})", ids.join(", ")));
+        }
+    }
+    if diff.n_missing + diff.n_extra + diff.n_changed == 0 {
+        parts.push("checksums differ but every row matches (concurrent writes?)".into());
+    }
+    let check = stats
+        .check(false, parts.join("; "))
+        .metric("legacy_rows", l_rows)
+        .metric("split_rows", s_rows)
+        .metric("missing_rows", diff.n_missing)
+        .metric("extra_rows", diff.n_extra)
+        .metric("changed_rows", diff.n_changed);
+    Ok((check, l_rows as u64))
+}
+
+/// Rows that differ between the two sides of one table.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RowDiff {
+    pub n_missing: u64,
+    pub n_extra: u64,
+    pub n_changed: u64,
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+fn sample(list: &mut Vec<String>, id: String) {
+    if list.len() < N_SAMPLES {
+        list.push(id);
+    }
+}
+
+/// Merges the `(id, md5)` streams of both sides (both ordered by id, collation "C" = byte order,
+/// which is also Rust's `str` order).
+async fn diff_rows(legacy: &PgPool, split: &PgPool, spec: &TableSpec) -> anyhow::Result<RowDiff> {
+    let sql = checksum::row_hashes_sql(spec);
+    let mut l = sqlx::query_as::<_, (String, String)>(&sql).fetch(legacy);
+    let mut s = sqlx::query_as::<_, (String, String)>(&sql).fetch(split);
+    let mut diff = RowDiff::default();
+    let mut next_l = l.try_next().await?;
+    let mut next_s = s.try_next().await?;
+    loop {
+        match (next_l.take(), next_s.take()) {
+            (None, None) => break,
+            (Some((id, _)), None) => {
+                diff.n_missing += 1;
+                sample(&mut diff.missing, id);
+                next_l = l.try_next().await?;
+            }
+            (None, Some((id, _))) => {
+                diff.n_extra += 1;
+                sample(&mut diff.extra, id);
+                next_s = s.try_next().await?;
+            }
+            (Some((lid, lh)), Some((sid, sh))) => match lid.as_bytes().cmp(sid.as_bytes()) {
+                Ordering::Less => {
+                    diff.n_missing += 1;
+                    sample(&mut diff.missing, lid);
+                    next_l = l.try_next().await?;
+                    next_s = Some((sid, sh));
+                }
+                Ordering::Greater => {
+                    diff.n_extra += 1;
+                    sample(&mut diff.extra, sid);
+                    next_s = s.try_next().await?;
+                    next_l = Some((lid, lh));
+                }
+                Ordering::Equal => {
+                    if lh != sh {
+                        diff.n_changed += 1;
+                        sample(&mut diff.changed, lid);
+                    }
+                    next_l = l.try_next().await?;
+                    next_s = s.try_next().await?;
+                }
+            },
+        }
+    }
+    Ok(diff)
+}
+
+/// Every distinct non-null value of `spec.column` must be a user id of auth_db.
+async fn validate_refs(child: &PgPool, auth: &PgPool, spec: &TableSpec, column: &str) -> anyhow::Result<Check> {
+    let started = Instant::now();
+    let name = format!("refs {}.{column} → auth_db.users", spec.label());
+    let col = quote_ident(column);
+    let sql = format!("SELECT DISTINCT {col} FROM {} WHERE {col} IS NOT NULL", spec.ident());
+    let lookup =
+        "SELECT x FROM unnest($1::text[]) AS x WHERE NOT EXISTS (SELECT 1 FROM \"users\" u WHERE u.\"id\" = x)";
+    let mut ids = sqlx::query_scalar::<_, String>(&sql).fetch(child);
+    let mut chunk: Vec<String> = Vec::with_capacity(REF_CHUNK);
+    let (mut n_checked, mut n_dangling) = (0u64, 0u64);
+    let mut samples = Vec::new();
+    loop {
+        let next = match ids.next().await {
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                let detail = format!("cannot read {}: {}", spec.label(), crate::pg::short_sqlx_error(&e));
+                return Ok(Check::new(name, false, detail));
+            }
+            None => None,
+        };
+        let at_end = next.is_none();
+        if let Some(id) = next {
+            chunk.push(id);
+        }
+        if chunk.len() == REF_CHUNK || (at_end && !chunk.is_empty()) {
+            n_checked += chunk.len() as u64;
+            let dangling: Vec<String> = match sqlx::query_scalar(lookup).bind(&chunk).fetch_all(auth).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let detail = format!("cannot read auth_db.users: {}", crate::pg::short_sqlx_error(&e));
+                    return Ok(Check::new(name, false, detail));
+                }
+            };
+            n_dangling += dangling.len() as u64;
+            for id in dangling {
+                sample(&mut samples, id);
+            }
+            chunk.clear();
+        }
+        if at_end {
+            break;
+        }
+    }
+    let stats = StepStats::new(name.clone(), n_checked, 0, started);
+    let check = if n_dangling == 0 {
+        stats.check(true, format!("{n_checked} distinct user ids, all in auth_db.users"))
+    } else {
+        stats.check(
+            false,
+            format!("{n_dangling} of {n_checked} user ids missing from auth_db.users (ids: {})", samples.join(", ")),
+        )
+    };
+    Ok(check.metric("dangling", n_dangling))
+}
