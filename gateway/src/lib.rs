@@ -1,0 +1,147 @@
+//! `mfe-gateway`: the platform's single front door behind nginx (SPEC §8).
+//!
+//! - `/api/auth|payments|admin|profile/*` → the service, streamed both ways ([`proxy`]);
+//! - `/ws` → WebSocket with JWT check before the upgrade, rooms and heartbeat ([`ws`]), fed by
+//!   RabbitMQ events through a per-replica queue ([`bridge`], routing in [`routing`]);
+//! - `/health` (the gateway and its upstreams) and `/metrics` (Prometheus, [`metrics`]).
+//!
+//! # Layout
+//! - [`config`]: [`GatewayConfig`] from the environment.
+//! - [`Application`]: binds the listener, owns background tasks, `port()` / `run_until_stopped()`.
+//!
+//! Invariant: only the gateway speaks WebSocket; services publish events and never hold sockets.
+
+pub mod bridge;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod ws;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::{
+    extract::{Request, State},
+    http::header::CONTENT_TYPE,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use mfe_kit::JwtKeys;
+
+pub use config::{GatewayConfig, Route};
+use metrics::GatewayMetrics;
+use proxy::Proxy;
+use ws::{rooms::Rooms, socket::Heartbeat};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub proxy: Proxy,
+    pub rooms: Rooms,
+    pub jwt: JwtKeys,
+    pub heartbeat: Heartbeat,
+    pub metrics: GatewayMetrics,
+}
+
+/// The gateway's routes; everything that is not `/ws`, `/health` or `/metrics` is proxied.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_handler))
+        .route("/ws", get(ws::ws_handler))
+        .fallback(proxy_handler)
+        .with_state(state)
+}
+
+async fn proxy_handler(State(state): State<AppState>, req: Request) -> Response {
+    state.proxy.forward(req).await
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let upstreams: serde_json::Map<String, serde_json::Value> = state
+        .proxy
+        .upstream_states()
+        .into_iter()
+        .map(|(name, up)| (name, serde_json::Value::from(if up { "up" } else { "down" })))
+        .collect();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "service": "gateway",
+        "websocketConnections": state.metrics.ws_open_now(),
+        "upstreams": upstreams,
+    }))
+    .into_response()
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+/// A built gateway: listener bound, background tasks started.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    port: u16,
+    state: AppState,
+    health_tasks: Vec<tokio::task::JoinHandle<()>>,
+    bridge: Option<bridge::BridgeHandle>,
+}
+
+impl Application {
+    /// Binds `host:port` (port 0 picks a free one), starts the upstream health checks and the
+    /// event bridge.
+    pub async fn build(cfg: GatewayConfig) -> anyhow::Result<Self> {
+        let metrics = GatewayMetrics::new();
+        let proxy = Proxy::new(&cfg.routes, cfg.upstream_timeout, cfg.connect_timeout, metrics.clone())?;
+        let rooms = Rooms::new(cfg.ws_send_queue, metrics.clone());
+        let state = AppState {
+            proxy: proxy.clone(),
+            rooms: rooms.clone(),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            heartbeat: Heartbeat { ping_interval: cfg.ws_ping_interval, pong_timeout: cfg.ws_pong_timeout },
+            metrics: metrics.clone(),
+        };
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+            anyhow::anyhow!("gateway cannot listen on {addr}: {e} — is another process using the port? set PORT")
+        })?;
+        let port = listener.local_addr()?.port();
+        let health_tasks = proxy.spawn_health_checks(cfg.health_interval);
+        let bridge = cfg.events.map(|hub_cfg| bridge::start(hub_cfg, bridge::Bridge { rooms, metrics }));
+        Ok(Self { listener, port, state, health_tasks, bridge })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits until the event bridge consumes (tests publish only after this), up to `max`.
+    pub async fn wait_for_events(&mut self, max: Duration) -> bool {
+        match self.bridge.as_mut() {
+            Some(b) => b.wait_connected(max).await,
+            None => false,
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops the background tasks.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            // Small proxied requests must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        for task in self.health_tasks {
+            task.abort();
+        }
+        if let Some(bridge) = self.bridge {
+            bridge.stop().await;
+        }
+        result.map_err(|e| anyhow::anyhow!("gateway server failed: {e}"))
+    }
+
+    /// Serves until SIGTERM or Ctrl-C.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(mfe_kit::shutdown::shutdown_signal()).await
+    }
+}

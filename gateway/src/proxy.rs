@@ -1,0 +1,405 @@
+//! The streaming reverse proxy of SPEC §8: `/api/<service>/...` goes to that service with the
+//! path unchanged. Bodies are never collected: the incoming body is handed to the upstream
+//! request as a stream and the upstream's body back to the client the same way, so memory stays
+//! flat whatever the size. Connections to upstreams are pooled by hyper-util's client.
+//!
+//! Errors answer in the platform's shape `{"error":{"code","message"}}`: no route 404, upstream
+//! marked down by the health checks 503, connection failure 502, no response headers within the
+//! timeout 504.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request},
+    http::{
+        header::{self, HeaderMap, HeaderName, HeaderValue},
+        uri::{Authority, PathAndQuery, Scheme},
+        StatusCode, Uri,
+    },
+    response::{IntoResponse, Response},
+};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+use crate::{config::Route, metrics::GatewayMetrics};
+
+/// The header carrying the correlation id across the platform.
+pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Why a request could not be proxied; each variant is one status of SPEC §8.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for {path} — the gateway serves /api/auth, /api/payments, /api/admin, /api/profile, /ws, /health and /metrics")]
+    NoRoute { path: String },
+    #[error("the {route} service is marked down by health checks — try again shortly")]
+    UpstreamDown { route: String },
+    #[error("cannot reach the {route} service: {reason}")]
+    Connect { route: String, reason: String },
+    #[error("the {route} service did not answer within {timeout_ms} ms")]
+    Timeout { route: String, timeout_ms: u128 },
+    #[error("the upstream URL of the {route} service is invalid: {reason}")]
+    BadUpstream { route: String, reason: String },
+}
+
+impl ProxyError {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ProxyError::UpstreamDown { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"),
+            ProxyError::Connect { .. } | ProxyError::BadUpstream { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        error_response(status, code, &self.to_string())
+    }
+}
+
+/// The platform's JSON error body with `status`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// One upstream service: where it is and whether its last health check passed.
+struct Upstream {
+    route: Route,
+    scheme: Scheme,
+    authority: Authority,
+    /// Cleared by a failed health check; requests then get 503 without trying the service.
+    up: AtomicBool,
+    histogram: prometheus::Histogram,
+}
+
+/// The proxy: routes, pooled client, timeouts and metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    upstreams: Arc<[Arc<Upstream>]>,
+    client: Client<HttpConnector, Body>,
+    timeout: Duration,
+    metrics: GatewayMetrics,
+}
+
+impl Proxy {
+    pub fn new(
+        routes: &[Route],
+        upstream_timeout: Duration,
+        connect_timeout: Duration,
+        metrics: GatewayMetrics,
+    ) -> anyhow::Result<Self> {
+        let mut upstreams = Vec::with_capacity(routes.len());
+        for route in routes {
+            let uri: Uri = route.upstream.parse().map_err(|e| {
+                anyhow::anyhow!("the upstream URL of {} (`{}`) is invalid: {e}", route.name, route.upstream)
+            })?;
+            let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+                anyhow::bail!("the upstream URL of {} (`{}`) needs a scheme and a host", route.name, route.upstream);
+            };
+            if scheme != Scheme::HTTP {
+                anyhow::bail!("the upstream URL of {} (`{}`) must be http://", route.name, route.upstream);
+            }
+            metrics.set_upstream_up(&route.name, true);
+            upstreams.push(Arc::new(Upstream {
+                histogram: metrics.upstream_histogram(&route.name),
+                route: route.clone(),
+                scheme,
+                authority,
+                up: AtomicBool::new(true),
+            }));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Self { upstreams: upstreams.into(), client, timeout: upstream_timeout, metrics })
+    }
+
+    /// Starts one background task per upstream polling `GET /health` every `interval` (the first
+    /// poll after one interval). Returns the tasks so the application can stop them.
+    pub fn spawn_health_checks(&self, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        self.upstreams
+            .iter()
+            .map(|upstream| {
+                let upstream = upstream.clone();
+                let client = self.client.clone();
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    let check_timeout = interval.min(Duration::from_secs(2));
+                    let uri = Uri::builder()
+                        .scheme(upstream.scheme.clone())
+                        .authority(upstream.authority.clone())
+                        .path_and_query("/health")
+                        .build()
+                        .expect("scheme and authority were validated");
+                    loop {
+                        tokio::time::sleep(interval).await;
+                        let req = axum::http::Request::get(uri.clone()).body(Body::empty()).expect("valid request");
+                        let healthy = match tokio::time::timeout(check_timeout, client.request(req)).await {
+                            Ok(Ok(resp)) => !resp.status().is_server_error(),
+                            _ => false,
+                        };
+                        let was = upstream.up.swap(healthy, Ordering::Relaxed);
+                        if was != healthy {
+                            if healthy {
+                                tracing::info!(route = %upstream.route.name, "upstream is healthy again");
+                            } else {
+                                tracing::warn!(route = %upstream.route.name, upstream = %upstream.route.upstream, "upstream failed its health check, answering 503");
+                            }
+                            metrics.set_upstream_up(&upstream.route.name, healthy);
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Whether each upstream passed its last health check, for the gateway's `/health`.
+    pub fn upstream_states(&self) -> Vec<(String, bool)> {
+        self.upstreams.iter().map(|u| (u.route.name.clone(), u.up.load(Ordering::Relaxed))).collect()
+    }
+
+    fn find(&self, path: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| {
+            let prefix = u.route.prefix.as_str();
+            path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/') | Some(b'?'))
+        })
+    }
+
+    /// Forwards one request and streams the answer back; every failure is a JSON error.
+    pub async fn forward(&self, req: Request) -> Response {
+        let correlation_id = correlation_id_of(req.headers());
+        let (route, mut response) = match self.try_forward(req, &correlation_id).await {
+            Ok((route, response)) => (route, response),
+            Err((route, e)) => {
+                if !matches!(e, ProxyError::NoRoute { .. }) {
+                    tracing::warn!(correlation_id = %correlation_id, error = %e, "proxy error");
+                }
+                (route, e.into_response())
+            }
+        };
+        if let Some(route) = route {
+            self.metrics.proxied(route, response.status().as_u16());
+        }
+        if let Ok(v) = HeaderValue::from_str(&correlation_id) {
+            response.headers_mut().insert(CORRELATION_ID.clone(), v);
+        }
+        response
+    }
+
+    async fn try_forward<'a>(
+        &'a self,
+        req: Request,
+        correlation_id: &str,
+    ) -> Result<(Option<&'a str>, Response), (Option<&'a str>, ProxyError)> {
+        let Some(upstream) = self.find(req.uri().path()) else {
+            return Err((None, ProxyError::NoRoute { path: req.uri().path().to_string() }));
+        };
+        let name = upstream.route.name.as_str();
+        if !upstream.up.load(Ordering::Relaxed) {
+            return Err((Some(name), ProxyError::UpstreamDown { route: name.to_string() }));
+        }
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| (Some(name), ProxyError::BadUpstream { route: name.to_string(), reason: e.to_string() }))?;
+        parts.version = axum::http::Version::HTTP_11;
+        prepare_request_headers(&mut parts.headers, peer, correlation_id);
+        let upstream_req = axum::http::Request::from_parts(parts, body);
+
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await;
+        upstream.histogram.observe(started.elapsed().as_secs_f64());
+        let response = match result {
+            Err(_) => {
+                return Err((
+                    Some(name),
+                    ProxyError::Timeout { route: name.to_string(), timeout_ms: self.timeout.as_millis() },
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err((
+                    Some(name),
+                    ProxyError::Connect { route: name.to_string(), reason: client_error_reason(&e) },
+                ))
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok((Some(name), Response::from_parts(parts, Body::new(body))))
+    }
+}
+
+/// The incoming correlation id when it is a sane token, else a fresh UUID.
+pub fn correlation_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get(&CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and adds the forwarding headers. `X-Real-IP`
+/// and `X-Forwarded-Proto` set by a proxy in front (nginx on loopback) are trusted and kept;
+/// from any other peer they are replaced, so a client cannot spoof its address.
+pub fn prepare_request_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>, correlation_id: &str) {
+    strip_hop_by_hop(headers);
+    let trusted_front = peer.is_some_and(|p| p.ip().is_loopback());
+    if let Some(peer) = peer {
+        let ip = peer.ip().to_string();
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
+            _ => ip.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if !(trusted_front && headers.contains_key(&X_REAL_IP)) {
+            if let Ok(v) = HeaderValue::from_str(&ip) {
+                headers.insert(X_REAL_IP.clone(), v);
+            }
+        }
+    }
+    if !(trusted_front && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    // The upstream sees its own authority in Host (set by the client from the URI); the name the
+    // client used travels in X-Forwarded-Host.
+    if let Some(host) = headers.remove(header::HOST) {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(correlation_id) {
+        headers.insert(CORRELATION_ID.clone(), v);
+    }
+}
+
+/// Drops `Connection` and every header it names, plus the fixed hop-by-hop set and `Proxy-*`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING, &header::UPGRADE] {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy_headers: Vec<HeaderName> =
+            headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        for name in proxy_headers {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The innermost cause of a client error, which names what actually failed (refused, reset).
+fn client_error_reason(e: &hyper_util::client::legacy::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason = s.to_string();
+        source = s.source();
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-sum"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["authorization", "content-type"]);
+    }
+
+    #[test]
+    fn forwarding_headers_append_the_peer_and_keep_a_trusted_fronts_real_ip() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert("x-real-ip", HeaderValue::from_static("203.0.113.9"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(header::HOST, HeaderValue::from_static("localhost"));
+        prepare_request_headers(&mut h, Some("127.0.0.1:5555".parse().unwrap()), "cid-1");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "localhost");
+        assert_eq!(h["x-correlation-id"], "cid-1");
+        assert!(h.get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_spoof_its_address_or_scheme() {
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        prepare_request_headers(&mut h, Some("198.51.100.7:4000".parse().unwrap()), "c");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+    }
+
+    #[test]
+    fn a_malformed_correlation_id_is_replaced_by_a_uuid() {
+        let mut h = HeaderMap::new();
+        h.insert("x-correlation-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(correlation_id_of(&h), "abc-123");
+        h.insert("x-correlation-id", HeaderValue::from_static("has space"));
+        assert!(uuid::Uuid::parse_str(&correlation_id_of(&h)).is_ok());
+    }
+}
