@@ -2,4 +2,30 @@
 //!
 //! # Layout
 //! - [`env`]: the environment contract of SPEC §2 (variables, defaults, `.env` loading).
+//! - [`config`]: a service's typed configuration ([`config::ServiceConfig`]), secrets wrapped.
+//! - [`telemetry`]: tracing setup and the correlation-id middleware/extractor.
+//! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
+//! - [`auth`]: the `AuthUser` extractor and role guards.
+//! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper.
+//! - [`health`]: `/health` checking the database, broker and Redis.
+//! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
+//! - [`cache`]: the Redis JSON cache with hit/miss counters.
+//! - [`server`]: lazy pool, migrations that wait for the database, common routes, serve loop.
+//! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
+pub mod auth;
+pub mod cache;
+pub mod config;
 pub mod env;
+pub mod error;
+pub mod health;
+pub mod jwt;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{Secret, Service, ServiceConfig};
+pub use auth::{AuthUser, RequireAdmin};
+pub use error::{ApiError, Json};
+pub use jwt::{Claims, JwtKeys, Role};
+pub use telemetry::CorrelationId;

@@ -1,0 +1,296 @@
+//! Accounts: signup, signin, `me`, user lookup for other services and the admin listing.
+
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+    Router,
+};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use mfe_events::types;
+use mfe_kit::{ApiError, AuthUser, CorrelationId, Json, RequireAdmin, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{devices, password, sessions, AppState, ClientMeta};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/signup", post(signup))
+        .route("/api/auth/signin", post(signin))
+        .route("/api/auth/me", get(me))
+        .route("/api/auth/users", get(list_users))
+        .route("/api/auth/users/{id}", get(get_user))
+}
+
+/// A user as the API shows it (never the password hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    password_hash: String,
+    name: String,
+    role: String,
+    email_verified: bool,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+impl UserRow {
+    fn into_user(self) -> Result<(User, String), ApiError> {
+        let role = self.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?;
+        Ok((
+            User {
+                id: self.id,
+                email: self.email,
+                name: self.name,
+                role,
+                email_verified: self.email_verified,
+                created_at: self.created_at.and_utc(),
+                updated_at: self.updated_at.and_utc(),
+            },
+            self.password_hash,
+        ))
+    }
+}
+
+const USER_COLUMNS: &str =
+    r#"id, email, password_hash, name, role::text AS role, email_verified, created_at, updated_at"#;
+
+/// The user `id` from the cache or the database.
+pub async fn find_user(state: &AppState, id: &str) -> Result<Option<User>, ApiError> {
+    if let Some(user) = state.users_cache.get::<User>(id).await {
+        return Ok(Some(user));
+    }
+    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (user, _) = row.into_user()?;
+    state.users_cache.set(id, &user).await;
+    Ok(Some(user))
+}
+
+/// The data every `auth.user.*` event carries.
+pub fn event_data(user: &User) -> serde_json::Value {
+    json!({"userId": user.id, "email": user.email, "name": user.name, "role": user.role})
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignupRequest {
+    email: String,
+    password: String,
+    name: String,
+    /// CUSTOMER (default) or VENDOR; ADMIN cannot be chosen at signup.
+    role: Option<Role>,
+    device_id: Option<String>,
+    device_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SigninRequest {
+    email: String,
+    password: String,
+    /// The client's device id; given, the session is bound to that device.
+    device_id: Option<String>,
+    device_name: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthResponse {
+    access_token: String,
+    refresh_token: String,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+    user: User,
+}
+
+async fn signup(
+    State(state): State<AppState>,
+    correlation: CorrelationId,
+    meta: ClientMeta,
+    Json(body): Json<SignupRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let email = password::normalise_email(&body.email)?;
+    let name = password::check_name(&body.name)?;
+    password::check_policy(&body.password)?;
+    let role = body.role.unwrap_or(Role::Customer);
+    if role == Role::Admin {
+        return Err(ApiError::Forbidden("the ADMIN role cannot be chosen at signup".into()));
+    }
+    let device_id = devices::check_device_id(body.device_id.as_deref())?;
+    let plain = body.password;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&plain))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot hash password: {e}")))?;
+
+    let now = Utc::now().naive_utc();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut tx = state.db.begin().await?;
+    let inserted = sqlx::query_as::<_, UserRow>(&format!(
+        r#"INSERT INTO users (id, email, password_hash, name, role, email_verified, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5::"Role", false, $6, $6)
+           RETURNING {USER_COLUMNS}"#
+    ))
+    .bind(&id)
+    .bind(&email)
+    .bind(&hash)
+    .bind(&name)
+    .bind(role.as_str())
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await;
+    let row = match inserted {
+        Ok(row) => row,
+        Err(e) if mfe_kit::error::is_unique_violation(&e) => {
+            return Err(ApiError::Conflict(format!("an account with email {email} already exists")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (user, _) = row.into_user()?;
+    if let Some(device_id) = &device_id {
+        devices::upsert(&mut tx, &user.id, device_id, body.device_name.as_deref(), &meta).await?;
+    }
+    let tokens = sessions::start_session(&mut tx, &state, &user, device_id).await?;
+    state.enqueue_event(&mut tx, types::AUTH_USER_REGISTERED, event_data(&user), &correlation).await?;
+    tx.commit().await?;
+    state.relay.notify();
+    state.users_cache.delete(&user.id).await;
+    tracing::info!(user_id = %user.id, "user registered");
+    let response = AuthResponse {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        expires_in: crate::ACCESS_TTL.as_secs(),
+        user,
+    };
+    Ok((StatusCode::CREATED, Json(response)))
+}
+
+async fn signin(
+    State(state): State<AppState>,
+    correlation: CorrelationId,
+    meta: ClientMeta,
+    Json(body): Json<SigninRequest>,
+) -> Result<Json<AuthResponse>, ApiError> {
+    let invalid = || ApiError::Unauthorized("invalid email or password".into());
+    let email = body.email.trim().to_lowercase();
+    let device_id = devices::check_device_id(body.device_id.as_deref())?;
+    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
+        .bind(&email)
+        .fetch_optional(&state.db)
+        .await?;
+    let (user, hash) = match row {
+        Some(row) => {
+            let (user, hash) = row.into_user()?;
+            (Some(user), hash)
+        }
+        None => (None, password::dummy_hash().to_string()),
+    };
+    let plain = body.password;
+    let matches =
+        tokio::task::spawn_blocking(move || password::verify(&plain, &hash)).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => return Err(invalid()),
+    };
+
+    let mut tx = state.db.begin().await?;
+    if let Some(device_id) = &device_id {
+        devices::upsert(&mut tx, &user.id, device_id, body.device_name.as_deref(), &meta).await?;
+    }
+    let tokens = sessions::start_session(&mut tx, &state, &user, device_id.clone()).await?;
+    let mut data = event_data(&user);
+    data["deviceId"] = json!(device_id);
+    state.enqueue_event(&mut tx, types::AUTH_USER_LOGIN, data, &correlation).await?;
+    tx.commit().await?;
+    state.relay.notify();
+    Ok(Json(AuthResponse {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        expires_in: crate::ACCESS_TTL.as_secs(),
+        user,
+    }))
+}
+
+async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<User>, ApiError> {
+    find_user(&state, auth.id())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::Unauthorized("the account of this token no longer exists".into()))
+}
+
+/// What a caller that is neither the user nor an admin sees of a user.
+#[derive(Serialize)]
+struct PublicUser<'a> {
+    id: &'a str,
+    name: &'a str,
+    role: Role,
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let user = find_user(&state, &id).await?.ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    if auth.is_self_or_admin(&user.id) {
+        Ok(Json(user).into_response())
+    } else {
+        Ok(Json(PublicUser { id: &user.id, name: &user.name, role: user.role }).into_response())
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    page: Option<u32>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserPage {
+    users: Vec<User>,
+    page: u32,
+    limit: u32,
+    total: i64,
+    total_pages: i64,
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<UserPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let page = params.page.unwrap_or(1).max(1);
+    let limit = params.limit.unwrap_or(20).clamp(1, 100);
+    let offset = i64::from(page - 1) * i64::from(limit);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&state.db).await?;
+    let rows: Vec<UserRow> =
+        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2"))
+            .bind(i64::from(limit))
+            .bind(offset)
+            .fetch_all(&state.db)
+            .await?;
+    let users = rows.into_iter().map(|r| r.into_user().map(|(u, _)| u)).collect::<Result<Vec<_>, _>>()?;
+    let total_pages = (total + i64::from(limit) - 1) / i64::from(limit);
+    Ok(Json(UserPage { users, page, limit, total, total_pages }))
+}

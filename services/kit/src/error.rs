@@ -1,0 +1,148 @@
+//! The JSON error every service answers with: `{"error": {"code": "...", "message": "..."}}`
+//! and the matching status (SPEC §4). Database and internal errors stay opaque to clients and
+//! are logged once, here, with their cause chain.
+
+use axum::{
+    extract::{rejection::JsonRejection, FromRequest, Request},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// An error a handler returns; its variant decides the status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request could not be read (malformed JSON, wrong content type, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the write conflicts with existing data (e.g. a duplicate email).
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: well-formed but invalid input.
+    #[error("{0}")]
+    Validation(String),
+    /// 503: a dependency is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 from the database; a unique violation becomes 409 instead.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// 500 for anything else unexpected.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// The status and machine-readable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Database(e) if is_unique_violation(e) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Database(e) if is_unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Database(_) | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// Whether `e` is a PostgreSQL unique-constraint violation (SQLSTATE 23505).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+}
+
+/// The error and every cause below it, joined with `: `.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Database(e) if is_unique_violation(e) => "a record with the same unique value exists".to_string(),
+            ApiError::Database(e) => {
+                tracing::error!(error = %cause_chain(e), "database error while handling request");
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "the database is unavailable, try again later".to_string()
+                } else {
+                    "internal error".to_string()
+                }
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error while handling request");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        (status, axum::Json(ErrorBody { error: ErrorDetail { code, message } })).into_response()
+    }
+}
+
+/// `axum::Json` whose rejections answer in the shared error shape (400 with a message saying
+/// what was wrong with the body) instead of axum's plain-text defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(ApiError::BadRequest(match rejection {
+                JsonRejection::JsonDataError(e) => format!("invalid request body: {}", cause_chain(&e)),
+                JsonRejection::JsonSyntaxError(e) => format!("malformed JSON body: {}", cause_chain(&e)),
+                JsonRejection::MissingJsonContentType(_) => {
+                    "expected a JSON body with header content-type: application/json".to_string()
+                }
+                other => format!("cannot read request body: {}", other.body_text()),
+            })),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,121 @@
+//! `GET /health`: checks each dependency of the service (PostgreSQL with `SELECT 1`, the broker
+//! connection, Redis with `PING`) and answers 200 when all are up, 503 otherwise, with one
+//! entry per dependency.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// How long one dependency check may take before it counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The dependencies `/health` checks. Build with the methods, then route [`health_handler`].
+#[derive(Clone, Default)]
+pub struct Health {
+    service: &'static str,
+    db: Option<PgPool>,
+    broker: Option<BrokerProbe>,
+    redis: Option<ConnectionManager>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DependencyStatus {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(rename = "latencyMs")]
+    pub latency_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    pub service: &'static str,
+    pub status: &'static str,
+    pub dependencies: BTreeMap<&'static str, DependencyStatus>,
+}
+
+impl Health {
+    pub fn new(service: &'static str) -> Self {
+        Self { service, ..Default::default() }
+    }
+
+    pub fn database(mut self, pool: PgPool) -> Self {
+        self.db = Some(pool);
+        self
+    }
+
+    /// `probe` says whether the broker connection is up (e.g. `move || hub.is_connected()`).
+    pub fn broker(mut self, probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.broker = Some(Arc::new(probe));
+        self
+    }
+
+    pub fn redis(mut self, conn: ConnectionManager) -> Self {
+        self.redis = Some(conn);
+        self
+    }
+
+    /// Runs every check concurrently.
+    pub async fn check(&self) -> HealthReport {
+        let db = async {
+            let pool = self.db.as_ref()?;
+            Some(timed(async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| e.to_string()) }).await)
+        };
+        let redis = async {
+            let conn = self.redis.as_ref()?;
+            let mut conn = conn.clone();
+            Some(
+                timed(async move {
+                    redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
+                })
+                .await,
+            )
+        };
+        let (db, redis) = tokio::join!(db, redis);
+        let mut dependencies = BTreeMap::new();
+        if let Some(s) = db {
+            dependencies.insert("database", s);
+        }
+        if let Some(probe) = &self.broker {
+            let up = probe();
+            dependencies.insert(
+                "broker",
+                DependencyStatus {
+                    status: if up { "up" } else { "down" },
+                    error: (!up).then(|| "not connected to RabbitMQ".to_string()),
+                    latency_ms: 0.0,
+                },
+            );
+        }
+        if let Some(s) = redis {
+            dependencies.insert("redis", s);
+        }
+        let all_up = dependencies.values().all(|d| d.status == "up");
+        HealthReport { service: self.service, status: if all_up { "ok" } else { "degraded" }, dependencies }
+    }
+}
+
+async fn timed(check: impl std::future::Future<Output = Result<(), String>>) -> DependencyStatus {
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(()) => DependencyStatus { status: "up", error: None, latency_ms },
+        Err(e) => DependencyStatus { status: "down", error: Some(e), latency_ms },
+    }
+}
+
+/// `GET /health` for a router whose state is (or contains, via `FromRef`) a [`Health`].
+pub async fn health_handler(State(health): State<Health>) -> impl IntoResponse {
+    let report = health.check().await;
+    let status = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(report))
+}
