@@ -13,7 +13,7 @@
 
 mod backup;
 
-pub use backup::{backup_legacy, backup_with_pg_dump, find_pg_dump, BackupInfo};
+pub use backup::{backup_legacy, backup_with_pg_dump, find_pg_dump, find_pg_tool, BackupInfo};
 
 use crate::config::{Config, DbService};
 use crate::report::{Check, Report};
