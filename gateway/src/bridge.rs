@@ -62,7 +62,8 @@ impl BridgeHandle {
 
     pub async fn stop(self) {
         self.task.abort();
-        if let Some(hub) = self.hub.borrow().clone() {
+        let hub = self.hub.borrow().clone();
+        if let Some(hub) = hub {
             hub.close().await;
         }
     }
