@@ -23,12 +23,16 @@ pub const NOTIFY_CHANNEL: &str = "event_outbox";
 /// Writes `env` to `event_outbox`; call it with `&mut *tx` inside the business transaction.
 pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
     let envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT INTO event_outbox (id, routing_key, envelope) VALUES ($1, $2, $3)")
-        .bind(env.id)
-        .bind(&env.event_type)
-        .bind(envelope)
-        .execute(&mut *conn)
-        .await?;
+    // clock_timestamp(), not now(): events of one transaction keep their order (now() is the
+    // transaction's start, the same for all of them).
+    sqlx::query(
+        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) VALUES ($1, $2, $3, clock_timestamp())",
+    )
+    .bind(env.id)
+    .bind(&env.event_type)
+    .bind(envelope)
+    .execute(&mut *conn)
+    .await?;
     // Delivered at commit, not before; a rolled-back transaction notifies nobody.
     sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(conn).await?;
     Ok(())

@@ -1,0 +1,117 @@
+//! Shared set-up for the integration tests: an isolated topology per test on the broker of
+//! `RABBITMQ_URL`, and a scratch database on the server of `AUTH_DATABASE_URL`.
+
+#![allow(dead_code)]
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use mfe_events::topology::{base_plan, subscription_plan};
+use mfe_events::{Hub, HubConfig, Subscription};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A unique prefix so tests never share queues with each other or with live services.
+pub fn prefix() -> String {
+    format!("mfe.test.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The environment's hub configuration under `prefix`, with short retry delays.
+pub fn hub_config(prefix: &str) -> HubConfig {
+    let mut cfg = HubConfig::from_env().isolated(prefix).with_connection_name(format!("{prefix}.test"));
+    cfg.retry_delays = vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)];
+    cfg.publish_timeout = Duration::from_secs(20);
+    cfg
+}
+
+pub async fn connect(cfg: HubConfig) -> Hub {
+    let urls = cfg.urls.join(",");
+    Hub::connect(cfg).await.unwrap_or_else(|e| {
+        panic!("{e}\n(tests use RABBITMQ_URL={urls}; start the test stack with `set -a; . ./test.env; set +a; target/debug/mfe infra start`)")
+    })
+}
+
+/// Deletes the exchanges and queues of `subs` under `hub`'s configuration.
+pub async fn cleanup(hub: &Hub, subs: &[Subscription]) {
+    let Ok(ch) = hub.channel().await else { return };
+    let cfg = hub.config().clone();
+    let mut plan = base_plan(&cfg);
+    for s in subs {
+        plan.extend(subscription_plan(&cfg, s));
+    }
+    for q in &plan.queues {
+        let _ = ch.queue_delete(&q.name, QueueDeleteOptions::default()).await;
+    }
+    for e in &plan.exchanges {
+        let _ = ch.exchange_delete(&e.name, ExchangeDeleteOptions::default()).await;
+    }
+    hub.close().await;
+}
+
+/// A fresh database with the event hub tables; [`ScratchDb::drop_db`] removes it.
+pub struct ScratchDb {
+    pub pool: PgPool,
+    admin: PgConnectOptions,
+    name: String,
+}
+
+impl ScratchDb {
+    pub async fn create() -> ScratchDb {
+        let url = std::env::var("AUTH_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/auth_db".into());
+        let admin = PgConnectOptions::from_str(&url).expect("AUTH_DATABASE_URL is a postgres URL").database("postgres");
+        let name = format!("events_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin.connect().await.unwrap_or_else(|e| {
+            panic!("auth_db server of AUTH_DATABASE_URL ({url}): {e} — start the test stack: `set -a; . ./test.env; set +a; target/debug/mfe infra start`")
+        });
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.expect("create scratch database");
+        conn.close().await.ok();
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect_with(admin.clone().database(&name))
+            .await
+            .expect("connect to the scratch database");
+        sqlx::raw_sql(mfe_events::EVENT_HUB_DDL).execute(&pool).await.expect("apply the event hub DDL");
+        ScratchDb { pool, admin, name }
+    }
+
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(mut conn) = self.admin.connect().await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// Runs the built `mfe` binary with the test environment (`mfe infra <args> --runtime native`).
+pub fn mfe_infra(args: &[&str]) {
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/debug/mfe");
+    assert!(std::path::Path::new(bin).is_file(), "{bin} is missing — build it with `cargo build -p mfe`");
+    let out = std::process::Command::new(bin)
+        .arg("infra")
+        .args(args)
+        .args(["--runtime", "native"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .expect("run mfe");
+    assert!(
+        out.status.success(),
+        "mfe infra {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` until it is true or `max` passed.
+pub async fn eventually<F: FnMut() -> bool>(max: Duration, mut f: F) -> bool {
+    let deadline = tokio::time::Instant::now() + max;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
