@@ -76,6 +76,9 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Environment helpers.
     Env(EnvArgs),
+    /// Run and supervise the services and gateway (started by `mfe up`).
+    #[command(hide = true)]
+    Supervise(stack::SuperviseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down(a) => stack::down(&ctx, a).await,
         Command::Status(a) => stack::status(&ctx, a).await,
         Command::Doctor(a) => doctor::run(&ctx, a).await,
+        Command::Supervise(a) => stack::supervise(&ctx, a).await,
         Command::Env(a) => match a.command {
             EnvCommand::Example => {
                 print!("{}", mfe_kit::env::render_env_example());

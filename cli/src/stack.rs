@@ -1,20 +1,333 @@
-//! `mfe up`, `mfe down`, `mfe status`: the whole stack (not built yet).
+//! `mfe up`, `mfe down`, `mfe status`: the whole stack — infrastructure, schemas, the four
+//! services and the gateway.
+//!
+//! The services and the gateway run as supervised background processes: `mfe up` starts one
+//! detached supervisor (`mfe supervise`, hidden), which starts every binary with its log and pid
+//! file under `<state dir>/stack/`, restarts a crashed one with backoff and records each restart
+//! so `mfe status` reports it instead of hiding it. `mfe down` asks the supervisor to stop them
+//! in reverse order, then stops the infrastructure.
 
+use crate::config::Component;
+use crate::infra::{self, Runtime};
+use crate::report::{Check, Report};
 use crate::Ctx;
+use anyhow::{bail, Context};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// One process of the application tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppProcess {
+    pub name: &'static str,
+    pub binary: &'static str,
+    /// The variable holding its base URL; its port is where it listens.
+    pub url_var: &'static str,
+}
+
+/// Start order: services first, the gateway (which fronts them) last.
+pub const APP_PROCESSES: [AppProcess; 5] = [
+    AppProcess { name: "auth", binary: "auth-service", url_var: "AUTH_SERVICE_URL" },
+    AppProcess { name: "profile", binary: "profile-service", url_var: "PROFILE_SERVICE_URL" },
+    AppProcess { name: "payments", binary: "payments-service", url_var: "PAYMENTS_SERVICE_URL" },
+    AppProcess { name: "admin", binary: "admin-service", url_var: "ADMIN_SERVICE_URL" },
+    AppProcess { name: "gateway", binary: "mfe-gateway", url_var: "GATEWAY_URL" },
+];
+
+impl AppProcess {
+    pub fn url(&self) -> String {
+        mfe_kit::env::get(self.url_var).trim_end_matches('/').to_string()
+    }
+
+    pub fn port(&self) -> anyhow::Result<u16> {
+        let url = url::Url::parse(&self.url()).with_context(|| format!("{} is not a valid URL", self.url_var))?;
+        url.port_or_known_default().with_context(|| format!("{} has no port", self.url_var))
+    }
+}
 
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {}
-#[derive(Debug, clap::Args)]
-pub struct DownArgs {}
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct UpArgs {
+    #[command(flatten)]
+    pub runtime: infra::RuntimeArg,
+    /// Directory holding the service binaries (default: beside this `mfe`).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
 
-pub async fn up(_ctx: &Ctx, _a: UpArgs) -> anyhow::Result<()> {
-    Err(crate::not_built("up"))
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub runtime: infra::RuntimeArg,
+    /// Stop the services and gateway only; leave the infrastructure running.
+    #[arg(long)]
+    pub keep_infra: bool,
 }
-pub async fn down(_ctx: &Ctx, _a: DownArgs) -> anyhow::Result<()> {
-    Err(crate::not_built("down"))
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub runtime: infra::RuntimeArg,
 }
-pub async fn status(_ctx: &Ctx, _a: StatusArgs) -> anyhow::Result<()> {
-    Err(crate::not_built("status"))
+
+#[derive(Debug, clap::Args)]
+pub struct SuperviseArgs {
+    /// Directory holding the service binaries.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: PathBuf,
+}
+
+fn stack_dir(ctx: &Ctx) -> PathBuf {
+    ctx.config.state_dir.join("stack")
+}
+
+fn supervisor_pid_file(ctx: &Ctx) -> PathBuf {
+    stack_dir(ctx).join("supervisor.pid")
+}
+
+fn default_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the mfe binary")?;
+    Ok(exe.parent().context("the mfe binary has no directory")?.to_path_buf())
+}
+
+/// `mfe up`: infra → certificates → schemas → services and gateway → health → status table.
+pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => default_bin_dir()?,
+    };
+    for p in APP_PROCESSES {
+        let bin = bin_dir.join(p.binary);
+        if !bin.is_file() {
+            bail!("{} not found at {} — build it with `cargo build --workspace`", p.binary, bin.display());
+        }
+    }
+    let generated = crate::ssl::ensure_certificates(&ctx.config)?;
+    if generated {
+        eprintln!(
+            "up: generated TLS certificates in {}",
+            ctx.config.ssl_cert_path.parent().unwrap_or(Path::new(".")).display()
+        );
+    }
+    let rt = Runtime::select(ctx, args.runtime.runtime).await?;
+    rt.start(&Component::ALL, false).await?;
+    let split = crate::config::DbService::SPLIT;
+    crate::db::migrate_all(&ctx.config, &split).await?;
+    start_supervisor(ctx, &bin_dir)?;
+    wait_apps_healthy(Duration::from_secs(90)).await?;
+    let report = status_report(ctx, &rt).await?;
+    eprintln!("up: stack ready in {:.1} s ({} runtime)", t0.elapsed().as_secs_f64(), rt.name());
+    eprintln!(
+        "up: https://{}:{}/ (nginx), {} (gateway); stop with `mfe down`",
+        ctx.config.nginx_host,
+        ctx.config.nginx_https_port,
+        mfe_kit::env::get("GATEWAY_URL")
+    );
+    report.emit(ctx.json)
+}
+
+/// `mfe down`: services and gateway (reverse order), then infrastructure.
+pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<()> {
+    stop_supervisor(ctx)?;
+    if !args.keep_infra {
+        let rt = Runtime::select(ctx, args.runtime.runtime).await?;
+        rt.stop(&Component::ALL).await?;
+    }
+    eprintln!("down: everything stopped");
+    Ok(())
+}
+
+/// `mfe status`: one table of infrastructure, services and gateway.
+pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
+    let rt = Runtime::select(ctx, args.runtime.runtime).await?;
+    status_report(ctx, &rt).await?.emit(ctx.json)
+}
+
+async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
+    let mut report = Report::new("status");
+    for s in rt.status(&Component::ALL).await? {
+        report.push(s.check());
+    }
+    for p in APP_PROCESSES {
+        report.push(app_check(ctx, p).await);
+    }
+    report.metric("runtime", rt.name());
+    Ok(report)
+}
+
+async fn app_check(ctx: &Ctx, p: AppProcess) -> Check {
+    let dir = stack_dir(ctx);
+    let pid = read_pid(&dir.join(format!("{}.pid", p.name)));
+    let restarts = fs::read_to_string(dir.join(format!("{}.restarts", p.name))).unwrap_or_default();
+    let n_restarts = restarts.lines().count();
+    let url = p.url();
+    let health = probe_health(&url).await;
+    let mut detail = match (&pid, &health) {
+        (Some(pid), Ok(())) => format!("running pid {pid}, healthy at {url}"),
+        (Some(pid), Err(e)) => format!("running pid {pid}, unhealthy at {url}: {e}"),
+        (None, Ok(())) => format!("healthy at {url} (not started by mfe)"),
+        (None, Err(_)) => "stopped".to_string(),
+    };
+    if n_restarts > 0 {
+        let last = restarts.lines().last().unwrap_or_default();
+        detail.push_str(&format!("; restarted {n_restarts}× after crashes (last: {last})"));
+    }
+    Check::new(p.name, health.is_ok(), detail).metric("restarts", n_restarts as u64).metric("url", url)
+}
+
+async fn probe_health(base: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
+    match client.get(format!("{base}/health")).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("/health answered {}", r.status().as_u16())),
+        Err(e) => Err(if e.is_connect() { "connection refused".into() } else { e.to_string() }),
+    }
+}
+
+async fn wait_apps_healthy(timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for p in APP_PROCESSES {
+        loop {
+            match probe_health(&p.url()).await {
+                Ok(()) => {
+                    eprintln!("{}: healthy at {}", p.name, p.url());
+                    break;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    bail!(
+                        "{} did not become healthy at {}: {e} — see its log with `tail .mfe/stack/{}.log`",
+                        p.name,
+                        p.url(),
+                        p.name
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    (!stat.contains(") Z ")).then_some(pid)
+}
+
+fn start_supervisor(ctx: &Ctx, bin_dir: &Path) -> anyhow::Result<()> {
+    let dir = stack_dir(ctx);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(pid) = read_pid(&supervisor_pid_file(ctx)) {
+        eprintln!("up: services already supervised (pid {pid})");
+        return Ok(());
+    }
+    for p in APP_PROCESSES {
+        let port = p.port()?;
+        if crate::infra::ports::in_use(port) {
+            bail!(
+                "{} cannot start: {} — stop it or set {}",
+                p.name,
+                crate::infra::ports::describe_taken(port),
+                p.url_var
+            );
+        }
+        let _ = fs::remove_file(dir.join(format!("{}.restarts", p.name)));
+    }
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("supervise").arg("--bin-dir").arg(bin_dir);
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+    let child = cmd.spawn().context("cannot start the service supervisor")?;
+    fs::write(supervisor_pid_file(ctx), format!("{}\n", child.id()))?;
+    Ok(())
+}
+
+fn stop_supervisor(ctx: &Ctx) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(pid) = read_pid(&supervisor_pid_file(ctx)) else { return Ok(()) };
+    eprintln!("down: stopping services and gateway (supervisor pid {pid})");
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while read_pid(&supervisor_pid_file(ctx)).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if read_pid(&supervisor_pid_file(ctx)).is_some() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let _ = fs::remove_file(supervisor_pid_file(ctx));
+    Ok(())
+}
+
+/// The supervisor loop (`mfe supervise`, started by `mfe up`): runs every app process, restarts
+/// crashed ones with backoff and records each restart; on SIGTERM stops them in reverse order.
+pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let dir = stack_dir(ctx);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut children: Vec<Option<tokio::process::Child>> = Vec::new();
+    let mut backoff = vec![Duration::from_millis(500); APP_PROCESSES.len()];
+    for p in APP_PROCESSES {
+        children.push(Some(spawn_app(&dir, &args.bin_dir, p)?));
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (i, p) in APP_PROCESSES.iter().enumerate() {
+            let exited = match children[i].as_mut() {
+                Some(child) => child.try_wait()?.map(|s| s.to_string()),
+                None => Some("not running".into()),
+            };
+            if let Some(status) = exited {
+                let line =
+                    format!("{} {} exited ({status}); restarting", chrono::Utc::now().format("%H:%M:%S"), p.name);
+                eprintln!("supervisor: {line}");
+                let mut f =
+                    fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.restarts", p.name)))?;
+                use std::io::Write;
+                writeln!(f, "{} at {}", status, chrono::Utc::now().format("%H:%M:%S"))?;
+                tokio::time::sleep(backoff[i]).await;
+                backoff[i] = (backoff[i] * 2).min(Duration::from_secs(30));
+                children[i] = spawn_app(&dir, &args.bin_dir, *p).ok();
+            }
+        }
+    }
+    eprintln!("supervisor: stopping");
+    for (i, p) in APP_PROCESSES.iter().enumerate().rev() {
+        if let Some(mut child) = children[i].take() {
+            if let Some(pid) = child.id() {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        let _ = fs::remove_file(dir.join(format!("{}.pid", p.name)));
+        eprintln!("supervisor: {} stopped", p.name);
+    }
+    let _ = fs::remove_file(supervisor_pid_file(ctx));
+    Ok(())
+}
+
+fn spawn_app(dir: &Path, bin_dir: &Path, p: AppProcess) -> anyhow::Result<tokio::process::Child> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", p.name)))?;
+    let child = tokio::process::Command::new(bin_dir.join(p.binary))
+        .env("PORT", p.port()?.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", p.binary))?;
+    if let Some(pid) = child.id() {
+        fs::write(dir.join(format!("{}.pid", p.name)), format!("{pid}\n"))?;
+    }
+    Ok(child)
 }
