@@ -64,7 +64,7 @@ impl Payment {
             id: row.try_get("id")?,
             sender_id: row.try_get("sender_id")?,
             recipient_id: row.try_get("recipient_id")?,
-            amount: row.try_get("amount")?,
+            amount: row.try_get::<Decimal, _>("amount")?.normalize(),
             currency: row.try_get("currency")?,
             status: PaymentStatus::from_str(&status).map_err(|e| decode_err("status", e))?,
             payment_type: PaymentType::from_str(&payment_type).map_err(|e| decode_err("type", e))?,
