@@ -6,6 +6,7 @@
 //! Both publish the same ports on localhost, so [`health`] probes them the same way and the
 //! rest of `mfe` never needs to know which runtime runs the stack.
 
+pub mod compose;
 pub mod docker;
 pub mod health;
 pub mod native;
