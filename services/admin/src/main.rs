@@ -1,1 +1,20 @@
-fn main() {}
+//! `admin-service`: reads its settings from the environment (and `.env`) and serves until
+//! SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    mfe_kit::env::load_dotenv(None).map_err(anyhow::Error::msg)?;
+    mfe_kit::telemetry::init_tracing("admin");
+    let settings = admin_service::Settings::from_env().context("admin service: reading settings")?;
+    let app = admin_service::Application::build(settings).await?;
+    app.run_until_stopped().await
+}

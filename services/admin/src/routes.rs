@@ -1,0 +1,279 @@
+//! The HTTP API under `/api/admin/`, every route ADMIN only (401 without a token, 403 for other
+//! roles): users (through the auth service), audit logs, system config, system health.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    body::Body,
+    extract::{rejection::QueryRejection, Path, Query, RawQuery, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use chrono::{DateTime, Utc};
+use mfe_kit::{telemetry::CORRELATION_HEADER, ApiError, CorrelationId, Json, RequireAdmin};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    audit::{self, AuditFilter, AuditLog, Cursor},
+    startup::AppState,
+    system_config::{self, valid_key, Actor, ConfigEntry},
+};
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/users", get(list_users))
+        .route("/api/admin/audit-logs", get(list_audit_logs))
+        .route("/api/admin/config", get(list_config))
+        .route("/api/admin/config/{key}", get(get_config).put(put_config))
+        .route("/api/admin/system/health", get(system_health))
+}
+
+/// `GET /api/admin/users`: the auth service's `GET /api/auth/users`, called with the caller's
+/// own bearer token and correlation id (the auth service checks the role again), query string
+/// passed through. The answer is relayed as is; the admin service never reads auth_db.
+async fn list_users(
+    State(state): State<AppState>,
+    RequireAdmin(_): RequireAdmin,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut url = format!("{}/api/auth/users", state.urls.auth.trim_end_matches('/'));
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url = format!("{url}?{q}");
+    }
+    let mut request = state.http.get(&url).header(CORRELATION_HEADER.as_str(), correlation.as_str());
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        request = request.header(header::AUTHORIZATION, auth.as_bytes());
+    }
+    let upstream = request.send().await.map_err(|e| {
+        ApiError::Unavailable(format!("auth service at {}: {} — is it running? check AUTH_SERVICE_URL", state.urls.auth, short(&e)))
+    })?;
+    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = upstream.headers().get(reqwest::header::CONTENT_TYPE).map(|v| v.as_bytes().to_vec());
+    let body = upstream
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("auth service at {}: reading the answer: {}", state.urls.auth, short(&e))))?;
+    let mut response = Response::builder().status(status);
+    if let Some(ct) = content_type {
+        response = response.header(header::CONTENT_TYPE, ct);
+    }
+    response.body(Body::from(body)).map_err(|e| ApiError::Internal(e.into()))
+}
+
+fn short(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection refused".into()
+    } else {
+        mfe_kit::error::cause_chain(e)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditQuery {
+    pub user_id: Option<String>,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    pub data: Vec<AuditLog>,
+    pub next_cursor: Option<String>,
+}
+
+fn time_param(name: &str, raw: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    match raw.filter(|r| !r.is_empty()) {
+        None => Ok(None),
+        Some(r) => DateTime::parse_from_rfc3339(&r)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| ApiError::BadRequest(format!("{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, got {r:?}"))),
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// `GET /api/admin/audit-logs?userId=&action=&resourceType=&resourceId=&from=&to=&limit=&cursor=`,
+/// newest first.
+async fn list_audit_logs(
+    State(state): State<AppState>,
+    RequireAdmin(_): RequireAdmin,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?;
+    let limit = match q.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}, got {raw:?}")))?,
+    };
+    let cursor = match non_empty(q.cursor) {
+        None => None,
+        Some(raw) => Some(Cursor::decode(&raw).ok_or_else(|| {
+            ApiError::BadRequest("cursor is not one this service issued; pass nextCursor from a previous page".into())
+        })?),
+    };
+    let filter = AuditFilter {
+        user_id: non_empty(q.user_id),
+        action: non_empty(q.action),
+        resource_type: non_empty(q.resource_type),
+        resource_id: non_empty(q.resource_id),
+        from: time_param("from", q.from)?,
+        to: time_param("to", q.to)?,
+    };
+    let (data, next) = audit::list(&state.db, &filter, cursor.as_ref(), limit).await?;
+    Ok(Json(AuditPage { data, next_cursor: next.map(|c| c.encode()) }))
+}
+
+async fn list_config(
+    State(state): State<AppState>,
+    RequireAdmin(_): RequireAdmin,
+) -> Result<impl IntoResponse, ApiError> {
+    let entries = system_config::all(&state.db).await?;
+    Ok(Json(serde_json::json!({ "data": entries })))
+}
+
+fn checked_key(key: &str) -> Result<(), ApiError> {
+    if valid_key(key) {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(format!(
+            "config key {key:?} must be 1-128 characters of letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+async fn get_config(
+    State(state): State<AppState>,
+    RequireAdmin(_): RequireAdmin,
+    Path(key): Path<String>,
+) -> Result<Json<ConfigEntry>, ApiError> {
+    checked_key(&key)?;
+    system_config::get(&state.db, &key)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("config key {key:?} is not set")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PutConfig {
+    /// Any JSON value; required (send `null` explicitly to store null).
+    pub value: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
+async fn put_config(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Json(body): Json<PutConfig>,
+) -> Result<Json<ConfigEntry>, ApiError> {
+    checked_key(&key)?;
+    let value = body.value.ok_or_else(|| ApiError::Validation("body must carry a \"value\"".into()))?;
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    let actor = Actor {
+        user_id: admin.id().to_string(),
+        // The gateway sets X-Real-IP / X-Forwarded-For; direct callers have neither.
+        ip_address: header_text("x-real-ip")
+            .or_else(|| header_text("x-forwarded-for").map(|f| f.split(',').next().unwrap_or("").trim().to_string())),
+        user_agent: header_text("user-agent"),
+        correlation_id: Some(correlation.0),
+    };
+    let entry = system_config::set(&state.db, &key, value, body.description, &actor).await?;
+    state.broker.notify();
+    state.metrics.event_published(mfe_events::types::ADMIN_CONFIG_UPDATED);
+    tracing::info!(key = %key, updated_by = %actor.user_id, "system config updated");
+    Ok(Json(entry))
+}
+
+/// One row of the system health table.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceHealth {
+    pub name: &'static str,
+    pub url: String,
+    /// `up` (answered 200), `degraded` (answered, not 200) or `down` (no answer).
+    pub status: &'static str,
+    pub http_status: Option<u16>,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The service's own `/health` report, when it sent JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+}
+
+async fn probe(http: &reqwest::Client, name: &'static str, base: &str, timeout: Duration) -> ServiceHealth {
+    let url = format!("{}/health", base.trim_end_matches('/'));
+    let started = Instant::now();
+    let result = http.get(&url).timeout(timeout).send().await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            let report = response.json::<serde_json::Value>().await.ok();
+            ServiceHealth {
+                name,
+                url,
+                status: if code == 200 { "up" } else { "degraded" },
+                http_status: Some(code),
+                latency_ms,
+                error: (code != 200).then(|| format!("/health answered {code}")),
+                report,
+            }
+        }
+        Err(e) => ServiceHealth {
+            name,
+            url,
+            status: "down",
+            http_status: None,
+            latency_ms,
+            error: Some(if e.is_timeout() { format!("no answer within {} ms", timeout.as_millis()) } else { short(&e) }),
+            report: None,
+        },
+    }
+}
+
+/// `GET /api/admin/system/health`: every component's `/health`, called concurrently, each
+/// bounded by the health timeout; 200 with the table whatever the results.
+async fn system_health(State(state): State<AppState>, RequireAdmin(_): RequireAdmin) -> impl IntoResponse {
+    let urls = &state.urls;
+    let targets: [(&'static str, &str); 5] = [
+        ("gateway", &urls.gateway),
+        ("auth", &urls.auth),
+        ("payments", &urls.payments),
+        ("admin", &urls.admin),
+        ("profile", &urls.profile),
+    ];
+    let checks = targets.iter().map(|(name, base)| probe(&state.http, name, base, state.health_timeout));
+    let services = futures::future::join_all(checks).await;
+    let up = services.iter().filter(|s| s.status == "up").count();
+    let status = if up == services.len() { "ok" } else { "degraded" };
+    Json(serde_json::json!({
+        "status": status,
+        "checkedAt": Utc::now(),
+        "summary": format!("{up}/{} services up", services.len()),
+        "services": services,
+    }))
+}

@@ -1,0 +1,282 @@
+//! Settings, shared state, the background broker link (audit consumer + outbox relay) and the
+//! [`Application`] that owns the listener.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{extract::FromRef, routing::get, Router};
+use mfe_events::{Hub, HubConfig, OutboxRelay, RelayHandle, Subscription, SubscriptionHandle};
+use mfe_kit::{
+    config::{ConfigError, Service, ServiceConfig, ServiceUrls},
+    health::{health_handler, Health},
+    metrics::{metrics_handler, track_requests, Metrics},
+    JwtKeys,
+};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    audit::{AuditHandler, CONSUMER},
+    routes,
+};
+
+/// The default queue of the audit consumer (SPEC §7: `<service>.events.queue`).
+pub const DEFAULT_EVENTS_QUEUE: &str = "admin.events.queue";
+
+/// Everything the admin service reads at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port, database, broker, Redis, JWT secret and the other services' URLs.
+    pub service: ServiceConfig,
+    /// `ADMIN_EVENTS_QUEUE`: the queue the audit consumer reads, bound to every event (`#`).
+    pub events_queue: String,
+    /// `ADMIN_EVENTS_QUEUE_EXCLUSIVE=1`: declare the queue exclusive to this process (deleted
+    /// with its connection), for tests and throw-away replicas that must not leave a durable
+    /// queue collecting every event behind.
+    pub events_queue_exclusive: bool,
+    /// `ADMIN_HEALTH_TIMEOUT_MS` (default 2000): how long system health waits for each service.
+    pub health_timeout: Duration,
+    /// `ADMIN_DB_POOL_SIZE` (default 8).
+    pub db_pool_size: u32,
+}
+
+fn env_number(name: &str) -> Result<Option<u64>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map(Some).map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number")))
+        }
+        _ => Ok(None),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let queue = std::env::var("ADMIN_EVENTS_QUEUE").ok().filter(|q| !q.trim().is_empty());
+        let exclusive = std::env::var("ADMIN_EVENTS_QUEUE_EXCLUSIVE").is_ok_and(|v| matches!(v.trim(), "1" | "true"));
+        Ok(Self {
+            service: ServiceConfig::from_env(Service::Admin)?,
+            events_queue: queue.unwrap_or_else(|| DEFAULT_EVENTS_QUEUE.to_string()),
+            events_queue_exclusive: exclusive,
+            health_timeout: Duration::from_millis(env_number("ADMIN_HEALTH_TIMEOUT_MS")?.unwrap_or(2000).max(1)),
+            db_pool_size: env_number("ADMIN_DB_POOL_SIZE")?.unwrap_or(8).clamp(1, 1000) as u32,
+        })
+    }
+}
+
+/// The broker side: connected in the background so the API serves while RabbitMQ is down.
+/// Once connected it consumes every event into the audit log and relays the outbox.
+#[derive(Clone)]
+pub struct BrokerLink {
+    hub: Arc<OnceLock<Hub>>,
+    relay: Arc<OnceLock<RelayHandle>>,
+    consumer: Arc<OnceLock<SubscriptionHandle>>,
+    consuming: watch::Receiver<bool>,
+}
+
+impl BrokerLink {
+    pub fn connect_in_background(cfg: HubConfig, subscription: Subscription, handler: AuditHandler) -> Self {
+        let (consuming_tx, consuming) = watch::channel(false);
+        let link = Self { hub: Arc::default(), relay: Arc::default(), consumer: Arc::default(), consuming };
+        let this = link.clone();
+        let pool = handler.db.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            let mut attempts = 0u32;
+            let hub = loop {
+                match Hub::connect(cfg.clone()).await {
+                    Ok(hub) => break hub,
+                    Err(e) => {
+                        attempts += 1;
+                        if attempts == 1 || attempts % 12 == 0 {
+                            tracing::warn!(error = %e, attempts, "event hub unreachable; audit logging waits for it, config events wait in the outbox");
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            let _ = this.relay.set(OutboxRelay::spawn(pool, hub.clone()));
+            let _ = this.hub.set(hub.clone());
+            let mut pause = Duration::from_millis(200);
+            loop {
+                match hub.subscribe(subscription.clone(), handler.clone()).await {
+                    Ok(handle) => {
+                        tracing::info!(queue = %handle.queue(), "audit consumer started");
+                        let _ = this.consumer.set(handle);
+                        let _ = consuming_tx.send(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, queue = %subscription.queue, "cannot start the audit consumer; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        link
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.hub.get().is_some_and(Hub::is_connected)
+    }
+
+    /// Waits up to `max` until the audit consumer reads its queue; false on timeout.
+    pub async fn wait_until_consuming(&self, max: Duration) -> bool {
+        let mut rx = self.consuming.clone();
+        tokio::time::timeout(max, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn notify(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.notify();
+        }
+    }
+
+    /// Flushes the outbox (bounded), stops consuming and closes the connection.
+    pub async fn shutdown(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.shutdown().await;
+        }
+        if let Some(hub) = self.hub.get() {
+            hub.close().await;
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub jwt: JwtKeys,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub broker: BrokerLink,
+    /// For calls to the other services (users, system health).
+    pub http: reqwest::Client,
+    pub urls: ServiceUrls,
+    pub health_timeout: Duration,
+}
+
+impl FromRef<AppState> for JwtKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.jwt.clone()
+    }
+}
+
+impl FromRef<AppState> for Health {
+    fn from_ref(state: &AppState) -> Self {
+        state.health.clone()
+    }
+}
+
+impl FromRef<AppState> for Metrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+/// The service's router on `state`, with the kit's correlation-id and metrics layers.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::router())
+        .route("/health", get(health_handler))
+        .route("/metrics", get(metrics_handler))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track_requests))
+        .layer(axum::middleware::from_fn(mfe_kit::telemetry::correlation_id))
+        .with_state(state)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to admin_db, starts the broker link and binds the listener (port 0: any).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let cfg = &settings.service;
+        let db = PgPoolOptions::new()
+            .max_connections(settings.db_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&cfg.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "admin_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
+                    redact(&cfg.database_url)
+                )
+            })?;
+        let metrics = Metrics::new(Service::Admin.name());
+        let subscription = Subscription {
+            consumer: CONSUMER.to_string(),
+            queue: settings.events_queue.clone(),
+            bindings: vec!["#".to_string()],
+            exclusive: settings.events_queue_exclusive,
+        };
+        let handler = AuditHandler { db: db.clone(), metrics: metrics.clone() };
+        let broker = BrokerLink::connect_in_background(
+            cfg.hub.clone().with_connection_name("admin-service"),
+            subscription,
+            handler,
+        );
+        let probe = broker.clone();
+        let health = Health::new(Service::Admin.name()).database(db.clone()).broker(move || probe.is_connected());
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.health_timeout)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("admin service: building the http client")?;
+        let state = AppState {
+            db,
+            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            metrics,
+            health,
+            broker,
+            http,
+            urls: cfg.urls.clone(),
+            health_timeout: settings.health_timeout,
+        };
+        let listener = TcpListener::bind((cfg.bind.as_str(), cfg.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{} — is the port taken? set PORT", cfg.bind, cfg.port))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self { listener, port, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM/Ctrl-C, then flushes the outbox and closes the broker connection.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let broker = self.state.broker.clone();
+        tracing::info!(port = self.port, "admin service listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(mfe_kit::shutdown::shutdown_signal())
+            .await
+            .context("admin service: the http server failed")?;
+        broker.shutdown().await;
+        Ok(())
+    }
+}
+
+/// `postgres://user:***@host/db` for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<invalid url>".to_string(),
+    }
+}
