@@ -109,7 +109,9 @@ async fn a_missing_invalid_expired_or_unsigned_token_is_refused_with_401_before_
         let b = s.as_bytes();
         let mut out = String::new();
         for c in b.chunks(3) {
-            let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
             for i in 0..=c.len() {
                 let _ = out.write_char(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
@@ -156,7 +158,8 @@ async fn a_valid_token_in_the_query_or_header_gets_the_ack_and_a_pong() {
     socket.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
     assert_eq!(next_json(&mut socket, Duration::from_secs(5)).await, json!({"type": "pong"}));
 
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!("ws://127.0.0.1:{}/ws", gw.port)).unwrap();
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://127.0.0.1:{}/ws", gw.port)).unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (mut socket, _) = connect_async(req).await.expect("a bearer header is accepted too");
     assert_eq!(next_json(&mut socket, Duration::from_secs(5)).await["type"], "connection:ack");
