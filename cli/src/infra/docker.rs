@@ -1,39 +1,927 @@
 //! The docker runtime: containers through the Docker API (bollard), defined by docker-compose.yml.
-//! (Built by the Docker infrastructure issue.)
+//!
+//! `mfe` reads the compose file itself ([`super::compose`]) and creates the network, volumes and
+//! containers in dependency order with docker compose's labels, so `docker compose ps` and
+//! `docker compose down` see the same project. Published ports come from this run's
+//! configuration (the port of AUTH_DATABASE_URL becomes AUTH_DB_PORT …), so the stack always
+//! listens where the rest of `mfe` and the services connect. Nothing is created before every
+//! image is present and every port is free.
+//!
+//! [`build_images`] makes local stand-ins for the official images from Debian packages
+//! (scripts/build-images.sh) and loads them through the API, for machines without a registry.
 
+use super::compose::{parse_duration_ns, ComposeFile, PortMapping, Service, VolumeMount};
 use crate::config::{Component, Config};
-use crate::infra::ComponentStatus;
+use crate::infra::{health, ports, ComponentStatus};
 use crate::Ctx;
+use anyhow::{bail, Context};
+use bollard::container::{
+    Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, StopContainerOptions,
+};
+use bollard::errors::Error as DockerError;
+use bollard::image::{CreateImageOptions, ImportImageOptions};
+use bollard::models::{EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, PortBinding};
+use bollard::network::CreateNetworkOptions;
+use bollard::volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-/// A connected Docker daemon.
+const LABEL_PROJECT: &str = "com.docker.compose.project";
+const LABEL_SERVICE: &str = "com.docker.compose.service";
+const LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
+
+/// A connected Docker daemon and the project of this run.
 pub struct Docker {
-    _cfg: Config,
+    cfg: Config,
+    api: bollard::Docker,
+    project: String,
+    compose: ComposeFile,
+    compose_path: PathBuf,
 }
 
+/// `mfe infra build-images`.
 #[derive(Debug, clap::Args)]
-pub struct BuildImagesArgs {}
+pub struct BuildImagesArgs {
+    /// Rebuild the root filesystem and reload the images even when they exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// What a service's container looks like right now.
+struct Observed {
+    id: String,
+    running: bool,
+    state: String,
+    health: Option<HealthStatusEnum>,
+    exit_code: i64,
+    config_hash: String,
+}
+
+/// The variables docker-compose.yml leaves open, set from this run's configuration so the
+/// containers publish exactly the ports the configuration's URLs name.
+pub fn compose_overrides(cfg: &Config) -> anyhow::Result<HashMap<String, String>> {
+    let mut vars = HashMap::new();
+    for c in Component::ALL {
+        if let Some(db) = c.db_service() {
+            let pg = cfg.pg(db)?;
+            let prefix = c.name().to_ascii_uppercase();
+            vars.insert(format!("{prefix}_PORT"), pg.port.to_string());
+            vars.insert(format!("{prefix}_USER"), pg.user.clone());
+            vars.insert(format!("{prefix}_PASSWORD"), pg.password.clone());
+        }
+    }
+    vars.insert("RABBITMQ_PORT".into(), cfg.rabbitmq_port.to_string());
+    vars.insert("RABBITMQ_MANAGEMENT_PORT".into(), cfg.rabbitmq_management_port.to_string());
+    vars.insert("RABBITMQ_USER".into(), cfg.rabbitmq_user.clone());
+    vars.insert("RABBITMQ_PASSWORD".into(), cfg.rabbitmq_password.clone());
+    vars.insert("REDIS_PORT".into(), cfg.redis_port.to_string());
+    vars.insert("NGINX_HTTP_PORT".into(), cfg.nginx_http_port.to_string());
+    vars.insert("NGINX_HTTPS_PORT".into(), cfg.nginx_https_port.to_string());
+    vars.insert("NGINX_HOST".into(), cfg.nginx_host.clone());
+    let ssl_dir = cfg.ssl_cert_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    vars.insert("MFE_SSL_DIR".into(), ssl_dir.display().to_string());
+    let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    vars.insert("MFE_SSL_CERT_FILE".into(), file_name(&cfg.ssl_cert_path));
+    vars.insert("MFE_SSL_KEY_FILE".into(), file_name(&cfg.ssl_key_path));
+    let gateway_port = url::Url::parse(&cfg.gateway_url).ok().and_then(|u| u.port_or_known_default()).unwrap_or(3000);
+    vars.insert("MFE_GATEWAY_UPSTREAM".into(), format!("host.docker.internal:{gateway_port}"));
+    Ok(vars)
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// The daemon's message without bollard's wrapping.
+fn docker_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
 
 impl Docker {
-    pub async fn connect(_cfg: &Config) -> anyhow::Result<Self> {
-        Err(crate::not_built("infra --runtime docker"))
+    /// Connects to the daemon (DOCKER_HOST or the local socket) and reads docker-compose.yml.
+    pub async fn connect(cfg: &Config) -> anyhow::Result<Self> {
+        let where_ = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let hint = "start it (`sudo systemctl start docker`, or `sudo dockerd &`) or use --runtime native";
+        let api = bollard::Docker::connect_with_local_defaults()
+            .map_err(|e| anyhow::anyhow!("cannot reach the Docker daemon at {where_}: {e} — {hint}"))?;
+        let api = tokio::time::timeout(Duration::from_secs(5), api.negotiate_version())
+            .await
+            .map_err(|_| anyhow::anyhow!("the Docker daemon at {where_} did not answer within 5 s — {hint}"))?
+            .map_err(|e| anyhow::anyhow!("cannot reach the Docker daemon at {where_}: {e} — {hint}"))?;
+        api.ping()
+            .await
+            .map_err(|e| anyhow::anyhow!("the Docker daemon at {where_} did not answer a ping: {e} — {hint}"))?;
+        let compose_path = cfg.root.join("docker-compose.yml");
+        let overrides = compose_overrides(cfg)?;
+        let lookup = move |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
+        let compose = ComposeFile::load(&compose_path, &lookup)?;
+        Ok(Self { cfg: cfg.clone(), api, project: cfg.project.clone(), compose, compose_path })
     }
-    pub async fn start(&self, _c: &[Component], _explicit: bool) -> anyhow::Result<()> {
-        Err(crate::not_built("infra --runtime docker"))
+
+    fn container_name(&self, service: &str) -> String {
+        match self.compose.services.get(service).and_then(|s| s.container_name.clone()) {
+            Some(name) => name,
+            None => format!("{}-{service}-1", self.project),
+        }
     }
-    pub async fn stop(&self, _c: &[Component]) -> anyhow::Result<()> {
-        Err(crate::not_built("infra --runtime docker"))
+
+    fn network_name(&self, network: &str) -> String {
+        format!("{}_{network}", self.project)
     }
-    pub async fn status(&self, _c: &[Component]) -> anyhow::Result<Vec<ComponentStatus>> {
-        Err(crate::not_built("infra --runtime docker"))
+
+    fn volume_name(&self, volume: &str) -> String {
+        format!("{}_{volume}", self.project)
     }
-    pub async fn logs(&self, _c: Option<Component>, _f: bool, _t: usize) -> anyhow::Result<()> {
-        Err(crate::not_built("infra --runtime docker"))
+
+    fn service(&self, name: &str) -> anyhow::Result<&Service> {
+        self.compose
+            .services
+            .get(name)
+            .with_context(|| format!("{} defines no service {name}", self.compose_path.display()))
     }
+
+    fn config_hash(svc: &Service) -> String {
+        hex::encode(Sha256::digest(serde_json::to_vec(svc).expect("a service serialises")))
+    }
+
+    async fn observe(&self, service: &str) -> anyhow::Result<Option<Observed>> {
+        let name = self.container_name(service);
+        let info = match self.api.inspect_container(&name, None).await {
+            Ok(info) => info,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(anyhow::anyhow!("cannot inspect container {name}: {}", docker_message(&e))),
+        };
+        let state = info.state.unwrap_or_default();
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        Ok(Some(Observed {
+            id: info.id.unwrap_or(name),
+            running: state.running.unwrap_or(false),
+            state: state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
+            health: state.health.and_then(|h| h.status),
+            exit_code: state.exit_code.unwrap_or(0),
+            config_hash: labels.get(LABEL_CONFIG_HASH).cloned().unwrap_or_default(),
+        }))
+    }
+
+    /// Starts `comps` and what they depend on, creating whatever is missing; waits for health.
+    pub async fn start(&self, comps: &[Component], explicit: bool) -> anyhow::Result<()> {
+        let mut wanted = Vec::new();
+        for &c in comps {
+            if !self.compose.services.contains_key(c.name()) {
+                bail!("{} defines no service {c}", self.compose_path.display());
+            }
+            if c == Component::Nginx && !(self.cfg.ssl_cert_path.is_file() && self.cfg.ssl_key_path.is_file()) {
+                if explicit {
+                    bail!(
+                        "nginx needs a certificate at {} — run `mfe ssl generate` first",
+                        self.cfg.ssl_cert_path.display()
+                    );
+                }
+                eprintln!(
+                    "nginx: skipped (no certificate at {} — run `mfe ssl generate`)",
+                    self.cfg.ssl_cert_path.display()
+                );
+                continue;
+            }
+            wanted.push(c.name().to_string());
+        }
+        let order = self.compose.start_order(&wanted)?;
+
+        // Preflight: every image present (pulled if possible) and every port free, before
+        // anything is created.
+        let mut plan = Vec::new();
+        for name in &order {
+            let svc = self.service(name)?;
+            let observed = self.observe(name).await?;
+            let hash = Self::config_hash(svc);
+            let action = match &observed {
+                Some(o) if o.config_hash == hash && o.running => Action::Keep,
+                Some(o) if o.config_hash == hash => Action::Start,
+                Some(_) => Action::Recreate,
+                None => Action::Create,
+            };
+            if action != Action::Keep {
+                for p in &svc.ports {
+                    let mapping = PortMapping::parse(p)?;
+                    if let Some(port) = mapping.host_port {
+                        let ours = matches!(&observed, Some(o) if o.running);
+                        if !ours && ports::in_use(port) {
+                            bail!(
+                                "{name} cannot start: {} — stop it or move {name} to another port (see .env.example)",
+                                ports::describe_taken(port)
+                            );
+                        }
+                    }
+                }
+                for v in &svc.volumes {
+                    if let VolumeMount::Bind { source, .. } = VolumeMount::parse(v, self.root())? {
+                        anyhow::ensure!(
+                            source.exists(),
+                            "{name} mounts {}, which does not exist — is MFE_ROOT the repository?",
+                            source.display()
+                        );
+                    }
+                }
+            }
+            if matches!(action, Action::Create | Action::Recreate) {
+                self.ensure_image(name, &svc.image).await?;
+            }
+            plan.push((name.clone(), action, hash));
+        }
+
+        self.ensure_network_and_volumes().await?;
+        let mut started: Vec<String> = Vec::new();
+        let result = async {
+            for (name, action, hash) in &plan {
+                let svc = self.service(name)?;
+                for (dep, healthy) in svc.depends_on.services() {
+                    if healthy {
+                        self.wait_healthy(&dep, Duration::from_secs(180)).await?;
+                    }
+                }
+                match action {
+                    Action::Keep => continue,
+                    Action::Start => eprintln!("{name}: starting"),
+                    Action::Create => eprintln!("{name}: creating"),
+                    Action::Recreate => {
+                        eprintln!("{name}: configuration changed, recreating (volumes are kept)");
+                        self.remove_container(name).await?;
+                    }
+                }
+                if matches!(action, Action::Create | Action::Recreate) {
+                    self.create_container(name, svc, hash).await?;
+                }
+                let cname = self.container_name(name);
+                self.api
+                    .start_container(&cname, None::<StartContainerOptions<String>>)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot start container {cname}: {}", docker_message(&e)))?;
+                started.push(name.clone());
+            }
+            for (name, _, _) in &plan {
+                let t0 = Instant::now();
+                self.wait_healthy(name, Duration::from_secs(180)).await?;
+                if let Ok(c) = Component::parse(name) {
+                    let detail =
+                        health::wait_healthy(&self.cfg, c, Duration::from_secs(60)).await.with_context(|| {
+                            format!("{name} is healthy inside its container but not on its published port")
+                        })?;
+                    eprintln!("{name}: healthy in {:.1} s ({detail})", t0.elapsed().as_secs_f64());
+                }
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Leave nothing half-started: stop what this call started (data stays in volumes).
+            for name in started.iter().rev() {
+                let _ = self.api.stop_container(&self.container_name(name), Some(StopContainerOptions { t: 10 })).await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn root(&self) -> &Path {
+        self.compose_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Makes sure `image` exists locally, pulling it with per-layer progress when it does not.
+    async fn ensure_image(&self, service: &str, image: &str) -> anyhow::Result<()> {
+        match self.api.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => bail!("cannot inspect image {image}: {}", docker_message(&e)),
+        }
+        eprintln!("{service}: pulling {image}");
+        let bars = indicatif::MultiProgress::new();
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let style = indicatif::ProgressStyle::with_template("{prefix:>14} {msg:<12} {bar:30} {bytes}/{total_bytes}")
+            .expect("a valid template");
+        let mut layers: HashMap<String, indicatif::ProgressBar> = HashMap::new();
+        let mut stream =
+            self.api.create_image(Some(CreateImageOptions { from_image: image, ..Default::default() }), None, None);
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(e) => {
+                    bars.clear().ok();
+                    bail!(
+                        "image {image} for {service} is not available locally and cannot be pulled ({}) — build local \
+                         images with `mfe infra build-images` (or `make images`) and select them with MFE_*_IMAGE \
+                         (e.g. MFE_POSTGRES_IMAGE=mfe-local/postgres:15)",
+                        docker_message(&e)
+                    );
+                }
+            };
+            let (Some(id), Some(status)) = (info.id, info.status) else { continue };
+            let bar = layers.entry(id.clone()).or_insert_with(|| {
+                let b = bars.add(indicatif::ProgressBar::new(0));
+                b.set_style(style.clone());
+                b.set_prefix(id.clone());
+                b
+            });
+            bar.set_message(status.clone());
+            if let Some(d) = info.progress_detail {
+                if let (Some(cur), Some(total)) = (d.current, d.total) {
+                    bar.set_length(total.max(0) as u64);
+                    bar.set_position(cur.max(0) as u64);
+                }
+            }
+            if status == "Pull complete" || status == "Already exists" {
+                bar.finish();
+                if bars.is_hidden() {
+                    eprintln!("{service}: layer {id} {}", status.to_lowercase());
+                }
+            }
+        }
+        bars.clear().ok();
+        eprintln!("{service}: pulled {image}");
+        Ok(())
+    }
+
+    async fn ensure_network_and_volumes(&self) -> anyhow::Result<()> {
+        for net in self.compose.networks.keys() {
+            let name = self.network_name(net);
+            match self.api.inspect_network::<String>(&name, None).await {
+                Ok(_) => continue,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => bail!("cannot inspect network {name}: {}", docker_message(&e)),
+            }
+            let labels = HashMap::from([
+                (LABEL_PROJECT.to_string(), self.project.clone()),
+                ("com.docker.compose.network".to_string(), net.clone()),
+            ]);
+            self.api
+                .create_network(CreateNetworkOptions {
+                    name: name.clone(),
+                    driver: "bridge".to_string(),
+                    check_duplicate: true,
+                    labels,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create network {name}: {}", docker_message(&e)))?;
+        }
+        for vol in self.compose.volumes.keys() {
+            let name = self.volume_name(vol);
+            if self.api.inspect_volume(&name).await.is_ok() {
+                continue;
+            }
+            let labels = HashMap::from([
+                (LABEL_PROJECT.to_string(), self.project.clone()),
+                ("com.docker.compose.volume".to_string(), vol.clone()),
+            ]);
+            self.api
+                .create_volume(CreateVolumeOptions {
+                    name: name.clone(),
+                    driver: "local".into(),
+                    labels,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create volume {name}: {}", docker_message(&e)))?;
+        }
+        Ok(())
+    }
+
+    async fn create_container(&self, name: &str, svc: &Service, hash: &str) -> anyhow::Result<()> {
+        let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        let mut exposed: HashMap<String, HashMap<(), ()>> = HashMap::new();
+        for p in &svc.ports {
+            let m = PortMapping::parse(p)?;
+            let key = format!("{}/{}", m.container_port, m.protocol);
+            exposed.insert(key.clone(), HashMap::new());
+            port_bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding { host_ip: m.host_ip.clone(), host_port: m.host_port.map(|p| p.to_string()) });
+        }
+        let mut binds = Vec::new();
+        for v in &svc.volumes {
+            let (source, target, ro) = match VolumeMount::parse(v, self.root())? {
+                VolumeMount::Named { name: vol, target, read_only } => {
+                    anyhow::ensure!(
+                        self.compose.volumes.contains_key(&vol),
+                        "{name} mounts volume {vol}, which the top-level `volumes:` does not declare"
+                    );
+                    (self.volume_name(&vol), target, read_only)
+                }
+                VolumeMount::Bind { source, target, read_only } => (source.display().to_string(), target, read_only),
+            };
+            binds.push(format!("{source}:{target}{}", if ro { ":ro" } else { "" }));
+        }
+        let networks: Vec<String> = match svc.networks.names() {
+            n if n.is_empty() => vec!["default".to_string()],
+            n => n,
+        };
+        let primary = self.network_name(&networks[0]);
+        let healthcheck = match &svc.healthcheck {
+            None => None,
+            Some(h) => Some(HealthConfig {
+                test: Some(h.test_vec()),
+                interval: h.interval.as_deref().map(parse_duration_ns).transpose()?,
+                timeout: h.timeout.as_deref().map(parse_duration_ns).transpose()?,
+                retries: h.retries,
+                start_period: h.start_period.as_deref().map(parse_duration_ns).transpose()?,
+                start_interval: None,
+            }),
+        };
+        let labels = HashMap::from([
+            (LABEL_PROJECT.to_string(), self.project.clone()),
+            (LABEL_SERVICE.to_string(), name.to_string()),
+            ("com.docker.compose.oneoff".to_string(), "False".to_string()),
+            ("com.docker.compose.container-number".to_string(), "1".to_string()),
+            (LABEL_CONFIG_HASH.to_string(), hash.to_string()),
+            ("com.docker.compose.project.working_dir".to_string(), self.root().display().to_string()),
+            ("com.docker.compose.project.config_files".to_string(), self.compose_path.display().to_string()),
+            (
+                "com.docker.compose.depends_on".to_string(),
+                svc.depends_on
+                    .services()
+                    .iter()
+                    .map(|(d, h)| format!("{d}:{}:false", if *h { "service_healthy" } else { "service_started" }))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]);
+        let endpoints = HashMap::from([(
+            primary.clone(),
+            EndpointSettings { aliases: Some(vec![name.to_string()]), ..Default::default() },
+        )]);
+        let config = ContainerConfig {
+            image: Some(svc.image.clone()),
+            hostname: svc.hostname.clone(),
+            cmd: svc.command.as_ref().map(|c| c.to_vec()),
+            env: Some(svc.environment.to_vec()),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            healthcheck,
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                binds: Some(binds),
+                network_mode: Some(primary.clone()),
+                extra_hosts: Some(svc.extra_hosts.clone()),
+                ..Default::default()
+            }),
+            networking_config: Some(bollard::container::NetworkingConfig { endpoints_config: endpoints }),
+            ..Default::default()
+        };
+        let cname = self.container_name(name);
+        self.api
+            .create_container(Some(CreateContainerOptions { name: cname.clone(), platform: None }), config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create container {cname}: {}", docker_message(&e)))?;
+        for extra in networks.iter().skip(1) {
+            let net = self.network_name(extra);
+            self.api
+                .connect_network(
+                    &net,
+                    bollard::network::ConnectNetworkOptions {
+                        container: cname.clone(),
+                        endpoint_config: EndpointSettings {
+                            aliases: Some(vec![name.to_string()]),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect {cname} to {net}: {}", docker_message(&e)))?;
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, service: &str) -> anyhow::Result<()> {
+        let cname = self.container_name(service);
+        match self
+            .api
+            .remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => bail!("cannot remove container {cname}: {}", docker_message(&e)),
+        }
+    }
+
+    /// Waits until the container reports healthy (or, without a health check, runs).
+    async fn wait_healthy(&self, service: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(o) = self.observe(service).await? else {
+                bail!("{service} has no container — run `mfe infra start {service}`");
+            };
+            if !o.running && (o.state == "exited" || o.state == "dead") {
+                bail!(
+                    "{service} exited with code {} — see `mfe infra logs {service}`: {}",
+                    o.exit_code,
+                    self.last_log_line(service).await
+                );
+            }
+            match o.health {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                None | Some(HealthStatusEnum::NONE) | Some(HealthStatusEnum::EMPTY) if o.running => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    bail!(
+                        "{service} is unhealthy — see `mfe infra logs {service}`: {}",
+                        self.last_log_line(service).await
+                    )
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{service} did not become healthy within {} s — see `mfe infra logs {service}`",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn last_log_line(&self, service: &str) -> String {
+        let opts = LogsOptions::<String> { stdout: true, stderr: true, tail: "5".into(), ..Default::default() };
+        let mut stream = self.api.logs(&self.container_name(service), Some(opts));
+        let mut last = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            for line in chunk.to_string().lines() {
+                if !line.trim().is_empty() {
+                    last = line.trim().to_string();
+                }
+            }
+        }
+        last
+    }
+
+    /// Stops `comps` in reverse dependency order; containers and volumes are kept.
+    pub async fn stop(&self, comps: &[Component]) -> anyhow::Result<()> {
+        let mut names: Vec<String> = comps.iter().map(|c| c.name().to_string()).collect();
+        names.sort_by_key(|n| std::cmp::Reverse(Component::parse(n).ok()));
+        for name in names {
+            let Some(o) = self.observe(&name).await? else { continue };
+            if !o.running {
+                continue;
+            }
+            eprintln!("{name}: stopping");
+            self.api
+                .stop_container(&o.id, Some(StopContainerOptions { t: 30 }))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot stop {name}: {}", docker_message(&e)))?;
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self, comps: &[Component]) -> anyhow::Result<Vec<ComponentStatus>> {
+        let mut out = Vec::new();
+        for &c in comps {
+            let ports = self.cfg.ports(c).unwrap_or_default();
+            let (state, healthy, detail) = match self.observe(c.name()).await? {
+                None if c == Component::Nginx && !self.cfg.ssl_cert_path.is_file() => {
+                    ("skipped".to_string(), true, "no certificate yet: run `mfe ssl generate`".to_string())
+                }
+                None => ("not created".to_string(), false, "no container".to_string()),
+                Some(o) => {
+                    let health = o.health.map(|h| h.to_string()).filter(|h| !h.is_empty() && h != "none");
+                    let healthy = o.running && health.as_deref().map(|h| h == "healthy").unwrap_or(true);
+                    let state =
+                        if o.running { "running".to_string() } else { format!("{} ({})", o.state, o.exit_code) };
+                    (state, healthy, health.unwrap_or_else(|| "no health check".into()))
+                }
+            };
+            out.push(ComponentStatus { component: c, state, healthy, detail, ports });
+        }
+        Ok(out)
+    }
+
+    /// Prints (and with `follow` keeps printing) container output, prefixed by service name when
+    /// several are shown.
+    pub async fn logs(&self, comp: Option<Component>, follow: bool, tail: usize) -> anyhow::Result<()> {
+        let comps = match comp {
+            Some(c) => vec![c],
+            None => Component::ALL.to_vec(),
+        };
+        let mut streams = Vec::new();
+        for c in &comps {
+            if self.observe(c.name()).await?.is_none() {
+                if comp.is_some() {
+                    bail!("{c} has no container — run `mfe infra start {c}`");
+                }
+                continue;
+            }
+            let opts = LogsOptions::<String> {
+                follow,
+                stdout: true,
+                stderr: true,
+                tail: tail.to_string(),
+                ..Default::default()
+            };
+            let prefix = if comp.is_some() { String::new() } else { format!("{:<12}| ", c.name()) };
+            let s = self.api.logs(&self.container_name(c.name()), Some(opts)).map(move |item| (prefix.clone(), item));
+            streams.push(Box::pin(s));
+        }
+        let mut merged = futures::stream::select_all(streams);
+        let mut stdout = std::io::stdout();
+        while let Some((prefix, item)) = merged.next().await {
+            let chunk = item.map_err(|e| anyhow::anyhow!("log stream broke: {}", docker_message(&e)))?;
+            let text = chunk.to_string();
+            for line in text.split_inclusive('\n') {
+                let _ = write!(stdout, "{prefix}{line}");
+            }
+            let _ = stdout.flush();
+        }
+        Ok(())
+    }
+
+    /// Removes the project's containers, volumes and networks.
     pub async fn clean(&self) -> anyhow::Result<()> {
-        Err(crate::not_built("infra --runtime docker"))
+        let filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_PROJECT}={}", self.project)])]);
+        let containers = self
+            .api
+            .list_containers(Some(ListContainersOptions { all: true, filters: filter.clone(), ..Default::default() }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list containers: {}", docker_message(&e)))?;
+        for c in containers {
+            let id = c.id.unwrap_or_default();
+            let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_else(|| id.clone());
+            eprintln!("removing container {}", name.trim_start_matches('/'));
+            self.api
+                .remove_container(&id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot remove container {name}: {}", docker_message(&e)))?;
+        }
+        let mut volumes: Vec<String> = self.compose.volumes.keys().map(|v| self.volume_name(v)).collect();
+        let listed = self
+            .api
+            .list_volumes(Some(ListVolumesOptions { filters: filter.clone() }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list volumes: {}", docker_message(&e)))?;
+        for v in listed.volumes.unwrap_or_default() {
+            if !volumes.contains(&v.name) {
+                volumes.push(v.name);
+            }
+        }
+        for name in volumes {
+            match self.api.remove_volume(&name, Some(RemoveVolumeOptions { force: true })).await {
+                Ok(()) => eprintln!("removed volume {name}"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => bail!("cannot remove volume {name}: {}", docker_message(&e)),
+            }
+        }
+        for net in self.compose.networks.keys() {
+            let name = self.network_name(net);
+            match self.api.remove_network(&name).await {
+                Ok(()) => eprintln!("removed network {name}"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => bail!("cannot remove network {name}: {}", docker_message(&e)),
+            }
+        }
+        Ok(())
     }
 }
 
-pub async fn build_images(_ctx: &Ctx, _a: BuildImagesArgs) -> anyhow::Result<()> {
-    Err(crate::not_built("infra build-images"))
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Keep,
+    Start,
+    Create,
+    Recreate,
+}
+
+/// One local image: a tag over the shared Debian root filesystem with its own entrypoint.
+struct LocalImage {
+    tag: &'static str,
+    /// The compose variable that selects it.
+    env_var: &'static str,
+    entrypoint: &'static str,
+    cmd: &'static [&'static str],
+    env: &'static [&'static str],
+    ports: &'static [&'static str],
+    stop_signal: &'static str,
+}
+
+const PATH_ENV: &str = "PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The stand-ins for the official images docker-compose.yml names.
+const LOCAL_IMAGES: [LocalImage; 4] = [
+    LocalImage {
+        tag: "mfe-local/postgres:15",
+        env_var: "MFE_POSTGRES_IMAGE",
+        entrypoint: "/usr/local/bin/entrypoint-postgres.sh",
+        cmd: &["postgres"],
+        env: &["PGDATA=/var/lib/postgresql/data"],
+        ports: &["5432/tcp"],
+        stop_signal: "SIGINT",
+    },
+    LocalImage {
+        tag: "mfe-local/rabbitmq:3-management",
+        env_var: "MFE_RABBITMQ_IMAGE",
+        entrypoint: "/usr/local/bin/entrypoint-rabbitmq.sh",
+        cmd: &["rabbitmq-server"],
+        env: &["HOME=/var/lib/rabbitmq"],
+        ports: &["5672/tcp", "15672/tcp"],
+        stop_signal: "SIGTERM",
+    },
+    LocalImage {
+        tag: "mfe-local/redis:7",
+        env_var: "MFE_REDIS_IMAGE",
+        entrypoint: "/usr/local/bin/entrypoint-redis.sh",
+        cmd: &["redis-server"],
+        env: &[],
+        ports: &["6379/tcp"],
+        stop_signal: "SIGTERM",
+    },
+    LocalImage {
+        tag: "mfe-local/nginx:1.22",
+        env_var: "MFE_NGINX_IMAGE",
+        entrypoint: "/usr/local/bin/entrypoint-nginx.sh",
+        cmd: &["nginx", "-g", "daemon off;"],
+        env: &[],
+        ports: &["80/tcp", "443/tcp"],
+        stop_signal: "SIGQUIT",
+    },
+];
+
+/// `mfe infra build-images`: the Debian root filesystem (scripts/build-images.sh, cached), then
+/// one `docker load` stream holding every local image over that one layer.
+pub async fn build_images(ctx: &Ctx, args: BuildImagesArgs) -> anyhow::Result<()> {
+    let docker = Docker::connect(&ctx.config).await?;
+    let mut missing = Vec::new();
+    for img in &LOCAL_IMAGES {
+        match docker.api.inspect_image(img.tag).await {
+            Ok(_) if !args.force => {}
+            Ok(_) => missing.push(img),
+            Err(e) if is_not_found(&e) => missing.push(img),
+            Err(e) => bail!("cannot inspect image {}: {}", img.tag, docker_message(&e)),
+        }
+    }
+    if missing.is_empty() {
+        eprintln!("local images present: {} (--force rebuilds)", LOCAL_IMAGES.map(|i| i.tag).join(", "));
+        print_selection();
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    let cache = std::env::var("MFE_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/mfe-images".into());
+    let rootfs = PathBuf::from(&cache).join("rootfs-bookworm.tar");
+    let script = ctx.config.root.join("scripts/build-images.sh");
+    let status = std::process::Command::new(&script)
+        .arg(&rootfs)
+        .env("MFE_IMAGE_CACHE", &cache)
+        .env("MFE_REBUILD", if args.force { "1" } else { "0" })
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    anyhow::ensure!(status.success(), "{} failed (see its message above)", script.display());
+    let rootfs_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    eprintln!("images: hashing {}", rootfs.display());
+    let path = rootfs.clone();
+    let (diff_id, layer_len) = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, u64)> {
+        let mut f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut h = Sha256::new();
+        let n = std::io::copy(&mut f, &mut h)?;
+        Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
+    })
+    .await??;
+
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut manifest = Vec::new();
+    let mut head_files: Vec<(String, Vec<u8>)> = Vec::new();
+    for img in &missing {
+        let mut env = vec![PATH_ENV.to_string(), "LANG=C.UTF-8".to_string()];
+        env.extend(img.env.iter().map(|s| s.to_string()));
+        let config = serde_json::json!({
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "os": "linux",
+            "created": created,
+            "config": {
+                "Env": env,
+                "Entrypoint": [img.entrypoint],
+                "Cmd": img.cmd,
+                "ExposedPorts": img.ports.iter().map(|p| (p.to_string(), serde_json::json!({}))).collect::<serde_json::Map<_, _>>(),
+                "StopSignal": img.stop_signal,
+                "WorkingDir": "/",
+                "Labels": {"org.opencontainers.image.description": "mfe local stand-in built from Debian bookworm packages"},
+            },
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": created, "created_by": "mfe infra build-images (scripts/build-images.sh)"}],
+        });
+        let bytes = serde_json::to_vec(&config)?;
+        let name = format!("{}.json", hex::encode(Sha256::digest(&bytes)));
+        manifest.push(serde_json::json!({"Config": name, "RepoTags": [img.tag], "Layers": ["layer/layer.tar"]}));
+        head_files.push((name, bytes));
+    }
+    head_files.insert(0, ("manifest.json".into(), serde_json::to_vec(&manifest)?));
+
+    eprintln!("images: loading {} into Docker", missing.iter().map(|i| i.tag).collect::<Vec<_>>().join(", "));
+    let stream = save_archive(head_files, rootfs.clone(), layer_len).await?;
+    let mut load = docker.api.import_image_stream(ImportImageOptions { quiet: true }, stream, None);
+    while let Some(item) = load.next().await {
+        let info =
+            item.map_err(|e| anyhow::anyhow!("docker load of the local images failed: {}", docker_message(&e)))?;
+        if let Some(err) = info.error {
+            bail!("docker load of the local images failed: {err}");
+        }
+        if let Some(s) = info.stream.filter(|s| !s.trim().is_empty()) {
+            eprintln!("images: {}", s.trim());
+        }
+    }
+    eprintln!(
+        "images: built in {:.0} s (root filesystem {:.0} s, load {:.0} s)",
+        t0.elapsed().as_secs_f64(),
+        rootfs_s,
+        t1.elapsed().as_secs_f64()
+    );
+    print_selection();
+    Ok(())
+}
+
+fn print_selection() {
+    eprintln!("select them with:");
+    for img in &LOCAL_IMAGES {
+        println!("{}={}", img.env_var, img.tag);
+    }
+}
+
+/// A `docker save`-format archive as a byte stream: the small files, then `layer/layer.tar`
+/// streamed from disk.
+async fn save_archive(
+    files: Vec<(String, Vec<u8>)>,
+    layer: PathBuf,
+    layer_len: u64,
+) -> anyhow::Result<impl Stream<Item = Bytes> + Send + 'static> {
+    let mut head = Vec::new();
+    head.extend_from_slice(&tar_header("layer/", 0, b'5'));
+    for (name, bytes) in &files {
+        head.extend_from_slice(&tar_header(name, bytes.len() as u64, b'0'));
+        head.extend_from_slice(bytes);
+        head.resize(head.len().next_multiple_of(512), 0);
+    }
+    head.extend_from_slice(&tar_header("layer/layer.tar", layer_len, b'0'));
+    let padding = (layer_len.next_multiple_of(512) - layer_len) as usize;
+    let mut tail = vec![0u8; padding];
+    tail.extend_from_slice(&[0u8; 1024]);
+
+    let file = tokio::fs::File::open(&layer).await.with_context(|| format!("cannot open {}", layer.display()))?;
+    let body = futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Bytes::from(buf), f))
+            }
+        }
+    });
+    Ok(futures::stream::iter([Bytes::from(head)]).chain(body).chain(futures::stream::iter([Bytes::from(tail)])))
+}
+
+/// A ustar header block for a regular file (`b'0'`) or directory (`b'5'`).
+fn tar_header(name: &str, size: u64, kind: u8) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |field: &mut [u8], value: u64| {
+        let s = format!("{:0width$o}\0", value, width = field.len() - 1);
+        field.copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h[100..108], if kind == b'5' { 0o755 } else { 0o644 });
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], 0);
+    h[148..156].copy_from_slice(b"        ");
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tar_header_has_a_checksum_tar_accepts() {
+        let h = tar_header("manifest.json", 1234, b'0');
+        let stored = u32::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
+        let mut copy = h;
+        copy[148..156].copy_from_slice(b"        ");
+        assert_eq!(stored, copy.iter().map(|&b| u32::from(b)).sum::<u32>());
+        assert_eq!(u64::from_str_radix(std::str::from_utf8(&h[124..135]).unwrap(), 8).unwrap(), 1234);
+    }
 }
