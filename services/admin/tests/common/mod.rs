@@ -1,0 +1,144 @@
+//! Test harness: the real admin service on port 0 against a fresh, migrated database named by a
+//! UUID on the server of `ADMIN_DATABASE_URL` (test.env), consuming every event from its own
+//! exclusive per-test queue (never the shared `admin.events.queue`).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use admin_service::{AppState, Application, Settings};
+use mfe_kit::{JwtKeys, Role};
+use serde_json::Value;
+use sqlx::{migrate::Migrator, Connection, Executor, PgConnection, PgPool};
+
+fn on_database(url: &str, db: &str) -> String {
+    let mut url = url::Url::parse(url).expect("database URL is a valid URL");
+    url.set_path(db);
+    url.to_string()
+}
+
+/// Creates a database named by a fresh UUID on the server of `$var` and runs `migrator`.
+pub async fn fresh_database(var: &str, migrator: &Migrator) -> (String, String) {
+    let base = mfe_kit::env::get(var);
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&on_database(&base, "postgres")).await.unwrap_or_else(|e| {
+        panic!("{var} server at {base}: {e} — start the test stack: `set -a; source test.env; set +a; mfe infra start`")
+    });
+    admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create the test database");
+    let url = on_database(&base, &name);
+    let pool = PgPool::connect(&url).await.expect("connect to the test database");
+    migrator.run(&pool).await.expect("migrate the test database");
+    pool.close().await;
+    (url, name)
+}
+
+pub async fn drop_database(var: &str, name: &str) {
+    let base = mfe_kit::env::get(var);
+    if let Ok(mut admin) = PgConnection::connect(&on_database(&base, "postgres")).await {
+        let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str()).await;
+    }
+}
+
+/// A base URL nothing answers on (a port bound, then released).
+pub async fn dead_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: PgPool,
+    pub db_name: String,
+    pub state: AppState,
+    pub keys: JwtKeys,
+    client: reqwest::Client,
+}
+
+/// Admin settings for a test: port 0, a fresh database, a private exclusive events queue, and
+/// every other service URL pointing at nothing until the test says otherwise.
+pub async fn test_settings() -> (Settings, String) {
+    let mut settings = Settings::from_env().expect("settings from the environment");
+    let (url, name) = fresh_database("ADMIN_DATABASE_URL", &admin_service::MIGRATOR).await;
+    settings.service.port = 0;
+    settings.service.database_url = url;
+    settings.events_queue = format!("mfe.test.admin.{}", uuid::Uuid::new_v4().simple());
+    settings.events_queue_exclusive = true;
+    settings.db_pool_size = 4;
+    settings.health_timeout = Duration::from_millis(1500);
+    let dead = dead_url().await;
+    let urls = &mut settings.service.urls;
+    (urls.gateway, urls.auth, urls.payments, urls.admin, urls.profile) =
+        (dead.clone(), dead.clone(), dead.clone(), dead.clone(), dead);
+    (settings, name)
+}
+
+pub async fn spawn_app() -> TestApp {
+    let (settings, name) = test_settings().await;
+    spawn_with(settings, name).await
+}
+
+pub async fn spawn_with(settings: Settings, db_name: String) -> TestApp {
+    mfe_kit::telemetry::init_tracing("admin-test");
+    let keys = JwtKeys::new(settings.service.jwt_secret.expose());
+    let app = Application::build(settings).await.expect("build the admin app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    tokio::spawn(app.run_until_stopped());
+    assert!(
+        state.broker.wait_until_consuming(Duration::from_secs(20)).await,
+        "the admin app never started consuming events — is the test stack's RabbitMQ up (RABBITMQ_URL)?"
+    );
+    TestApp { address, db: state.db.clone(), db_name, state, keys, client: reqwest::Client::new() }
+}
+
+pub fn token(keys: &JwtKeys, role: Role) -> (String, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (token, _) = keys.issue(&id, role, Duration::from_secs(600), None).expect("issue a token");
+    (id, token)
+}
+
+impl TestApp {
+    pub fn user(&self, role: Role) -> (String, String) {
+        token(&self.keys, role)
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.address)).bearer_auth(token).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        let response = self.get(token, path).await;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON body")
+    }
+
+    pub async fn put_config(&self, token: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(format!("{}/api/admin/config/{key}", self.address))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT config")
+    }
+
+    /// Polls the audit log (up to `max`) until `query` matches at least one row; returns the rows.
+    pub async fn wait_for_audit(&self, token: &str, query: &str, max: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let page = self.get_json(token, &format!("/api/admin/audit-logs{query}")).await;
+            let rows = page["data"].as_array().cloned().unwrap_or_default();
+            if !rows.is_empty() || tokio::time::Instant::now() >= deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn teardown(self) {
+        self.state.broker.shutdown().await;
+        self.db.close().await;
+        drop_database("ADMIN_DATABASE_URL", &self.db_name).await;
+    }
+}
