@@ -67,8 +67,11 @@ pub struct Rooms {
     inner: Arc<Inner>,
 }
 
+/// Sockets of one room by connection id.
+type Members = HashMap<u64, Arc<Conn>>;
+
 struct Inner {
-    rooms: RwLock<HashMap<Box<str>, HashMap<u64, Arc<Conn>>>>,
+    rooms: RwLock<HashMap<Box<str>, Members>>,
     next_id: AtomicU64,
     queue_len: usize,
     metrics: GatewayMetrics,
