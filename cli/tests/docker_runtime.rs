@@ -1,0 +1,261 @@
+//! `mfe infra --runtime docker` against a real Docker daemon: a project of its own
+//! (`mfedockertest*`) on ports of its own (35432-35436, 35672/35673, 36379, 30080/30443), so it
+//! never touches the native test stack or a developer's stack.
+//!
+//! Needs a running dockerd and the local images: `scripts/test-docker.sh --prepare` provides both
+//! (make test calls it). Images default to the local stand-ins (mfe-local/*); set MFE_*_IMAGE to
+//! use others.
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+const PROJECT: &str = "mfedockertest";
+
+/// The environment of the docker test stack, independent of the environment cargo runs in.
+fn stack_env(project: &str) -> HashMap<String, String> {
+    let state = format!("/tmp/{project}-state");
+    let mut env: HashMap<String, String> = [
+        ("MFE_STATE_DIR", state.clone()),
+        ("MFE_RUNTIME", "docker".into()),
+        ("COMPOSE_PROJECT_NAME", project.into()),
+        ("AUTH_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35432/auth_db".into()),
+        ("PAYMENTS_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35433/payments_db".into()),
+        ("ADMIN_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35434/admin_db".into()),
+        ("PROFILE_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35435/profile_db".into()),
+        ("LEGACY_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35436/mfe_poc2".into()),
+        ("RABBITMQ_URL", "amqp://admin:admin@127.0.0.1:35672/%2f".into()),
+        ("RABBITMQ_MANAGEMENT_PORT", "35673".into()),
+        ("REDIS_URL", "redis://127.0.0.1:36379".into()),
+        ("NGINX_HTTP_PORT", "30080".into()),
+        ("NGINX_HTTPS_PORT", "30443".into()),
+        ("SSL_CERT_PATH", format!("{state}/ssl/self-signed.crt")),
+        ("SSL_KEY_PATH", format!("{state}/ssl/self-signed.key")),
+        ("GATEWAY_URL", "http://127.0.0.1:33000".into()),
+        ("MFE_ROOT", concat!(env!("CARGO_MANIFEST_DIR"), "/..").into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (var, local) in [
+        ("MFE_POSTGRES_IMAGE", "mfe-local/postgres:15"),
+        ("MFE_RABBITMQ_IMAGE", "mfe-local/rabbitmq:3-management"),
+        ("MFE_REDIS_IMAGE", "mfe-local/redis:7"),
+        ("MFE_NGINX_IMAGE", "mfe-local/nginx:1.22"),
+    ] {
+        env.insert(var.into(), std::env::var(var).unwrap_or_else(|_| local.into()));
+    }
+    env
+}
+
+fn mfe(env: &HashMap<String, String>, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mfe"))
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .envs(env)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("the mfe binary runs")
+}
+
+fn ok(env: &HashMap<String, String>, args: &[&str]) -> String {
+    let out = mfe(env, args);
+    assert!(
+        out.status.success(),
+        "mfe {} failed:\n{}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Fails with instructions when no daemon answers or the images are missing.
+fn require_docker(env: &HashMap<String, String>) -> bollard::Docker {
+    let docker = rt().block_on(async {
+        let d = bollard::Docker::connect_with_socket_defaults().ok()?.negotiate_version().await.ok()?;
+        d.ping().await.ok()?;
+        Some(d)
+    });
+    let docker = docker.expect(
+        "no Docker daemon answers on /var/run/docker.sock — run `scripts/test-docker.sh --prepare` \
+         (starts dockerd and builds the local images) before these tests",
+    );
+    for var in ["MFE_POSTGRES_IMAGE", "MFE_RABBITMQ_IMAGE", "MFE_REDIS_IMAGE", "MFE_NGINX_IMAGE"] {
+        let image = &env[var];
+        let found = rt().block_on(docker.inspect_image(image)).is_ok();
+        assert!(found, "image {image} is missing — build the local images with `mfe infra build-images` (or scripts/test-docker.sh --prepare)");
+    }
+    docker
+}
+
+/// Containers, volumes and networks Docker holds for `project`.
+fn leftovers(docker: &bollard::Docker, project: &str) -> Vec<String> {
+    rt().block_on(async {
+        let label = HashMap::from([("label".to_string(), vec![format!("com.docker.compose.project={project}")])]);
+        let mut out = Vec::new();
+        let containers = docker
+            .list_containers(Some(bollard::container::ListContainersOptions {
+                all: true,
+                filters: label.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        out.extend(containers.into_iter().flat_map(|c| c.names.unwrap_or_default()));
+        let volumes =
+            docker.list_volumes(Some(bollard::volume::ListVolumesOptions { filters: label.clone() })).await.unwrap();
+        out.extend(volumes.volumes.unwrap_or_default().into_iter().map(|v| v.name));
+        let networks =
+            docker.list_networks(Some(bollard::network::ListNetworksOptions { filters: label })).await.unwrap();
+        out.extend(networks.into_iter().filter_map(|n| n.name));
+        out
+    })
+}
+
+fn psql(port: u16, db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", db, "-Atc", sql])
+        .env("PGPASSWORD", "postgres")
+        .output()
+        .expect("psql is needed by this test — apt-get install postgresql-client");
+    assert!(out.status.success(), "psql on {port}/{db}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn management() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+#[test]
+fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_completely() {
+    let env = stack_env(PROJECT);
+    let docker = require_docker(&env);
+    let _ = mfe(&env, &["infra", "clean", "--yes"]);
+    ok(&env, &["ssl", "generate", "--force"]);
+
+    let t0 = Instant::now();
+    ok(&env, &["infra", "start"]);
+    eprintln!("figure: docker start (cold, local images) {:.1} s", t0.elapsed().as_secs_f64());
+
+    let status: serde_json::Value = serde_json::from_str(&ok(&env, &["--json", "infra", "status"])).unwrap();
+    assert_eq!(status["passed"], true, "{status:#}");
+    let expected_ports = [
+        ("auth_db", "35432"),
+        ("payments_db", "35433"),
+        ("admin_db", "35434"),
+        ("profile_db", "35435"),
+        ("legacy_db", "35436"),
+        ("rabbitmq", "35672,35673"),
+        ("redis", "36379"),
+        ("nginx", "30443,30080"),
+    ];
+    for (name, ports) in expected_ports {
+        let check = status["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+        assert_eq!(check["passed"], true, "{check}");
+        assert!(check["detail"].as_str().unwrap().contains("healthy"), "{check}");
+        assert_eq!(check["metrics"]["ports"], ports, "{check}");
+    }
+
+    for (port, db) in
+        [(35432, "auth_db"), (35433, "payments_db"), (35434, "admin_db"), (35435, "profile_db"), (35436, "mfe_poc2")]
+    {
+        assert_eq!(psql(port, db, "SELECT current_database()"), db);
+    }
+
+    let health = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:30443/health"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "200", "nginx container /health");
+    let queues: serde_json::Value = management()
+        .get("http://127.0.0.1:35673/api/queues/%2f")
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        queues.as_array().unwrap().iter().any(|q| q["name"] == "events.dlq"),
+        "the definitions of rabbitmq/definitions.json are loaded: {queues}"
+    );
+
+    // RabbitMQ restart keeps a durable queue.
+    let queue_url = "http://127.0.0.1:35673/api/queues/%2f/mfe-docker-test-durable";
+    let put = management()
+        .put(queue_url)
+        .basic_auth("admin", Some("admin"))
+        .json(&serde_json::json!({"durable": true}))
+        .send()
+        .unwrap();
+    assert!(put.status().is_success(), "declare: {}", put.status());
+    let t1 = Instant::now();
+    ok(&env, &["infra", "restart", "rabbitmq"]);
+    eprintln!("figure: docker restart rabbitmq {:.1} s", t1.elapsed().as_secs_f64());
+    let after = management().get(queue_url).basic_auth("admin", Some("admin")).send().unwrap();
+    assert_eq!(after.status().as_u16(), 200, "the durable queue survives a restart");
+
+    // Stop then start keeps database rows (named volumes).
+    psql(35432, "auth_db", "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')");
+    ok(&env, &["infra", "stop"]);
+    let stopped: serde_json::Value = serde_json::from_slice(&mfe(&env, &["--json", "infra", "status"]).stdout).unwrap();
+    assert_eq!(stopped["passed"], false, "a stopped stack is not healthy");
+    let t2 = Instant::now();
+    ok(&env, &["infra", "start"]);
+    eprintln!("figure: docker start (warm, existing containers) {:.1} s", t2.elapsed().as_secs_f64());
+    assert_eq!(psql(35432, "auth_db", "SELECT v FROM kept"), "still here");
+
+    ok(&env, &["infra", "clean", "--yes"]);
+    assert_eq!(
+        leftovers(&docker, PROJECT),
+        Vec::<String>::new(),
+        "clean --yes removes containers, volumes and network"
+    );
+}
+
+#[test]
+fn a_missing_unpullable_image_is_one_clear_line_and_creates_nothing() {
+    let project = "mfedockertestnoimage";
+    let mut env = stack_env(project);
+    let docker = require_docker(&env);
+    env.insert("MFE_REDIS_IMAGE".into(), "mfe-local/no-such-image:0".into());
+    env.insert("REDIS_URL".into(), "redis://127.0.0.1:36380".into());
+    let out = mfe(&env, &["infra", "start", "redis"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("mfe-local/no-such-image:0") && last.contains("mfe infra build-images"), "{stderr}");
+    assert_eq!(leftovers(&docker, project), Vec::<String>::new(), "nothing half-created");
+}
+
+#[test]
+fn a_published_port_in_use_is_one_clear_line_naming_its_owner() {
+    let project = "mfedockertestport";
+    let mut env = stack_env(project);
+    let docker = require_docker(&env);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    env.insert("REDIS_URL".into(), format!("redis://127.0.0.1:{port}"));
+    let out = mfe(&env, &["infra", "start", "redis"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("port {port} is already in use by")), "{stderr}");
+    assert_eq!(stderr.trim().lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
+    assert_eq!(leftovers(&docker, project), Vec::<String>::new(), "nothing half-created");
+}
+
+#[test]
+fn an_absent_daemon_is_one_clear_line_saying_how_to_start_one() {
+    let mut env = stack_env("mfedockertestnodaemon");
+    env.insert("DOCKER_HOST".into(), "unix:///tmp/mfe-no-docker-here.sock".into());
+    let out = mfe(&env, &["infra", "status", "--runtime", "docker"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot reach the Docker daemon at unix:///tmp/mfe-no-docker-here.sock"), "{stderr}");
+    assert!(stderr.contains("--runtime native"), "{stderr}");
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The Docker runtime's tests against a real daemon, on a project and ports of their own
+# (mfedockertest, 35432-35436, 35672/35673, 36379, 30080/30443) beside the native test stack.
+#
+#   scripts/test-docker.sh            prepare, then run cli/tests/docker_*.rs
+#   scripts/test-docker.sh --prepare  only prepare: start dockerd if it is installed but not
+#                                     running (log /tmp/mfe-dockerd.log), build the local images
+#                                     (mfe-local/*, offline, from Debian packages) if missing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sock="${DOCKER_SOCK:-/var/run/docker.sock}"
+answers() { curl -fs --max-time 3 --unix-socket "$sock" http://localhost/_ping >/dev/null 2>&1; }
+
+if ! answers; then
+    command -v dockerd >/dev/null || { echo "test-docker: no Docker daemon answers and dockerd is not installed — apt-get install docker.io" >&2; exit 1; }
+    [[ $EUID -eq 0 ]] || { echo "test-docker: no Docker daemon answers on $sock — start one as root (sudo dockerd &)" >&2; exit 1; }
+    echo "test-docker: starting dockerd (log /tmp/mfe-dockerd.log)" >&2
+    nohup dockerd >/tmp/mfe-dockerd.log 2>&1 &
+    echo $! >/tmp/mfe-dockerd.pid
+    for _ in $(seq 1 60); do
+        answers && break
+        sleep 0.5
+    done
+    answers || { echo "test-docker: dockerd did not answer within 30 s — see /tmp/mfe-dockerd.log:" >&2; tail -3 /tmp/mfe-dockerd.log >&2; exit 1; }
+fi
+
+cargo build -q -p mfe
+t0=$(date +%s)
+target/debug/mfe infra build-images >/dev/null
+echo "test-docker: local images ready in $(( $(date +%s) - t0 )) s" >&2
+
+if [[ "${1:-}" != "--prepare" ]]; then
+    cargo test -p mfe --test docker_runtime -- --nocapture
+fi
