@@ -52,14 +52,17 @@ async fn list_users(
         request = request.header(header::AUTHORIZATION, auth.as_bytes());
     }
     let upstream = request.send().await.map_err(|e| {
-        ApiError::Unavailable(format!("auth service at {}: {} — is it running? check AUTH_SERVICE_URL", state.urls.auth, short(&e)))
+        ApiError::Unavailable(format!(
+            "auth service at {}: {} — is it running? check AUTH_SERVICE_URL",
+            state.urls.auth,
+            short(&e)
+        ))
     })?;
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = upstream.headers().get(reqwest::header::CONTENT_TYPE).map(|v| v.as_bytes().to_vec());
-    let body = upstream
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("auth service at {}: reading the answer: {}", state.urls.auth, short(&e))))?;
+    let body = upstream.bytes().await.map_err(|e| {
+        ApiError::Unavailable(format!("auth service at {}: reading the answer: {}", state.urls.auth, short(&e)))
+    })?;
     let mut response = Response::builder().status(status);
     if let Some(ct) = content_type {
         response = response.header(header::CONTENT_TYPE, ct);
@@ -100,9 +103,9 @@ pub struct AuditPage {
 fn time_param(name: &str, raw: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
     match raw.filter(|r| !r.is_empty()) {
         None => Ok(None),
-        Some(r) => DateTime::parse_from_rfc3339(&r)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| ApiError::BadRequest(format!("{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, got {r:?}"))),
+        Some(r) => DateTime::parse_from_rfc3339(&r).map(|t| Some(t.with_timezone(&Utc))).map_err(|_| {
+            ApiError::BadRequest(format!("{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, got {r:?}"))
+        }),
     }
 }
 
@@ -120,11 +123,9 @@ async fn list_audit_logs(
     let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?;
     let limit = match q.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}, got {raw:?}")))?,
+        Some(raw) => raw.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+            ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}, got {raw:?}"))
+        })?,
     };
     let cursor = match non_empty(q.cursor) {
         None => None,
@@ -249,7 +250,11 @@ async fn probe(http: &reqwest::Client, name: &'static str, base: &str, timeout: 
             status: "down",
             http_status: None,
             latency_ms,
-            error: Some(if e.is_timeout() { format!("no answer within {} ms", timeout.as_millis()) } else { short(&e) }),
+            error: Some(if e.is_timeout() {
+                format!("no answer within {} ms", timeout.as_millis())
+            } else {
+                short(&e)
+            }),
             report: None,
         },
     }

@@ -90,7 +90,7 @@ impl BrokerLink {
                     Ok(hub) => break hub,
                     Err(e) => {
                         attempts += 1;
-                        if attempts == 1 || attempts % 12 == 0 {
+                        if attempts.is_power_of_two() {
                             tracing::warn!(error = %e, attempts, "event hub unreachable; audit logging waits for it, config events wait in the outbox");
                         }
                         tokio::time::sleep(pause).await;

@@ -68,8 +68,7 @@ async fn creating_a_payment_produces_an_audit_log_row_in_admin_db_through_the_bu
     let payment_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
     let (_, admin_token) = admin.user(Role::Admin);
-    let rows =
-        admin.wait_for_audit(&admin_token, &format!("?resourceId={payment_id}"), Duration::from_secs(30)).await;
+    let rows = admin.wait_for_audit(&admin_token, &format!("?resourceId={payment_id}"), Duration::from_secs(30)).await;
     assert_eq!(rows.len(), 1, "exactly one audit row for the payment: {rows:?}");
     let row = &rows[0];
     assert_eq!(row["action"], "payments.payment.created");
@@ -91,7 +90,8 @@ async fn creating_a_payment_produces_an_audit_log_row_in_admin_db_through_the_bu
 async fn a_redelivered_event_is_audited_once() {
     let app = spawn_app().await;
     let hub = Hub::connect(HubConfig::from_env().with_connection_name("admin-tests")).await.expect("test broker");
-    let env = Envelope::new("auth.user.login", "auth-service", json!({"userId": "u-redelivered", "ipAddress": "10.0.0.9"}));
+    let env =
+        Envelope::new("auth.user.login", "auth-service", json!({"userId": "u-redelivered", "ipAddress": "10.0.0.9"}));
     hub.publish(&env).await.expect("publish once");
     hub.publish(&env).await.expect("publish the same event again");
     let (_, admin) = app.user(Role::Admin);

@@ -170,7 +170,9 @@ impl FromStr for PaymentType {
             "scheduled" => PaymentType::Scheduled,
             "recurring" => PaymentType::Recurring,
             other => {
-                return Err(Invalid(format!("unknown payment type {other:?} (expected instant, scheduled or recurring)")))
+                return Err(Invalid(format!(
+                    "unknown payment type {other:?} (expected instant, scheduled or recurring)"
+                )))
             }
         })
     }

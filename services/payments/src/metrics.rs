@@ -17,9 +17,8 @@ impl BusinessMetrics {
     pub fn new() -> Self {
         let labels = std::collections::HashMap::from([("service".to_string(), "payments".to_string())]);
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
-        let created =
-            IntCounterVec::new(Opts::new("payments_created_total", "payments created"), &["type", "status"])
-                .expect("valid metric");
+        let created = IntCounterVec::new(Opts::new("payments_created_total", "payments created"), &["type", "status"])
+            .expect("valid metric");
         // A float counter: Prometheus has no decimal type; the exact sums live in the database.
         let amount =
             CounterVec::new(Opts::new("payments_amount_total", "sum of created payment amounts"), &["currency"])

@@ -30,10 +30,18 @@ impl Psp {
             for (status, message) in steps {
                 tokio::time::sleep(step).await;
                 let result = state
-                    .change_status(&payment_id, status, Some(message), Some(&psp_transaction_id), correlation_id.clone())
+                    .change_status(
+                        &payment_id,
+                        status,
+                        Some(message),
+                        Some(&psp_transaction_id),
+                        correlation_id.clone(),
+                    )
                     .await;
                 match result {
-                    Ok(_) => tracing::info!(payment_id = %payment_id, %status, psp_transaction_id = %psp_transaction_id, "psp stub: {message}"),
+                    Ok(_) => {
+                        tracing::info!(payment_id = %payment_id, %status, psp_transaction_id = %psp_transaction_id, "psp stub: {message}")
+                    }
                     Err(StatusChangeError::Illegal(e)) => {
                         tracing::info!(payment_id = %payment_id, "psp stub: stopping, the payment changed meanwhile: {e}");
                         return;

@@ -118,11 +118,9 @@ async fn list_payments(
     let Query(params) = params.map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?;
     let limit = match params.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}, got {raw:?}")))?,
+        Some(raw) => raw.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+            ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}, got {raw:?}"))
+        })?,
     };
     let cursor_text = params.cursor.filter(|c| !c.is_empty());
     let cursor = match cursor_text.as_deref() {

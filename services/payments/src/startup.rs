@@ -49,11 +49,9 @@ pub struct Settings {
 
 fn env_number(name: &str) -> Result<Option<u64>, ConfigError> {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number"))),
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map(Some).map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number")))
+        }
         _ => Ok(None),
     }
 }
@@ -91,8 +89,8 @@ impl BrokerLink {
                     Ok(hub) => break hub,
                     Err(e) => {
                         attempts += 1;
-                        // Loud on the first failure, then once a minute or so: the outbox keeps the events.
-                        if attempts == 1 || attempts % 12 == 0 {
+                        // Loud on the 1st, 2nd, 4th, 8th... failure: visible without flooding the log.
+                        if attempts.is_power_of_two() {
                             tracing::warn!(error = %e, attempts, "event hub unreachable; payments are accepted and their events wait in the outbox");
                         }
                         tokio::time::sleep(pause).await;
@@ -219,7 +217,10 @@ impl Application {
             .connect(&cfg.database_url)
             .await
             .with_context(|| {
-                format!("payments_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`", redact(&cfg.database_url))
+                format!(
+                    "payments_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
+                    redact(&cfg.database_url)
+                )
             })?;
         let metrics = Metrics::new(Service::Payments.name());
         let redis = match mfe_kit::cache::connect_redis(&cfg.redis_url).await {
@@ -232,7 +233,8 @@ impl Application {
         // Cache keys carry the database name, so apps on different databases (tests) never share pages.
         let namespace = db.connect_options().get_database().unwrap_or("payments").to_string();
         let cache = redis.clone().map(|conn| ListCache::new(conn, settings.list_cache_ttl, metrics.clone(), namespace));
-        let broker = BrokerLink::connect_in_background(cfg.hub.clone().with_connection_name("payments-service"), db.clone());
+        let broker =
+            BrokerLink::connect_in_background(cfg.hub.clone().with_connection_name("payments-service"), db.clone());
         let mut health = Health::new(Service::Payments.name()).database(db.clone());
         let probe = broker.clone();
         health = health.broker(move || probe.is_connected());

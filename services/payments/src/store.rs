@@ -184,9 +184,13 @@ async fn insert_transaction(
     Ok(())
 }
 
-async fn enqueue(conn: &mut PgConnection, payment: &Payment, event_type: &str, correlation_id: Option<String>) -> Result<Envelope, sqlx::Error> {
-    let envelope =
-        Envelope::new(event_type, EVENT_SOURCE, payment.event_data()).with_correlation_id(correlation_id);
+async fn enqueue(
+    conn: &mut PgConnection,
+    payment: &Payment,
+    event_type: &str,
+    correlation_id: Option<String>,
+) -> Result<Envelope, sqlx::Error> {
+    let envelope = Envelope::new(event_type, EVENT_SOURCE, payment.event_data()).with_correlation_id(correlation_id);
     outbox::enqueue(conn, &envelope).await?;
     Ok(envelope)
 }

@@ -250,7 +250,9 @@ async fn health_and_business_metrics_are_served() {
     let (_, metrics) = app.get_text("/metrics").await;
     let line = |prefix: &str| metrics.lines().find(|l| l.starts_with(prefix)).map(String::from);
     let created = line("payments_created_total").expect("payments_created_total exported");
-    assert!(created.contains(r#"type="recurring""#) && created.contains(r#"status="pending""#) && created.ends_with(" 2"));
+    assert!(
+        created.contains(r#"type="recurring""#) && created.contains(r#"status="pending""#) && created.ends_with(" 2")
+    );
     let amount = line("payments_amount_total").expect("payments_amount_total exported");
     assert!(amount.contains(r#"currency="JPY""#) && amount.ends_with(" 11"), "{amount}");
 

@@ -147,11 +147,13 @@ impl TestApp {
     }
 
     pub async fn transaction_rows(&self, payment_id: &str) -> Vec<String> {
-        sqlx::query_scalar("SELECT status::text FROM payment_transactions WHERE payment_id = $1 ORDER BY created_at, id")
-            .bind(payment_id)
-            .fetch_all(&self.db)
-            .await
-            .expect("read payment_transactions")
+        sqlx::query_scalar(
+            "SELECT status::text FROM payment_transactions WHERE payment_id = $1 ORDER BY created_at, id",
+        )
+        .bind(payment_id)
+        .fetch_all(&self.db)
+        .await
+        .expect("read payment_transactions")
     }
 
     /// Outbox rows of payment `id` as (event type, published?).
