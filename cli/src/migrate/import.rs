@@ -132,10 +132,13 @@ async fn import_service(
     let mut done = Vec::new();
     for spec in tables::tables_of(&[db]) {
         let entry = manifest.entry(spec.name).expect("checked before the import started");
-        let t = import_table(&mut tx, spec, &dir.join(&entry.file), entry, batch_id, progress)
-            .await
-            .with_context(|| format!("{label}: import of {} failed; nothing of {label} was written", spec.name))?;
-        fail_point(spec.name)?;
+        let t = async {
+            let t = import_table(&mut tx, spec, &dir.join(&entry.file), entry, batch_id, progress).await?;
+            fail_point(spec.name)?;
+            anyhow::Ok(t)
+        }
+        .await
+        .with_context(|| format!("{label}: import of {} failed; nothing of {label} was written", spec.name))?;
         done.push(t);
     }
     tx.commit().await.with_context(|| format!("{label}: cannot commit the import"))?;

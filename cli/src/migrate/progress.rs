@@ -30,23 +30,21 @@ impl StepStats {
 
     /// `export: 1000 rows, 1.2 MB, 0.31 s, 3226 rows/s`.
     pub fn line(&self) -> String {
-        format!(
-            "{}: {} rows, {}, {:.2} s, {:.0} rows/s",
-            self.step,
-            self.rows,
-            human_bytes(self.bytes),
-            self.seconds,
-            self.rows_per_s()
-        )
+        let bytes = if self.bytes > 0 { format!(", {}", human_bytes(self.bytes)) } else { String::new() };
+        format!("{}: {} rows{bytes}, {:.2} s, {:.0} rows/s", self.step, self.rows, self.seconds, self.rows_per_s())
     }
 
     /// The step as a report check carrying its figures.
     pub fn check(&self, passed: bool, detail: impl Into<String>) -> Check {
-        Check::new(self.step.clone(), passed, detail)
+        let check = Check::new(self.step.clone(), passed, detail)
             .metric("rows", self.rows)
-            .metric("bytes", self.bytes)
             .metric("seconds", round3(self.seconds))
-            .metric("rows_per_s", self.rows_per_s().round())
+            .metric("rows_per_s", self.rows_per_s().round());
+        if self.bytes > 0 {
+            check.metric("bytes", self.bytes)
+        } else {
+            check
+        }
     }
 }
 
