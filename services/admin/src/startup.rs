@@ -197,7 +197,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to admin_db, starts the broker link and binds the listener (port 0: any).
+    /// Connects to admin_db (migrating it), starts the broker link and binds the listener (port 0: any).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let cfg = &settings.service;
         let db = PgPoolOptions::new()
@@ -211,6 +211,9 @@ impl Application {
                     redact(&cfg.database_url)
                 )
             })?;
+        // The service owns its schema: apply pending migrations (a no-op when current; sqlx
+        // takes an advisory lock, so replicas starting together do not race).
+        crate::MIGRATOR.run(&db).await.context("admin_db: applying migrations/admin")?;
         let metrics = Metrics::new(Service::Admin.name());
         let subscription = Subscription {
             consumer: CONSUMER.to_string(),

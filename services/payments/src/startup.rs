@@ -207,7 +207,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to payments_db and Redis, starts the broker link and binds the listener
+    /// Connects to payments_db (migrating it) and Redis, starts the broker link and binds the listener
     /// (port 0 picks a free port; see [`Application::port`]).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let cfg = &settings.service;
@@ -222,6 +222,9 @@ impl Application {
                     redact(&cfg.database_url)
                 )
             })?;
+        // The service owns its schema: apply pending migrations (a no-op when current; sqlx
+        // takes an advisory lock, so replicas starting together do not race).
+        crate::MIGRATOR.run(&db).await.context("payments_db: applying migrations/payments")?;
         let metrics = Metrics::new(Service::Payments.name());
         let redis = match mfe_kit::cache::connect_redis(&cfg.redis_url).await {
             Ok(conn) => Some(conn),

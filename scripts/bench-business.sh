@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Business services benchmark (not part of `make test`): the payments service (release build)
+# on a fresh database of the test stack, driven by `oha` at a fixed rate:
+#   POST /api/payments  at 500 req/s   goal p99 < 10 ms
+#   GET  /api/payments  at 1000 req/s  goal p99 < 5 ms  (one user's first page, served from the Redis cache)
+# Prints p50/p99 and the achieved req/s. Traffic goes to 127.0.0.1 only; every run is bounded
+# in time (BENCH_SECONDS, default 10 s per phase) and so in count (rate x seconds).
+#
+# Needs the test stack (`set -a; source test.env; set +a; mfe infra start`), psql and python3;
+# installs oha into /tmp/oha-bin when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+set -a
+# shellcheck disable=SC1091
+source test.env
+set +a
+
+seconds="${BENCH_SECONDS:-10}"
+create_rate="${BENCH_CREATE_RATE:-500}"
+list_rate="${BENCH_LIST_RATE:-1000}"
+port="${BENCH_PAYMENTS_PORT:-39302}"
+
+oha=/tmp/oha-bin/bin/oha
+if [ ! -x "$oha" ]; then
+  command -v oha >/dev/null && oha="$(command -v oha)"
+fi
+if [ ! -x "$oha" ]; then
+  echo "bench-business: installing oha into /tmp/oha-bin (cargo install oha --locked)" >&2
+  cargo install oha --locked --root /tmp/oha-bin >/dev/null
+  oha=/tmp/oha-bin/bin/oha
+fi
+command -v psql >/dev/null || { echo "bench-business: psql not found — apt-get install postgresql-client" >&2; exit 1; }
+
+server_url="${PAYMENTS_DATABASE_URL%/*}"
+db="bench_payments_$(date +%s)_$$"
+psql -q "$server_url/postgres" -c "CREATE DATABASE \"$db\"" >/dev/null \
+  || { echo "bench-business: cannot create a database at $server_url — is the test stack running? try \`mfe infra start\`" >&2; exit 1; }
+
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  psql -q "$server_url/postgres" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "bench-business: building payments-service (release)" >&2
+cargo build --release -q -p payments-service
+
+(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "bench-business: port $port is taken — set BENCH_PAYMENTS_PORT" >&2; exit 1; }
+PAYMENTS_DATABASE_URL="$server_url/$db" PORT="$port" RUST_LOG=warn PAYMENTS_DB_POOL_SIZE=32 \
+  target/release/payments-service >"/tmp/bench-business-payments.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { echo "bench-business: payments-service exited — see /tmp/bench-business-payments.log" >&2; tail -5 /tmp/bench-business-payments.log >&2; exit 1; }
+  sleep 0.2
+done
+
+# An HS256 access token for a CUSTOMER, signed with the stack's JWT_SECRET (the claims of mfe_kit::jwt).
+token="$(python3 - <<'PY'
+import base64, hashlib, hmac, json, os, time, uuid
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+now = int(time.time())
+secret = os.environ.get("JWT_SECRET") or "dev-only-change-me-this-secret-is-not-for-production"
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"sub": str(uuid.uuid4()), "role": "CUSTOMER", "iat": now, "exp": now + 3600, "jti": str(uuid.uuid4())}).encode())
+sig = b64(hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest())
+print(f"{header}.{claims}.{sig}")
+PY
+)"
+base="http://127.0.0.1:$port/api/payments"
+code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$base")"
+[ "$code" = 200 ] || { echo "bench-business: GET $base answered $code with the bench token — is JWT_SECRET the service's?" >&2; exit 1; }
+
+report() { # name rate goal_ms json_file
+  python3 - "$@" <<'PY'
+import json, sys
+name, rate, goal, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+r = json.load(open(path))
+s, p = r["summary"], r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+p50, p99 = p["p50"] * 1000, p["p99"] * 1000
+ok = p99 < goal
+print(f"{name:<24} target {rate:>6.0f} req/s  achieved {s['requestsPerSec']:>8.1f} req/s  "
+      f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  (goal p99 < {goal:g} ms: {'met' if ok else 'MISSED'})  "
+      f"success {s['successRate']*100:.1f}%  status {codes}")
+PY
+}
+
+# Warm-up: connections, caches, JIT-free but the pools fill.
+"$oha" --no-tui --output-format quiet -q 200 -z 2s -m POST -T application/json \
+  -H "Authorization: Bearer $token" -d '{"amount":"1.00","currency":"USD"}' "$base" >/dev/null 2>&1 || true
+
+echo "bench-business: POST $base at $create_rate req/s for ${seconds}s" >&2
+"$oha" --no-tui --output-format json --latency-correction -q "$create_rate" -z "${seconds}s" -m POST \
+  -T application/json -H "Authorization: Bearer $token" \
+  -d '{"amount":"12.3400","currency":"EUR","type":"instant","description":"bench"}' "$base" >/tmp/bench-business-create.json
+echo "bench-business: GET $base at $list_rate req/s for ${seconds}s" >&2
+"$oha" --no-tui --output-format json --latency-correction -q "$list_rate" -z "${seconds}s" \
+  -H "Authorization: Bearer $token" "$base?limit=20" >/tmp/bench-business-list.json
+
+echo "=== business services (payments-service release, test stack, $(nproc) cores)"
+report "payments create (POST)" "$create_rate" 10 /tmp/bench-business-create.json
+report "payments list (GET)" "$list_rate" 5 /tmp/bench-business-list.json
+pending="$(psql -qtA "$server_url/$db" -c "SELECT count(*) FROM event_outbox WHERE published_at IS NULL")"
+total="$(psql -qtA "$server_url/$db" -c "SELECT count(*) FROM event_outbox")"
+echo "outbox after the run: $total events written, $pending not yet published"
