@@ -1,0 +1,546 @@
+//! `mfe ws probe` (SPEC §8): connects to `/ws` with a token and checks what a browser relies on —
+//! the `connection:ack`, a `{"type":"ping"}` answered by `{"type":"pong"}` — then optionally
+//! triggers `payment:created` (through the API, or straight onto RabbitMQ) and measures its
+//! delivery; with `--connections N` it holds N sockets for `--duration` seconds and measures
+//! the fan-out latency of one event per second to all of them.
+//!
+//! Exit status 1 when any expectation fails.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio_tungstenite::{
+    connect_async_tls_with_config,
+    tungstenite::{protocol::WebSocketConfig, Message},
+    Connector, MaybeTlsStream, WebSocketStream,
+};
+use url::Url;
+
+use super::tls::TlsArgs;
+use crate::{
+    report::{Check, Report},
+    Ctx,
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What `--trigger` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Trigger {
+    /// Create a payment through the API (`POST /api/payments` on the same host).
+    Payment,
+    /// Publish a `payments.payment.created` event straight to RabbitMQ (`RABBITMQ_URL`).
+    Event,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// Access token (JWT) to connect with.
+    #[arg(long, conflicts_with_all = ["email", "user_id"])]
+    pub token: Option<String>,
+    /// Sign in through the API with this email (needs --password) to obtain the token.
+    #[arg(long, requires = "password", conflicts_with = "user_id")]
+    pub email: Option<String>,
+    #[arg(long, requires = "email")]
+    pub password: Option<String>,
+    /// Sign a token locally with JWT_SECRET for this user id (development stacks, benchmarks).
+    #[arg(long)]
+    pub user_id: Option<String>,
+    /// Role of the locally signed token: ADMIN, CUSTOMER or VENDOR.
+    #[arg(long, default_value = "CUSTOMER", requires = "user_id")]
+    pub role: String,
+    /// WebSocket URL; defaults to WS_URL (through nginx, wss://localhost/ws).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Base URL of the API for sign-in and `--trigger payment`; defaults to the WebSocket
+    /// URL's host with http(s).
+    #[arg(long)]
+    pub api_url: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Trigger an event and wait for its `payment:created`. With --connections above 1 the
+    /// default is `event`.
+    #[arg(long, value_enum)]
+    pub trigger: Option<Trigger>,
+    /// Sockets to hold at once.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Seconds to hold the sockets; one event is triggered per second.
+    #[arg(long, default_value_t = 5)]
+    pub duration: u64,
+    /// Seconds to wait for each expectation (ack, pong, an event's deliveries).
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Connection attempts in flight at once while opening --connections sockets.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+/// Marker → the instant its event was triggered, shared with every socket's reader.
+type Pending = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Deliveries observed by the readers.
+struct Deliveries {
+    latency_us: Mutex<Histogram<u64>>,
+    by_marker: Mutex<HashMap<String, (usize, Instant)>>,
+    total: AtomicU64,
+    closed: AtomicUsize,
+}
+
+pub async fn run(ctx: &Ctx, args: ProbeArgs) -> anyhow::Result<()> {
+    if !ctx.json {
+        eprintln!("ws probe of {}", args.url.as_deref().unwrap_or(&ctx.config.ws_url));
+    }
+    probe(ctx, &args).await?.emit(ctx.json)
+}
+
+/// Runs the probe and returns its report (errors only for unusable arguments).
+pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
+    let ws_url = Url::parse(args.url.as_deref().unwrap_or(&ctx.config.ws_url)).context("--url is not a valid URL")?;
+    if !matches!(ws_url.scheme(), "ws" | "wss") {
+        bail!("--url must start with ws:// or wss:// (got {ws_url})");
+    }
+    let api_url = match &args.api_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let mut u = ws_url.clone();
+            let scheme = if ws_url.scheme() == "wss" { "https" } else { "http" };
+            u.set_scheme(scheme).map_err(|_| anyhow::anyhow!("cannot derive the API URL from {ws_url}"))?;
+            u.set_path("");
+            u.set_query(None);
+            u.as_str().trim_end_matches('/').to_string()
+        }
+    };
+    let http = args.tls.http_client()?;
+    let connector = if ws_url.scheme() == "wss" { Some(Connector::Rustls(args.tls.rustls_config()?)) } else { None };
+    let wait = Duration::from_secs(args.timeout.max(1));
+    let mut report = Report::new("ws probe");
+
+    // 1. The token.
+    let token = match (&args.token, &args.email, &args.user_id) {
+        (Some(t), _, _) => {
+            report.push(Check::new("token", true, "given with --token"));
+            t.clone()
+        }
+        (None, Some(email), _) => match sign_in(&http, &api_url, email, args.password.as_deref().unwrap_or("")).await {
+            Ok(t) => {
+                report.push(Check::new("token", true, format!("signed in as {email} at {api_url}")));
+                t
+            }
+            Err(e) => {
+                report.push(Check::new("token", false, format!("{e:#}")));
+                return Ok(report);
+            }
+        },
+        (None, None, Some(user)) => {
+            let role: mfe_kit::Role = args.role.parse().map_err(anyhow::Error::msg)?;
+            let keys = mfe_kit::JwtKeys::new(&ctx.config.jwt_secret);
+            let ttl = Duration::from_secs(args.duration + 3600);
+            let (t, _) = keys.issue(user, role, ttl, None).context("cannot sign a token with JWT_SECRET")?;
+            report.push(Check::new("token", true, format!("signed locally for {user} ({role}) with JWT_SECRET")));
+            t
+        }
+        _ => {
+            bail!("give a token: --token JWT, --email/--password to sign in, or --user-id to sign one with JWT_SECRET")
+        }
+    };
+    let claims_sub = token_subject(&token);
+
+    let mut url = ws_url.clone();
+    url.query_pairs_mut().append_pair("token", &token);
+    let url = url.to_string();
+    let n = args.connections.max(1);
+    let trigger = args.trigger.or((n > 1).then_some(Trigger::Event));
+
+    // 2. Connect (and check each ack).
+    let started = Instant::now();
+    let mut connect_ms = Histogram::<u64>::new(3).expect("valid histogram");
+    let mut sockets: Vec<Socket> = Vec::with_capacity(n);
+    let mut failures: HashMap<String, usize> = HashMap::new();
+    let mut bad_acks = 0usize;
+    let results = futures::stream::iter(0..n)
+        .map(|_| connect_one(&url, connector.clone(), wait))
+        .buffer_unordered(args.connect_concurrency.max(1));
+    futures::pin_mut!(results);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok((socket, ack, took)) => {
+                let _ = connect_ms.record(took.as_millis() as u64);
+                if !ack_is_valid(&ack, claims_sub.as_deref()) {
+                    bad_acks += 1;
+                }
+                sockets.push(socket);
+            }
+            Err(e) => *failures.entry(format!("{e:#}")).or_default() += 1,
+        }
+    }
+    let connected = sockets.len();
+    let failed = n - connected;
+    let mut detail = format!("{connected}/{n} connected in {:.1} s", started.elapsed().as_secs_f64());
+    if let Some((reason, count)) = failures.iter().max_by_key(|(_, c)| **c) {
+        detail.push_str(&format!("; {count} failed: {reason}"));
+    }
+    report.push(
+        Check::new("connect", failed == 0, detail)
+            .metric("connected", connected)
+            .metric("failed", failed)
+            .metric("connect_p95_ms", connect_ms.value_at_quantile(0.95)),
+    );
+    report.metric("connections", n);
+    report.metric("connected", connected);
+    report.metric("failed", failed);
+    if connected == 0 {
+        return Ok(report);
+    }
+    report.push(Check::new(
+        "ack",
+        bad_acks == 0,
+        if bad_acks == 0 {
+            "connection:ack with the user id and its rooms".to_string()
+        } else {
+            format!("{bad_acks} sockets got a malformed connection:ack")
+        },
+    ));
+
+    // 3. Application ping/pong on one socket.
+    let pong = ping_pong(&mut sockets[0], wait).await;
+    report.push(match pong {
+        Ok(rtt) => Check::new("ping-pong", true, "{\"type\":\"ping\"} answered by {\"type\":\"pong\"}")
+            .metric("rtt_ms", rtt.as_secs_f64() * 1000.0),
+        Err(e) => Check::new("ping-pong", false, format!("{e:#}")),
+    });
+
+    let Some(trigger) = trigger else { return Ok(report) };
+
+    // 4. Readers on every socket, then one trigger per second for --duration.
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let deliveries = Arc::new(Deliveries {
+        latency_us: Mutex::new(Histogram::new(3).expect("valid histogram")),
+        by_marker: Mutex::new(HashMap::new()),
+        total: AtomicU64::new(0),
+        closed: AtomicUsize::new(0),
+    });
+    let readers: Vec<_> =
+        sockets.into_iter().map(|s| tokio::spawn(read_events(s, pending.clone(), deliveries.clone()))).collect();
+    let hub = match trigger {
+        Trigger::Event => Some(
+            mfe_events::Hub::connect(mfe_events::HubConfig::from_env().with_connection_name("mfe-ws-probe"))
+                .await
+                .context("--trigger event publishes to RABBITMQ_URL")?,
+        ),
+        Trigger::Payment => None,
+    };
+    let n_events = if n > 1 { args.duration.max(1) } else { 1 };
+    let sender = claims_sub.clone().unwrap_or_default();
+    let mut trigger_errors = Vec::new();
+    let mut markers = Vec::new();
+    let hold_until = Instant::now() + Duration::from_secs(args.duration);
+    for i in 0..n_events {
+        let marker = format!("probe-{}", uuid::Uuid::new_v4().simple());
+        pending.lock().expect("pending lock").insert(marker.clone(), Instant::now());
+        let sent = match trigger {
+            Trigger::Event => {
+                let env = mfe_events::Envelope::new(
+                    mfe_events::types::PAYMENTS_PAYMENT_CREATED,
+                    "mfe-ws-probe",
+                    json!({"senderId": sender, "probeMarker": marker, "amount": "1.00", "currency": "USD"}),
+                );
+                hub.as_ref().expect("hub for events").publish(&env).await.map_err(anyhow::Error::from)
+            }
+            Trigger::Payment => create_payment(&http, &api_url, &token, &marker, &pending).await,
+        };
+        match sent {
+            Ok(()) => markers.push(marker),
+            Err(e) => trigger_errors.push(format!("{e:#}")),
+        }
+        if i + 1 < n_events {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    // Wait until every event reached every socket, or the timeout.
+    let expected_each = connected;
+    let deadline = Instant::now() + wait;
+    loop {
+        let done = {
+            let by = deliveries.by_marker.lock().expect("deliveries lock");
+            markers.iter().all(|m| by.get(m).is_some_and(|(c, _)| *c >= expected_each))
+        };
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if n > 1 {
+        tokio::time::sleep_until(hold_until.max(Instant::now()).into()).await;
+    }
+    if let Some(hub) = hub {
+        hub.close().await;
+    }
+    let closed_early = deliveries.closed.load(Ordering::Relaxed);
+    for r in readers {
+        r.abort();
+    }
+
+    let hist = deliveries.latency_us.lock().expect("histogram lock").clone();
+    let expected = expected_each * markers.len();
+    let total = deliveries.total.load(Ordering::Relaxed) as usize;
+    let pct = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let rates: Vec<f64> = {
+        let by = deliveries.by_marker.lock().expect("deliveries lock");
+        let pending = pending.lock().expect("pending lock");
+        markers
+            .iter()
+            .filter_map(|m| {
+                let (count, last) = by.get(m)?;
+                let span = last.duration_since(*pending.get(m)?).as_secs_f64();
+                (span > 0.0).then(|| *count as f64 / span)
+            })
+            .collect()
+    };
+    let deliveries_per_s = if rates.is_empty() { 0.0 } else { rates.iter().sum::<f64>() / rates.len() as f64 };
+    let name = match trigger {
+        Trigger::Payment => "trigger-payment",
+        Trigger::Event => "trigger-event",
+    };
+    let ok = trigger_errors.is_empty() && total >= expected && expected > 0;
+    let mut detail =
+        format!("{total}/{expected} payment:created deliveries ({} events × {expected_each} sockets)", markers.len());
+    if let Some(e) = trigger_errors.first() {
+        detail = format!("{} of {n_events} triggers failed: {e}", trigger_errors.len());
+    }
+    report.push(
+        Check::new(if n > 1 { "fan-out" } else { name }, ok, detail)
+            .metric("latency_p50_ms", pct(0.50))
+            .metric("latency_p95_ms", pct(0.95))
+            .metric("latency_p99_ms", pct(0.99))
+            .metric("deliveries_per_s", deliveries_per_s.round()),
+    );
+    if n > 1 {
+        report.push(Check::new(
+            "held",
+            closed_early == 0,
+            format!("{} of {connected} sockets open after {} s", connected - closed_early, args.duration),
+        ));
+    }
+    report.metric("latency_p50_ms", pct(0.50));
+    report.metric("latency_p95_ms", pct(0.95));
+    report.metric("latency_p99_ms", pct(0.99));
+    report.metric("deliveries_per_s", deliveries_per_s.round());
+    Ok(report)
+}
+
+/// `POST /api/auth/signin` → the access token.
+async fn sign_in(http: &reqwest::Client, api: &str, email: &str, password: &str) -> anyhow::Result<String> {
+    let url = format!("{api}/api/auth/signin");
+    let resp = http
+        .post(&url)
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .with_context(|| format!("sign-in at {url} failed — is the stack up? try `mfe up`"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("sign-in at {url} answered {status}: {}", body["error"]["message"].as_str().unwrap_or("no message"));
+    }
+    body["accessToken"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("sign-in at {url} answered without accessToken"))
+}
+
+/// `POST /api/payments` with the marker in the description; the created id is also registered
+/// as a marker (the event may carry either).
+async fn create_payment(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    marker: &str,
+    pending: &Pending,
+) -> anyhow::Result<()> {
+    let url = format!("{api}/api/payments");
+    let resp = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(&json!({"amount": "1.00", "currency": "USD", "type": "instant", "description": format!("mfe ws probe {marker}")}))
+        .send()
+        .await
+        .with_context(|| format!("creating a payment at {url} failed"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "creating a payment at {url} answered {status}: {}",
+            body["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    let id = body["id"].as_str().or_else(|| body["payment"]["id"].as_str()).or_else(|| body["data"]["id"].as_str());
+    if let Some(id) = id {
+        let mut p = pending.lock().expect("pending lock");
+        let at = p.get(marker).copied().unwrap_or_else(Instant::now);
+        p.insert(id.to_string(), at);
+    }
+    Ok(())
+}
+
+/// Opens one socket and reads its first message (the ack).
+async fn connect_one(
+    url: &str,
+    connector: Option<Connector>,
+    wait: Duration,
+) -> anyhow::Result<(Socket, Value, Duration)> {
+    let started = Instant::now();
+    // Small buffers: the probe may hold 10 000 sockets in one process.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (mut socket, _) = tokio::time::timeout(wait, connect_async_tls_with_config(url, Some(config), true, connector))
+        .await
+        .map_err(|_| anyhow::anyhow!("no handshake within {} s", wait.as_secs()))?
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => anyhow::anyhow!(
+                "upgrade refused with HTTP {}: {}",
+                resp.status(),
+                resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default()
+            ),
+            other => anyhow::anyhow!("{}", redact(&other.to_string())),
+        })?;
+    let took = started.elapsed();
+    let ack = next_json(&mut socket, wait).await.context("waiting for connection:ack")?;
+    Ok((socket, ack, took))
+}
+
+fn ack_is_valid(ack: &Value, sub: Option<&str>) -> bool {
+    ack["type"] == "connection:ack"
+        && ack["payload"]["rooms"].as_array().is_some_and(|r| r.iter().any(|x| x == "broadcast"))
+        && sub.is_none_or(|s| ack["payload"]["userId"] == s)
+        && ack["timestamp"].is_string()
+}
+
+async fn ping_pong(socket: &mut Socket, wait: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    socket.send(Message::Text(r#"{"type":"ping"}"#.into())).await.context("sending ping")?;
+    loop {
+        let v = next_json(socket, wait).await.context("waiting for pong")?;
+        if v["type"] == "pong" {
+            return Ok(started.elapsed());
+        }
+    }
+}
+
+async fn next_json(socket: &mut Socket, wait: Duration) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => bail!("nothing within {} s", wait.as_secs()),
+            Ok(None) => bail!("the server closed the socket"),
+            Ok(Some(Err(e))) => bail!("socket error: {e}"),
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(t.as_str()).context("a non-JSON message"),
+            Ok(Some(Ok(Message::Close(f)))) => bail!("the server closed the socket: {f:?}"),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Reads one socket until it ends, recording the latency of every probe event it receives.
+async fn read_events(mut socket: Socket, pending: Pending, deliveries: Arc<Deliveries>) {
+    while let Some(frame) = socket.next().await {
+        let text = match frame {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let now = Instant::now();
+        if !text.as_str().contains("payment:created") {
+            continue;
+        }
+        let hit = {
+            let p = pending.lock().expect("pending lock");
+            p.iter().find(|(m, _)| text.as_str().contains(m.as_str())).map(|(m, at)| (m.clone(), *at))
+        };
+        if let Some((marker, at)) = hit {
+            let _ =
+                deliveries.latency_us.lock().expect("histogram lock").record(now.duration_since(at).as_micros() as u64);
+            deliveries.total.fetch_add(1, Ordering::Relaxed);
+            let mut by = deliveries.by_marker.lock().expect("deliveries lock");
+            let entry = by.entry(marker).or_insert((0, now));
+            entry.0 += 1;
+            entry.1 = entry.1.max(now);
+        }
+    }
+    deliveries.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The `sub` claim of a JWT without verifying it (the server does that); for checking the ack.
+fn token_subject(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64url_decode(payload)?;
+    serde_json::from_slice::<Value>(&bytes).ok()?["sub"].as_str().map(String::from)
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Errors may quote the URL; never print the token it carries.
+fn redact(s: &str) -> String {
+    match s.find("token=") {
+        Some(i) => {
+            let end = s[i..].find(|c: char| c == '&' || c.is_whitespace()).map_or(s.len(), |e| i + e);
+            format!("{}token=***{}", &s[..i], &s[end..])
+        }
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_is_read_from_a_token_without_verifying_it() {
+        let keys = mfe_kit::JwtKeys::new("a-secret-long-enough-for-the-probe-tests");
+        let (t, _) = keys.issue("user-9", mfe_kit::Role::Admin, Duration::from_secs(60), None).unwrap();
+        assert_eq!(token_subject(&t).as_deref(), Some("user-9"));
+        assert_eq!(token_subject("garbage"), None);
+    }
+
+    #[test]
+    fn tokens_in_error_text_are_redacted() {
+        assert_eq!(redact("GET /ws?token=abc.def&x=1 failed"), "GET /ws?token=***&x=1 failed");
+    }
+
+    #[test]
+    fn an_ack_must_name_the_tokens_user_and_the_broadcast_room() {
+        let ack = json!({"type": "connection:ack", "payload": {"userId": "u1", "rooms": ["user:u1", "role:admin", "broadcast"]}, "timestamp": "t"});
+        assert!(ack_is_valid(&ack, Some("u1")));
+        assert!(!ack_is_valid(&ack, Some("u2")));
+        assert!(!ack_is_valid(&json!({"type": "pong"}), None));
+    }
+}
