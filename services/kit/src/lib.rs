@@ -12,6 +12,7 @@
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
 //! - [`server`]: lazy pool, migrations that wait for the database, common routes, serve loop.
 //! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
+//! - [`testing`]: fresh per-test databases and test configurations for integration tests.
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 
 pub use config::{Secret, Service, ServiceConfig};
 pub use auth::{AuthUser, RequireAdmin};

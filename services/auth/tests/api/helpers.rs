@@ -1,0 +1,149 @@
+//! `spawn_app()` and a `TestApp` whose methods are named after the endpoints.
+
+use std::{net::SocketAddr, time::Duration};
+
+use auth_service::Application;
+use mfe_kit::{config::Service, testing, ServiceConfig};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+pub struct TestApp {
+    pub address: String,
+    pub config: ServiceConfig,
+    pub db: PgPool,
+    pub client: reqwest::Client,
+}
+
+/// The auth service on a free port with a fresh, migrated database.
+pub async fn spawn_app() -> TestApp {
+    mfe_kit::telemetry::init_tracing("auth-service-tests");
+    let config = testing::test_config(Service::Auth).await;
+    spawn_with(config).await
+}
+
+pub async fn spawn_with(config: ServiceConfig) -> TestApp {
+    let app = Application::build(config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the auth service: {e:#} — {}", testing::START_HINT));
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let db = mfe_kit::server::lazy_pool(&config.database_url).expect("test pool");
+    TestApp { address, config, db, client: reqwest::Client::new() }
+}
+
+pub struct Signed {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub user: Value,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> Response {
+        self.post_json("/api/auth/signup", &json!({"email": email, "password": password, "name": "Ann Example"}), None)
+            .await
+    }
+
+    pub async fn signin(&self, email: &str, password: &str, device_id: Option<&str>) -> Response {
+        self.post_json("/api/auth/signin", &json!({"email": email, "password": password, "deviceId": device_id}), None)
+            .await
+    }
+
+    /// Signs a new user up and in; returns the sign-in tokens.
+    pub async fn new_user(&self, device_id: Option<&str>) -> Signed {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        assert_eq!(self.signup(&email, "s3cret-pass").await.status(), StatusCode::CREATED);
+        let res = self.signin(&email, "s3cret-pass", device_id).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        Signed {
+            access_token: body["accessToken"].as_str().unwrap().to_string(),
+            refresh_token: body["refreshToken"].as_str().unwrap().to_string(),
+            user: body["user"].clone(),
+        }
+    }
+
+    pub async fn me(&self, token: &str) -> Response {
+        self.get("/api/auth/me", Some(token)).await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json("/api/auth/refresh", &json!({"refreshToken": refresh_token}), None).await
+    }
+}
+
+/// A TCP forwarder in front of a PostgreSQL server that can be cut and restored, to play a
+/// database outage without touching the shared test stack.
+pub struct PgOutage {
+    pub port: u16,
+    target: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PgOutage {
+    pub async fn start(target: SocketAddr) -> Self {
+        let mut proxy = Self { port: 0, target, task: None };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// Accepts and forwards connections (again) on the same port.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind proxy port");
+        self.port = listener.local_addr().unwrap().port();
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the listener and every forwarded connection.
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A hand-made base64url (no padding) for crafting hostile tokens.
+pub fn b64url(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}

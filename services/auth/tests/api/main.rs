@@ -1,0 +1,9 @@
+//! Integration tests of the auth service over real HTTP, against the real PostgreSQL,
+//! RabbitMQ and Redis of the test stack (see test.env). Each test spawns its own app on a
+//! free port with a fresh database.
+
+mod accounts;
+mod devices;
+mod helpers;
+mod ops;
+mod tokens;
