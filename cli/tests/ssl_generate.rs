@@ -124,3 +124,18 @@ fn json_output_reports_subject_sans_expiry_and_the_openssl_fingerprint() {
     let fp = String::from_utf8_lossy(&fp.stdout);
     assert_eq!(fp.trim().rsplit('=').next().unwrap(), m["sha256"].as_str().unwrap());
 }
+
+#[test]
+fn ensure_certificates_writes_the_configured_files_once_and_then_leaves_them_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = mfe::config::Config::from_env().unwrap();
+    cfg.ssl_cert_path = dir.path().join("tls/edge.crt");
+    cfg.ssl_key_path = dir.path().join("tls/edge.key");
+    assert!(mfe::ssl::ensure_certificates(&cfg).unwrap(), "missing certificates are generated");
+    assert!(dir.path().join("tls/ca.crt").is_file(), "the CA is written beside the certificate");
+    let first = std::fs::read(&cfg.ssl_cert_path).unwrap();
+    assert!(!mfe::ssl::ensure_certificates(&cfg).unwrap(), "present certificates are kept");
+    assert_eq!(std::fs::read(&cfg.ssl_cert_path).unwrap(), first);
+    let mode = std::fs::metadata(&cfg.ssl_key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
