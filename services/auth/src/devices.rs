@@ -225,9 +225,7 @@ async fn logout_others(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
     };
     let keep = check_device_id(body.device_id.as_deref().or(auth.device_id()))?.ok_or_else(|| {
-        ApiError::Validation(
-            "say which device to keep: sign in with a deviceId or send {\"deviceId\": \"...\"}".into(),
-        )
+        ApiError::Validation("say which device to keep: sign in with a deviceId or send {\"deviceId\": \"...\"}".into())
     })?;
     let mut tx = state.db.begin().await?;
     let revoked: Vec<String> = sqlx::query_scalar(

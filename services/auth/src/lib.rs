@@ -123,9 +123,12 @@ impl Application {
     pub async fn build(config: ServiceConfig) -> anyhow::Result<Self> {
         let db = server::lazy_pool(&config.database_url).context("invalid AUTH_DATABASE_URL")?;
         server::migrate_or_retry(&db, &MIGRATOR, "auth_db").await.context("cannot migrate auth_db")?;
-        let redis = connect_redis(&config.redis_url)
-            .await
-            .with_context(|| format!("cannot connect to redis at {} — is the infrastructure running? try `mfe infra start`", config.redis_url))?;
+        let redis = connect_redis(&config.redis_url).await.with_context(|| {
+            format!(
+                "cannot connect to redis at {} — is the infrastructure running? try `mfe infra start`",
+                config.redis_url
+            )
+        })?;
         let hub = Hub::connect(config.hub.clone().with_connection_name(SOURCE))
             .await
             .context("cannot connect to rabbitmq — is the infrastructure running? try `mfe infra start`")?;
@@ -139,8 +142,7 @@ impl Application {
             relay: relay.clone(),
         };
         let probe_hub = hub.clone();
-        let health =
-            Health::new("auth").database(db).broker(move || probe_hub.is_connected()).redis(redis);
+        let health = Health::new("auth").database(db).broker(move || probe_hub.is_connected()).redis(redis);
         let router = server::with_common_routes(api_router(state), health, metrics);
         let listener = server::bind(&config.bind, config.port)
             .await

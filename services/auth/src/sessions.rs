@@ -57,10 +57,8 @@ async fn issue(
     .bind(&device_id)
     .execute(&mut *conn)
     .await?;
-    let (access_token, _) = state
-        .jwt
-        .issue(&user.id, user.role, crate::ACCESS_TTL, device_id)
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let (access_token, _) =
+        state.jwt.issue(&user.id, user.role, crate::ACCESS_TTL, device_id).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Tokens { access_token, refresh_token })
 }
 

@@ -205,8 +205,9 @@ async fn signin(
         None => (None, password::dummy_hash().to_string()),
     };
     let plain = body.password;
-    let matches =
-        tokio::task::spawn_blocking(move || password::verify(&plain, &hash)).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let matches = tokio::task::spawn_blocking(move || password::verify(&plain, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let user = match user {
         Some(user) if matches => user,
         _ => return Err(invalid()),

@@ -52,12 +52,9 @@ pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("missing authorization header (expected: Bearer <token>)".into()))?;
-    let value =
-        value.to_str().map_err(|_| ApiError::Unauthorized("authorization header is not valid text".into()))?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized("authorization header is not valid text".into()))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(token.trim())
-        }
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
         _ => Err(ApiError::Unauthorized("authorization header must be: Bearer <token>".into())),
     }
 }

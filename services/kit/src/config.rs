@@ -122,10 +122,9 @@ impl ServiceConfig {
     /// Reads the configuration of `service` from the environment.
     pub fn from_env(service: Service) -> Result<Self, ConfigError> {
         let port = match std::env::var("PORT") {
-            Ok(p) if !p.trim().is_empty() => p
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError(format!("PORT={p:?} is not a port number (0-65535)")))?,
+            Ok(p) if !p.trim().is_empty() => {
+                p.trim().parse().map_err(|_| ConfigError(format!("PORT={p:?} is not a port number (0-65535)")))?
+            }
             _ => service.default_port(),
         };
         let bind = std::env::var("BIND_ADDR").ok().filter(|b| !b.trim().is_empty()).unwrap_or("127.0.0.1".into());

@@ -64,7 +64,10 @@ impl Health {
     pub async fn check(&self) -> HealthReport {
         let db = async {
             let pool = self.db.as_ref()?;
-            Some(timed(async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| e.to_string()) }).await)
+            Some(
+                timed(async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| e.to_string()) })
+                    .await,
+            )
         };
         let redis = async {
             let conn = self.redis.as_ref()?;

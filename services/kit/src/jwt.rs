@@ -186,13 +186,9 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_secret_is_rejected() {
-        let (token, _) = JwtKeys::new("another-secret-another-secret-another").issue(
-            "u1",
-            Role::Admin,
-            Duration::from_secs(60),
-            None,
-        )
-        .unwrap();
+        let (token, _) = JwtKeys::new("another-secret-another-secret-another")
+            .issue("u1", Role::Admin, Duration::from_secs(60), None)
+            .unwrap();
         assert_eq!(JwtKeys::new(SECRET).verify(&token), Err(JwtError::BadSignature));
     }
 
@@ -208,8 +204,8 @@ mod tests {
             jti: "j".into(),
             device_id: None,
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
-            .unwrap();
+        let token =
+            encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
         assert_eq!(keys.verify(&token), Err(JwtError::Expired));
     }
 
@@ -217,9 +213,8 @@ mod tests {
     fn an_alg_none_token_is_rejected() {
         let now = chrono::Utc::now().timestamp();
         let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
-        let payload = b64(
-            format!(r#"{{"sub":"u1","role":"ADMIN","exp":{},"iat":{now},"jti":"x"}}"#, now + 600).as_bytes(),
-        );
+        let payload =
+            b64(format!(r#"{{"sub":"u1","role":"ADMIN","exp":{},"iat":{now},"jti":"x"}}"#, now + 600).as_bytes());
         let token = format!("{header}.{payload}.");
         assert!(JwtKeys::new(SECRET).verify(&token).is_err());
     }
@@ -227,16 +222,10 @@ mod tests {
     #[test]
     fn an_hs512_token_with_the_right_secret_is_rejected() {
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            sub: "u1".into(),
-            role: Role::Admin,
-            iat: now,
-            exp: now + 600,
-            jti: "j".into(),
-            device_id: None,
-        };
-        let token = encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
-            .unwrap();
+        let claims =
+            Claims { sub: "u1".into(), role: Role::Admin, iat: now, exp: now + 600, jti: "j".into(), device_id: None };
+        let token =
+            encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
         assert_eq!(JwtKeys::new(SECRET).verify(&token), Err(JwtError::WrongAlgorithm));
     }
 }

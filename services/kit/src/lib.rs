@@ -26,8 +26,8 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
 
-pub use config::{Secret, Service, ServiceConfig};
 pub use auth::{AuthUser, RequireAdmin};
+pub use config::{Secret, Service, ServiceConfig};
 pub use error::{ApiError, Json};
 pub use jwt::{Claims, JwtKeys, Role};
 pub use telemetry::CorrelationId;

@@ -27,7 +27,11 @@ pub fn lazy_pool(database_url: &str) -> Result<PgPool, sqlx::Error> {
 /// Runs `migrator` now; when the database cannot be reached, keeps retrying in the background
 /// (every 2 s) instead of failing the start. Errors other than connectivity (a broken migration)
 /// are returned at once.
-pub async fn migrate_or_retry(pool: &PgPool, migrator: &'static Migrator, what: &'static str) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate_or_retry(
+    pool: &PgPool,
+    migrator: &'static Migrator,
+    what: &'static str,
+) -> Result<(), sqlx::migrate::MigrateError> {
     match migrator.run(pool).await {
         Ok(()) => Ok(()),
         Err(sqlx::migrate::MigrateError::Execute(e)) if is_connectivity(&e) => {
@@ -71,7 +75,11 @@ pub async fn bind(bind: &str, port: u16) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `router` until `shutdown` resolves: stops accepting, lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

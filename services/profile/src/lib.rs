@@ -74,7 +74,10 @@ impl Application {
         let db = server::lazy_pool(&config.database_url).context("invalid PROFILE_DATABASE_URL")?;
         server::migrate_or_retry(&db, &MIGRATOR, "profile_db").await.context("cannot migrate profile_db")?;
         let redis = connect_redis(&config.redis_url).await.with_context(|| {
-            format!("cannot connect to redis at {} — is the infrastructure running? try `mfe infra start`", config.redis_url)
+            format!(
+                "cannot connect to redis at {} — is the infrastructure running? try `mfe infra start`",
+                config.redis_url
+            )
         })?;
         let hub = Hub::connect(config.hub.clone().with_connection_name("profile-service"))
             .await
@@ -84,12 +87,10 @@ impl Application {
         let relay = OutboxRelay::spawn(db.clone(), hub.clone());
         let metrics = Metrics::new("profile");
         let profiles_cache = Cache::new("profiles", redis.clone(), PROFILE_CACHE_TTL, metrics.clone());
-        let handler = consumer::UserRegistered {
-            db: db.clone(),
-            cache: profiles_cache.clone(),
-            metrics: metrics.clone(),
-        };
-        let consumer = hub.subscribe(subscription, handler).await.context("cannot subscribe to auth.user.registered")?;
+        let handler =
+            consumer::UserRegistered { db: db.clone(), cache: profiles_cache.clone(), metrics: metrics.clone() };
+        let consumer =
+            hub.subscribe(subscription, handler).await.context("cannot subscribe to auth.user.registered")?;
         let state = AppState {
             db: db.clone(),
             jwt: JwtKeys::new(config.jwt_secret.expose()),

@@ -70,8 +70,9 @@ async fn get_me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Pr
         .bind(auth.id())
         .fetch_optional(&state.db)
         .await?;
-    let profile: Profile =
-        row.ok_or_else(|| ApiError::NotFound("no profile for this user yet; PUT /api/profile/me creates one".into()))?.into();
+    let profile: Profile = row
+        .ok_or_else(|| ApiError::NotFound("no profile for this user yet; PUT /api/profile/me creates one".into()))?
+        .into();
     state.profiles_cache.set(auth.id(), &profile).await;
     Ok(Json(profile))
 }
@@ -106,7 +107,8 @@ fn check_avatar_url(raw: &str) -> Result<(), ApiError> {
 
 fn check_phone(raw: &str) -> Result<(), ApiError> {
     let digits = raw.chars().filter(char::is_ascii_digit).count();
-    let allowed = raw.chars().enumerate().all(|(i, c)| c.is_ascii_digit() || " -().".contains(c) || (c == '+' && i == 0));
+    let allowed =
+        raw.chars().enumerate().all(|(i, c)| c.is_ascii_digit() || " -().".contains(c) || (c == '+' && i == 0));
     if !allowed || !(5..=15).contains(&digits) {
         return Err(ApiError::Validation(
             "phone must be 5 to 15 digits, optionally with a leading + and spaces, dashes, dots or parentheses".into(),
@@ -218,7 +220,10 @@ mod tests {
         assert!(changes(json!({"preferences": [1, 2]})).is_err());
         assert!(changes(json!({"preferences": "dark"})).is_err());
         assert!(changes(json!({"preferences": {"big": "x".repeat(17 * 1024)}})).is_err());
-        assert_eq!(changes(json!({"preferences": {"theme": "dark"}})).unwrap().preferences, Some(json!({"theme": "dark"})));
+        assert_eq!(
+            changes(json!({"preferences": {"theme": "dark"}})).unwrap().preferences,
+            Some(json!({"theme": "dark"}))
+        );
     }
 
     #[test]

@@ -78,7 +78,9 @@ async fn malformed_json_is_refused_with_400_and_a_clear_message() {
 #[tokio::test]
 async fn signup_input_is_validated_with_422() {
     let app = spawn_app().await;
-    for (email, password) in [("not-an-email", "s3cret-pass"), ("d@example.com", "short1"), ("d@example.com", "lettersonly")] {
+    for (email, password) in
+        [("not-an-email", "s3cret-pass"), ("d@example.com", "short1"), ("d@example.com", "lettersonly")]
+    {
         let res = app.signup(email, password).await;
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{email} / {password}");
     }
@@ -100,7 +102,8 @@ async fn users_are_listed_for_admins_only_and_looked_up_by_any_valid_token() {
     let other_id = other.user["id"].as_str().unwrap();
 
     // A CUSTOMER sees only the public part of another user, and cannot list users.
-    let res = app.get(&format!("/api/auth/users/{}", admin.user["id"].as_str().unwrap()), Some(&other.access_token)).await;
+    let res =
+        app.get(&format!("/api/auth/users/{}", admin.user["id"].as_str().unwrap()), Some(&other.access_token)).await;
     assert_eq!(res.status(), StatusCode::OK);
     let public: Value = res.json().await.unwrap();
     assert!(public.get("email").is_none(), "{public}");

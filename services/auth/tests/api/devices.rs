@@ -36,12 +36,17 @@ async fn logout_others_publishes_one_session_revoked_per_other_device() {
     let user_id = laptop.user["id"].as_str().unwrap().to_string();
     let phone: Value = app.signin(email, "s3cret-pass", Some("phone")).await.json().await.unwrap();
     let res = app
-        .post_json("/api/auth/devices/register", &json!({"deviceId": "tablet", "name": "Tablet"}), Some(&laptop.access_token))
+        .post_json(
+            "/api/auth/devices/register",
+            &json!({"deviceId": "tablet", "name": "Tablet"}),
+            Some(&laptop.access_token),
+        )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
 
     let listed: Value = app.get("/api/auth/devices", Some(&laptop.access_token)).await.json().await.unwrap();
-    let mut ids: Vec<&str> = listed["devices"].as_array().unwrap().iter().map(|d| d["deviceId"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> =
+        listed["devices"].as_array().unwrap().iter().map(|d| d["deviceId"].as_str().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, ["laptop", "phone", "tablet"]);
     let current: Vec<&Value> = listed["devices"].as_array().unwrap().iter().filter(|d| d["current"] == true).collect();
@@ -111,9 +116,11 @@ async fn deleting_a_device_revokes_it_and_an_unknown_device_is_404() {
     let phone: Value =
         app.signin(laptop.user["email"].as_str().unwrap(), "s3cret-pass", Some("phone")).await.json().await.unwrap();
 
-    let res = app.client.delete(app.url("/api/auth/devices/phone")).bearer_auth(&laptop.access_token).send().await.unwrap();
+    let res =
+        app.client.delete(app.url("/api/auth/devices/phone")).bearer_auth(&laptop.access_token).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = app.client.delete(app.url("/api/auth/devices/phone")).bearer_auth(&laptop.access_token).send().await.unwrap();
+    let res =
+        app.client.delete(app.url("/api/auth/devices/phone")).bearer_auth(&laptop.access_token).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(app.refresh(phone["refreshToken"].as_str().unwrap()).await.status(), StatusCode::UNAUTHORIZED);
 

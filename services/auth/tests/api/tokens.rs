@@ -79,7 +79,9 @@ async fn a_refresh_token_rotates_and_its_reuse_revokes_the_family() {
 async fn logout_revokes_the_refresh_token() {
     let app = spawn_app().await;
     let signed = app.new_user(None).await;
-    let res = app.post_json("/api/auth/logout", &json!({"refreshToken": signed.refresh_token}), Some(&signed.access_token)).await;
+    let res = app
+        .post_json("/api/auth/logout", &json!({"refreshToken": signed.refresh_token}), Some(&signed.access_token))
+        .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.refresh(&signed.refresh_token).await.status(), StatusCode::UNAUTHORIZED);
 }

@@ -1,0 +1,77 @@
+//! `spawn_app()` and a `TestApp` whose methods are named after the endpoints.
+
+use std::time::Duration;
+
+use mfe_events::{types, Envelope, Hub, Subscription};
+use mfe_kit::{config::Service, testing, JwtKeys, Role};
+use profile_service::{Application, CONSUMER};
+use reqwest::Response;
+use serde_json::Value;
+use sqlx::PgPool;
+
+pub struct TestApp {
+    pub address: String,
+    pub db: PgPool,
+    pub client: reqwest::Client,
+    pub jwt: JwtKeys,
+    /// A publisher on the shared exchange, to play the auth service.
+    pub hub: Hub,
+}
+
+/// The profile service on a free port with a fresh, migrated database, consuming
+/// `auth.user.registered` from its own exclusive queue (never the shared `profile.events.queue`).
+pub async fn spawn_app() -> TestApp {
+    mfe_kit::telemetry::init_tracing("profile-service-tests");
+    let config = testing::test_config(Service::Profile).await;
+    let subscription = Subscription::exclusive(CONSUMER, &[types::AUTH_USER_REGISTERED]);
+    let app = Application::build_with_subscription(config.clone(), subscription)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the profile service: {e:#} — {}", testing::START_HINT));
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let db = mfe_kit::server::lazy_pool(&config.database_url).expect("test pool");
+    let hub = Hub::connect(config.hub.clone().with_connection_name("profile-service-tests")).await.expect("test hub");
+    TestApp { address, jwt: JwtKeys::new(config.jwt_secret.expose()), db, client: reqwest::Client::new(), hub }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// An access token for a new random user id.
+    pub fn token_for(&self, user_id: &str) -> String {
+        self.jwt.issue(user_id, Role::Customer, Duration::from_secs(600), None).unwrap().0
+    }
+
+    pub async fn get_me(&self, token: &str) -> Response {
+        self.client.get(self.url("/api/profile/me")).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn put_me(&self, token: &str, body: &Value) -> Response {
+        self.client.put(self.url("/api/profile/me")).bearer_auth(token).json(body).send().await.unwrap()
+    }
+
+    /// Publishes `auth.user.registered` for `user_id`, as the auth service's relay would.
+    pub async fn publish_registered(&self, user_id: &str) -> Envelope {
+        let env = Envelope::new(
+            types::AUTH_USER_REGISTERED,
+            "auth-service",
+            serde_json::json!({"userId": user_id, "email": format!("{user_id}@example.com"), "name": "Test", "role": "CUSTOMER"}),
+        );
+        self.hub.publish(&env).await.expect("publish auth.user.registered");
+        env
+    }
+
+    /// Polls `GET /api/profile/me` until it stops answering 404 (at most `max`).
+    pub async fn wait_for_profile(&self, token: &str, max: Duration) -> Response {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let res = self.get_me(token).await;
+            if res.status() != reqwest::StatusCode::NOT_FOUND || tokio::time::Instant::now() >= deadline {
+                return res;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
