@@ -48,7 +48,7 @@ pub enum DbCommand {
 pub struct ServiceSelection {
     /// Service database: auth, payments, admin, profile, legacy, or `all` (the five); repeatable.
     /// Without it, the four split services.
-    #[arg(long, short = 's', value_name = "SERVICE")]
+    #[arg(long, short = 's', value_name = "SERVICE", value_parser = service_name)]
     pub service: Vec<String>,
 }
 
@@ -77,10 +77,18 @@ impl ServiceSelection {
     }
 }
 
+/// Checks a `--service` value while parsing, so a wrong name is a usage error (exit 2).
+fn service_name(s: &str) -> Result<String, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(s.to_string());
+    }
+    DbService::parse(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RevertArgs {
     /// Service database to revert: auth, payments, admin, profile or legacy.
-    #[arg(long, short = 's', value_name = "SERVICE")]
+    #[arg(long, short = 's', value_name = "SERVICE", value_parser = service_name)]
     pub service: String,
     /// Revert every applied migration of the service (back to an empty schema).
     #[arg(long, conflicts_with = "target_version")]
