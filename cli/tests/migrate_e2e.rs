@@ -210,6 +210,25 @@ async fn split_state(stack: &Stack) -> Vec<Vec<String>> {
     out
 }
 
+/// Every index and constraint of the split databases' public schemas (the import rebuilds the
+/// ones it drops for the load: they must all be back, unchanged).
+async fn split_schema_objects(stack: &Stack) -> Vec<String> {
+    let mut out = Vec::new();
+    for (var, _) in &DB_VARS[1..] {
+        let pool = stack.pool(var).await;
+        let objects: Vec<String> = sqlx::query_scalar(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' \
+             UNION ALL SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) \
+             FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        out.extend(objects.into_iter().map(|o| format!("{var}: {o}")));
+    }
+    out
+}
+
 /// Count + checksum of every legacy table.
 async fn legacy_checksums(legacy: &PgPool) -> Vec<(i64, String)> {
     let mut out = Vec::new();
@@ -235,6 +254,7 @@ async fn awkward_values_migrate_byte_for_byte_and_validate_clean() {
     let legacy = stack.legacy().await;
     seed_awkward_dataset(&legacy).await;
     let before = legacy_checksums(&legacy).await;
+    let schema_before = split_schema_objects(&stack).await;
 
     let out = stack.mfe(&["--json", "migrate", "run"]);
     assert_ok(&out, "migrate run");
@@ -278,6 +298,7 @@ async fn awkward_values_migrate_byte_for_byte_and_validate_clean() {
     let name: String =
         sqlx::query_scalar("SELECT name FROM users WHERE id = 'u-quotes'").fetch_one(&auth).await.unwrap();
     assert_eq!(name, "tab\there\nnew line \\ back \"double\" 'single'");
+    assert_eq!(split_schema_objects(&stack).await, schema_before, "indexes or constraints differ after the import");
 
     assert_eq!(legacy_checksums(&legacy).await, before, "the legacy database changed");
 }

@@ -11,10 +11,10 @@
 //! straight into it; otherwise rows go through a temporary staging table and
 //! `INSERT … ON CONFLICT (id) DO NOTHING`, so re-running an import adds nothing and fails nothing.
 
-use super::bookkeeping;
 use super::manifest::{self, Manifest, TableEntry};
 use super::progress::{Progress, StepStats};
 use super::tables::{self, TableSpec};
+use super::{bookkeeping, bulkload};
 use crate::config::{Config, DbService};
 use anyhow::Context;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -182,6 +182,8 @@ async fn import_table(
         (stage, "staged")
     };
 
+    // An empty table is loaded without its keys and indexes, rebuilt after the COPY.
+    let dropped = if is_empty { Some(bulkload::drop_for_load(conn, spec).await?) } else { None };
     let mut file = tokio::fs::File::open(path).await.with_context(|| format!("cannot open {}", path.display()))?;
     let mut copy = conn.copy_in_raw(&format!("COPY {target} ({cols}) FROM STDIN (FORMAT binary)")).await?;
     // 1 MiB blocks: few file reads, few CopyData messages, flat memory.
@@ -199,6 +201,9 @@ async fn import_table(
         anyhow::bail!("{} holds {n_copied} rows, the manifest says {}", path.display(), entry.rows);
     }
 
+    if let Some(dropped) = dropped {
+        dropped.restore(conn).await?;
+    }
     let rows_inserted = if mode == "direct" {
         bookkeeping::record_all(conn, batch_id, spec).await?
     } else {

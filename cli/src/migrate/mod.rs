@@ -18,6 +18,7 @@
 //!   text on both sides of a checksum.
 
 pub mod bookkeeping;
+pub mod bulkload;
 pub mod checksum;
 pub mod export;
 pub mod import;
