@@ -1,0 +1,86 @@
+//! The real stack for the CLI's proxy and probe tests, in one test process: the auth, payments
+//! and profile services (their library crates) on port 0, each against a fresh database named
+//! by a UUID on the test stack's servers, and the gateway in front of them with its event
+//! bridge on the test stack's RabbitMQ.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use mfe_kit::config::{Service, ServiceConfig};
+use sqlx::{Connection, Executor, PgConnection};
+
+/// `postgres://.../<db>` with another database name.
+fn on_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("a postgres URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// An empty database named by a UUID on the server of `var`; the service migrates it itself.
+async fn fresh_database(var: &str) -> String {
+    let base = mfe_kit::env::get(var);
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&on_database(&base, "postgres")).await.unwrap_or_else(|e| {
+        panic!("{var} server at {base}: {e} — start the test stack: `set -a; source test.env; set +a; mfe infra start`")
+    });
+    admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create the test database");
+    on_database(&base, &name)
+}
+
+async fn service_config(service: Service) -> ServiceConfig {
+    let mut cfg = ServiceConfig::from_env(service).expect("service configuration from the environment");
+    cfg.port = 0;
+    cfg.bind = "127.0.0.1".into();
+    cfg.database_url = fresh_database(service.database_var()).await;
+    cfg
+}
+
+pub struct Stack {
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub gateway: String,
+    pub ws: String,
+}
+
+/// Starts auth, payments and profile, then the gateway in front of them (admin answers 502:
+/// no test here needs it).
+pub async fn spawn_stack() -> Stack {
+    let auth =
+        auth_service::Application::build(service_config(Service::Auth).await).await.expect("auth service builds");
+    let auth_port = auth.port();
+    tokio::spawn(auth.run_until(std::future::pending()));
+
+    let mut payments_settings = payments_service::Settings::from_env().expect("payments settings");
+    payments_settings.service = service_config(Service::Payments).await;
+    let payments = payments_service::Application::build(payments_settings).await.expect("payments service builds");
+    let payments_port = payments.port();
+    tokio::spawn(payments.run_until_stopped());
+
+    let profile = profile_service::Application::build_with_subscription(
+        service_config(Service::Profile).await,
+        mfe_events::Subscription::exclusive("profile-proxy-test", &[mfe_events::types::AUTH_USER_REGISTERED]),
+    )
+    .await
+    .expect("profile service builds");
+    let profile_port = profile.port();
+    tokio::spawn(profile.run_until(std::future::pending()));
+
+    let mut cfg = mfe_gateway::GatewayConfig::from_env().expect("gateway configuration");
+    cfg.host = "127.0.0.1".into();
+    cfg.port = 0;
+    for route in &mut cfg.routes {
+        route.upstream = match route.name.as_str() {
+            "auth" => format!("http://127.0.0.1:{auth_port}"),
+            "payments" => format!("http://127.0.0.1:{payments_port}"),
+            "profile" => format!("http://127.0.0.1:{profile_port}"),
+            _ => "http://127.0.0.1:9".into(),
+        };
+    }
+    let mut gateway = mfe_gateway::Application::build(cfg).await.expect("the gateway builds");
+    assert!(
+        gateway.wait_for_events(Duration::from_secs(15)).await,
+        "the gateway's event bridge did not reach RabbitMQ — start the test stack (`mfe infra start`)"
+    );
+    let port = gateway.port();
+    tokio::spawn(gateway.run_until(std::future::pending()));
+    Stack { gateway: format!("http://127.0.0.1:{port}"), ws: format!("ws://127.0.0.1:{port}/ws") }
+}
