@@ -1,5 +1,5 @@
 # Thin wrappers; the work lives in scripts/ and in `mfe`.
-.PHONY: demo test build lint fmt deps bench
+.PHONY: demo test build lint fmt deps bench images
 
 demo: deps
 	scripts/demo.sh
@@ -22,3 +22,7 @@ deps:
 
 bench: deps
 	scripts/bench.sh
+
+images: deps
+	cargo build -p mfe
+	target/debug/mfe infra build-images
