@@ -162,7 +162,7 @@ async fn import_table(
     batch_id: Uuid,
     progress: &Progress,
 ) -> anyhow::Result<TableImport> {
-    let conn: &mut PgConnection = &mut **tx;
+    let conn: &mut PgConnection = tx;
     // SHARE ROW EXCLUSIVE blocks concurrent inserts/updates/deletes until commit, so "empty"
     // stays true while we fill the table.
     sqlx::query(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", spec.ident())).execute(&mut *conn).await?;
