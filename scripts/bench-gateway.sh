@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Gateway benchmarks (called by scripts/bench.sh; not part of `make test`). Prints figures.
+#
+# (a) HTTP proxy: one tiny backend, reached directly, through our gateway and through nginx's
+#     own proxy_pass (one worker, keepalive upstream), in the same run:
+#     - oha at a fixed 2000 req/s → p95; added p95 = proxy p95 - direct p95
+#     - wrk at saturation → req/s, and CPU µs per request of the proxy process (/proc/<pid>/stat)
+#     - a 1 GiB streamed upload and download through the gateway → gateway RSS growth
+# (b) WebSocket: `mfe ws probe --connections N` against the gateway (events from the test
+#     stack's RabbitMQ) and against a bare broadcast server built on the same WebSocket crate:
+#     idle memory per connection, fan-out delivery p95, deliveries/s.
+#
+# Traffic goes to 127.0.0.1 only; every load run is bounded in time. Needs the test stack's
+# RabbitMQ (`set -a; source test.env; set +a; mfe infra start`), nginx and wrk on PATH; oha is
+# installed into /tmp/oha-bin when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+set -a; source ./test.env; set +a
+
+WS_CONNECTIONS=${WS_CONNECTIONS:-10000}
+LOAD_SECONDS=${LOAD_SECONDS:-10}
+BACKEND_PORT=24100 GW_PORT=24101 NGINX_PORT=24102 BARE_PORT=24200
+TMP=$(mktemp -d /tmp/mfe-bench-gateway.XXXXXX)
+HZ=$(getconf CLK_TCK)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+# Many sockets on both ends of (b).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+need() { command -v "$1" >/dev/null || { echo "bench-gateway: $1 is not installed — $2" >&2; exit 1; }; }
+need wrk "install it (apt-get install wrk)"
+need nginx "install it (apt-get install nginx)"
+OHA=$(command -v oha || true)
+if [ -z "$OHA" ]; then
+  [ -x /tmp/oha-bin/bin/oha ] || cargo install oha --locked --root /tmp/oha-bin
+  OHA=/tmp/oha-bin/bin/oha
+fi
+
+echo "bench-gateway: building release binaries"
+cargo build --release -q -p mfe-gateway --bins --examples -p mfe
+R=target/release
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { # utime + stime of the given pids (fields 14 and 15 after the command name)
+  local total=0 pid
+  for pid in "$@"; do
+    total=$(( total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') ))
+  done
+  echo "$total"
+}
+wait_http() {
+  for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "bench-gateway: nothing answers $1" >&2; exit 1
+}
+
+# --- the processes -----------------------------------------------------------------------
+"$R/examples/bench_backend" "$BACKEND_PORT" 2>"$TMP/backend.log" & PIDS+=($!)
+wait_http "http://127.0.0.1:$BACKEND_PORT/"
+
+env PORT=$GW_PORT GATEWAY_HOST=127.0.0.1 RUST_LOG=warn \
+  AUTH_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PAYMENTS_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
+  ADMIN_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PROFILE_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
+  WS_PING_INTERVAL_MS=60000 \
+  "$R/mfe-gateway" 2>"$TMP/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
+wait_http "http://127.0.0.1:$GW_PORT/health"
+
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering off;
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+nginx -p "$TMP" -c "$TMP/nginx.conf" -g 'daemon off;' & NGINX_PID=$!; PIDS+=($NGINX_PID)
+wait_http "http://127.0.0.1:$NGINX_PORT/api/auth/x"
+NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+
+# --- (a) fixed rate and saturation --------------------------------------------------------
+declare -A P95 RPS CPU_US
+run_target() { # name url pids...
+  local name=$1 url=$2; shift 2
+  "$OHA" -z "${LOAD_SECONDS}s" -q 2000 -c 50 --latency-correction --no-tui --output-format json "$url" >"$TMP/oha-$name.json"
+  P95[$name]=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('%.3f' % (d['latencyPercentiles']['p95']*1000))" "$TMP/oha-$name.json")
+  local before=0 after=0
+  [ $# -gt 0 ] && before=$(cpu_ticks "$@")
+  wrk -t2 -c64 -d"${LOAD_SECONDS}s" --latency "$url" >"$TMP/wrk-$name.txt"
+  [ $# -gt 0 ] && after=$(cpu_ticks "$@")
+  RPS[$name]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$TMP/wrk-$name.txt")
+  local n; n=$(awk '/requests in/ {print $1}' "$TMP/wrk-$name.txt")
+  if [ $# -gt 0 ]; then
+    CPU_US[$name]=$(python3 -c "print('%.1f' % (($after-$before)/$HZ*1e6/$n))")
+  else
+    CPU_US[$name]=-
+  fi
+  echo "bench-gateway: $name: p95 ${P95[$name]} ms at 2000 req/s; ${RPS[$name]} req/s at saturation; ${CPU_US[$name]} µs CPU/request"
+}
+run_target direct "http://127.0.0.1:$BACKEND_PORT/api/auth/ping"
+run_target gateway "http://127.0.0.1:$GW_PORT/api/auth/ping" "$GW_PID"
+# shellcheck disable=SC2086
+run_target nginx "http://127.0.0.1:$NGINX_PORT/api/auth/ping" $NGINX_PIDS
+
+# 1 GiB each way through the gateway, sampling its RSS.
+GW_BASE_RSS=$(rss_kb "$GW_PID"); PEAK=$GW_BASE_RSS
+( head -c 1073741824 /dev/zero | curl -s -o /dev/null -T - "http://127.0.0.1:$GW_PORT/api/auth/upload"
+  curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/api/auth/download?bytes=1073741824" ) & MOVER=$!
+STARTED=$(date +%s.%N)
+while kill -0 "$MOVER" 2>/dev/null; do
+  r=$(rss_kb "$GW_PID"); [ "$r" -gt "$PEAK" ] && PEAK=$r; sleep 0.05
+done
+GIB_SECONDS=$(python3 -c "import time; print('%.1f' % (time.time()-$STARTED))")
+GIB_GROWTH_MB=$(python3 -c "print('%.1f' % (($PEAK-$GW_BASE_RSS)/1024))")
+echo "bench-gateway: 1 GiB up + 1 GiB down through the gateway in ${GIB_SECONDS} s; RSS ${GW_BASE_RSS} KiB → peak ${PEAK} KiB (+${GIB_GROWTH_MB} MiB)"
+
+kill "$NGINX_PID" 2>/dev/null || true
+
+# --- (b) WebSocket fan-out ----------------------------------------------------------------
+ws_run() { # name ws-url pid probe-args...
+  local name=$1 url=$2 pid=$3; shift 3
+  local base; base=$(rss_kb "$pid")
+  local port; port=$(echo "$url" | sed -E 's#.*:([0-9]+)/.*#\1#')
+  "$R/mfe" --json ws probe --url "$url" --connections "$WS_CONNECTIONS" --duration 15 --timeout 30 "$@" \
+    >"$TMP/probe-$name.json" 2>"$TMP/probe-$name.log" & local probe=$!
+  # Idle memory: once every socket is up (ack received) and before the first event lands.
+  local peak_conns=0 idle_rss=$base
+  for _ in $(seq 1 600); do
+    kill -0 "$probe" 2>/dev/null || break
+    local conns; conns=$(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l)
+    if [ "$conns" -ge "$WS_CONNECTIONS" ]; then peak_conns=$conns; sleep 0.5; idle_rss=$(rss_kb "$pid"); break; fi
+    sleep 0.1
+  done
+  wait "$probe" || true
+  python3 - "$TMP/probe-$name.json" "$name" "$base" "$idle_rss" "$peak_conns" <<'PY'
+import json, sys
+path, name, base, idle, conns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+try:
+    r = json.load(open(path))
+except Exception as e:
+    print(f"bench-gateway: {name}: the probe wrote no report ({e}); see {path.replace('.json', '.log')}")
+    sys.exit(0)
+m = r.get("metrics", {})
+per_conn = (idle - base) * 1024 / conns if conns else float("nan")
+print(f"bench-gateway: {name}: {m.get('connected')}/{m.get('connections')} connected, {m.get('failed')} failed; "
+      f"idle memory {per_conn:.0f} B/connection (RSS {base} → {idle} KiB at {conns} sockets); "
+      f"delivery p50 {m.get('latency_p50_ms')} ms p95 {m.get('latency_p95_ms')} ms p99 {m.get('latency_p99_ms')} ms; "
+      f"{m.get('deliveries_per_s')} deliveries/s; passed={r.get('passed')}")
+PY
+}
+ws_run gateway "ws://127.0.0.1:$GW_PORT/ws" "$GW_PID" --user-id "bench-$$" --trigger event
+kill "$GW_PID" 2>/dev/null || true
+
+"$R/examples/bare_broadcast" "$BARE_PORT" 2>"$TMP/bare.log" & BARE_PID=$!; PIDS+=($BARE_PID)
+sleep 0.5
+ws_run bare "ws://127.0.0.1:$BARE_PORT/ws" "$BARE_PID" --user-id bare --trigger payment --api-url "http://127.0.0.1:$BARE_PORT"
+
+# --- summary ----------------------------------------------------------------------------------
+python3 - "${P95[direct]}" "${P95[gateway]}" "${P95[nginx]}" "${RPS[gateway]}" "${RPS[nginx]}" "${CPU_US[gateway]}" "${CPU_US[nginx]}" <<'PY'
+import sys
+d, g, n, rg, rn, cg, cn = map(float, sys.argv[1:])
+print("bench-gateway: summary (goal in brackets)")
+print(f"  added p95 at 2000 req/s: gateway {g-d:.3f} ms, nginx {n-d:.3f} ms  [gateway ≤ 1.2× nginx]")
+print(f"  saturation: gateway {rg:.0f} req/s, nginx {rn:.0f} req/s = {rg/rn:.2f}×  [≥ 0.9×]")
+print(f"  CPU per request: gateway {cg:.1f} µs, nginx {cn:.1f} µs = {cg/cn:.2f}×  [≤ 1.2×]")
+PY
+echo "bench-gateway: raw outputs in $TMP"
