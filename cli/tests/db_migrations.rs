@@ -17,18 +17,20 @@ struct Col {
     default: Option<String>,
 }
 
+/// name, data_type, udt_name, is_nullable, default, numeric precision, scale, datetime precision.
+type ColumnRow = (String, String, String, String, Option<String>, Option<i32>, Option<i32>, Option<i32>);
+
 async fn columns(pool: &PgPool, table: &str) -> Vec<Col> {
-    let rows: Vec<(String, String, String, String, Option<String>, Option<i32>, Option<i32>, Option<i32>)> =
-        sqlx::query_as(
-            "SELECT column_name::text, data_type::text, udt_name::text, is_nullable::text, column_default::text,
+    let rows: Vec<ColumnRow> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text, udt_name::text, is_nullable::text, column_default::text,
                     numeric_precision::int, numeric_scale::int, datetime_precision::int
              FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1
              ORDER BY ordinal_position",
-        )
-        .bind(table)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap();
     rows.into_iter()
         .map(|(name, data_type, udt, nullable, default, prec, scale, dt_prec)| Col {
             name,
