@@ -17,14 +17,36 @@ pub async fn connect(cfg: &Config, db: DbService) -> anyhow::Result<PgPool> {
 pub async fn connect_url(label: &str, url: &str) -> anyhow::Result<PgPool> {
     let opts = PgConnectOptions::from_str(url).with_context(|| format!("{label}: invalid database URL"))?;
     let addr = format!("{}:{}", opts.get_host(), opts.get_port());
-    PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect_with(opts).await.map_err(
-        |e| {
-            anyhow::anyhow!(
-                "{label} at {addr}: {} — is the infrastructure running? try `mfe infra start`",
-                short_sqlx_error(&e)
-            )
-        },
-    )
+    // One direct attempt first: the pool retries until its timeout and would turn a refused
+    // connection into "timed out", hiding the real cause.
+    match tokio::time::timeout(Duration::from_secs(10), <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts))
+        .await
+    {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+        }
+        Ok(Err(e)) => return Err(unreachable_error(label, &addr, &e)),
+        Err(_) => anyhow::bail!(
+            "{label} at {addr}: no answer within 10 s — is the infrastructure running? try `mfe infra start`"
+        ),
+    }
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .map_err(|e| unreachable_error(label, &addr, &e))
+}
+
+fn unreachable_error(label: &str, addr: &str, e: &sqlx::Error) -> anyhow::Error {
+    match e {
+        // The server answered (bad password, no such database): the start hint would mislead.
+        sqlx::Error::Database(_) => anyhow::anyhow!("{label} at {addr}: {}", short_sqlx_error(e)),
+        _ => anyhow::anyhow!(
+            "{label} at {addr}: {} — is the infrastructure running? try `mfe infra start`",
+            short_sqlx_error(e)
+        ),
+    }
 }
 
 /// The shortest faithful text of a sqlx error (io errors lose their wrapper).
