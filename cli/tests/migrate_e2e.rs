@@ -544,3 +544,18 @@ async fn a_failed_validation_in_run_rolls_back_that_runs_import() {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs").fetch_one(&admin).await.unwrap();
     assert_eq!(n, 2, "--no-rollback keeps the imported rows");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sample_dataset_of_fixtures_load_migrates_and_validates_clean() {
+    let stack = Stack::new().await;
+    assert_ok(&stack.mfe(&["fixtures", "load"]), "fixtures load");
+    let legacy = stack.legacy().await;
+    let before = legacy_checksums(&legacy).await;
+    let out = stack.mfe(&["--json", "migrate", "run"]);
+    assert_ok(&out, "migrate run");
+    assert_eq!(json(&out)["passed"], true);
+    for spec in &TABLES {
+        assert_eq!(rows_text(&legacy, spec).await, rows_text(&stack.split(spec).await, spec).await, "{}", spec.name);
+    }
+    assert_eq!(legacy_checksums(&legacy).await, before, "the legacy database changed");
+}
