@@ -15,6 +15,12 @@ async fn run() -> anyhow::Result<()> {
     env::load_dotenv(None).map_err(anyhow::Error::msg)?;
     telemetry::init_tracing("profile-service");
     let config = ServiceConfig::from_env(Service::Profile).context("profile service configuration")?;
-    let app = profile_service::Application::build(config).await?;
+    // PROFILE_EVENTS_QUEUE names a private queue (benchmarks, side-by-side instances); unset,
+    // the service consumes the shared durable `profile.events.queue`.
+    let mut subscription = profile_service::default_subscription();
+    if let Some(queue) = std::env::var("PROFILE_EVENTS_QUEUE").ok().filter(|q| !q.trim().is_empty()) {
+        subscription.queue = queue;
+    }
+    let app = profile_service::Application::build_with_subscription(config, subscription).await?;
     app.run_until_stopped().await
 }
