@@ -146,3 +146,59 @@ impl<T: Serialize> IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{body::Body, routing::post, Router};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(router: Router, body: &'static str) -> (StatusCode, serde_json::Value) {
+        let req =
+            axum::http::Request::post("/").header("content-type", "application/json").body(Body::from(body)).unwrap();
+        let res = router.oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_answers_400_in_the_shared_error_shape() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let router = Router::new().route("/", post(|Json(_): Json<Body>| async { "ok" }));
+        let (status, body) = call(router.clone(), "{oops").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "bad_request");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with("malformed JSON body"), "{body}");
+        let (status, body) = call(router, r#"{"n": "x"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"]["message"].as_str().unwrap().contains("invalid request body"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn each_variant_maps_to_its_status_and_internal_details_stay_hidden() {
+        let router = Router::new().route(
+            "/",
+            post(|| async { Err::<(), _>(ApiError::Internal(anyhow::anyhow!("secret connection string"))) }),
+        );
+        let (status, body) = call(router, "{}").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["message"], "internal error");
+        for (err, status) in [
+            (ApiError::NotFound("x".into()), StatusCode::NOT_FOUND),
+            (ApiError::Conflict("x".into()), StatusCode::CONFLICT),
+            (ApiError::Validation("x".into()), StatusCode::UNPROCESSABLE_ENTITY),
+            (ApiError::Forbidden("x".into()), StatusCode::FORBIDDEN),
+            (ApiError::Unavailable("x".into()), StatusCode::SERVICE_UNAVAILABLE),
+            (ApiError::Database(sqlx::Error::PoolTimedOut), StatusCode::SERVICE_UNAVAILABLE),
+            (ApiError::Database(sqlx::Error::RowNotFound), StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            assert_eq!(err.status_and_code().0, status, "{err:?}");
+        }
+    }
+}
