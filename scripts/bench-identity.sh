@@ -52,7 +52,10 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   psql -q "$auth_server/postgres" -c "DROP DATABASE IF EXISTS \"$auth_db\" WITH (FORCE)" >/dev/null 2>&1 || true
   psql -q "$profile_server/postgres" -c "DROP DATABASE IF EXISTS \"$profile_db\" WITH (FORCE)" >/dev/null 2>&1 || true
-  curl -fsS -u admin:admin -X DELETE "http://127.0.0.1:${RABBITMQ_MANAGEMENT_PORT}/api/queues/%2f/$queue" >/dev/null 2>&1 || true
+  # The consumer's queue and its retry queues (<queue>.retry.<ms>, see mfe_events::topology).
+  for q in "$queue" "$queue.retry.1000" "$queue.retry.2000" "$queue.retry.4000"; do
+    curl -fsS -u admin:admin -X DELETE "http://127.0.0.1:${RABBITMQ_MANAGEMENT_PORT}/api/queues/%2f/$q" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 
