@@ -7,7 +7,7 @@
 # in time (BENCH_SECONDS, default 10 s per phase) and so in count (rate x seconds).
 #
 # Needs the test stack (`set -a; source test.env; set +a; mfe infra start`), psql and python3;
-# installs oha into /tmp/oha-bin when missing.
+# installs oha into /tmp/oha-bin when missing. BENCH_SKIP_BUILD=1 reuses an existing release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a
@@ -43,8 +43,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench-business: building payments-service (release)" >&2
-cargo build --release -q -p payments-service
+if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x target/release/payments-service ]; then
+  echo "bench-business: using the existing target/release/payments-service (BENCH_SKIP_BUILD=1)" >&2
+else
+  echo "bench-business: building payments-service (release)" >&2
+  cargo build --release -q -p payments-service
+fi
 
 (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "bench-business: port $port is taken — set BENCH_PAYMENTS_PORT" >&2; exit 1; }
 PAYMENTS_DATABASE_URL="$server_url/$db" PORT="$port" RUST_LOG=warn PAYMENTS_DB_POOL_SIZE=32 \

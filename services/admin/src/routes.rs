@@ -177,7 +177,7 @@ async fn get_config(
 
 #[derive(Debug, Deserialize)]
 pub struct PutConfig {
-    /// Any JSON value; required (send `null` explicitly to store null).
+    /// Any JSON value except null (required; a missing or null value is a 422).
     pub value: Option<serde_json::Value>,
     pub description: Option<String>,
 }
@@ -191,7 +191,7 @@ async fn put_config(
     Json(body): Json<PutConfig>,
 ) -> Result<Json<ConfigEntry>, ApiError> {
     checked_key(&key)?;
-    let value = body.value.ok_or_else(|| ApiError::Validation("body must carry a \"value\"".into()))?;
+    let value = body.value.ok_or_else(|| ApiError::Validation("body must carry a non-null \"value\"".into()))?;
     let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
     let actor = Actor {
         user_id: admin.id().to_string(),
