@@ -43,7 +43,9 @@ if [ -z "$OHA" ]; then
 fi
 
 echo "bench-gateway: building release binaries"
-cargo build --release -q -p mfe-gateway --bins --examples -p mfe
+# Two builds, not one: building them together would unify features differently and rebuild both.
+cargo build --release -q -p mfe-gateway --bins --examples
+cargo build --release -q -p mfe
 R=target/release
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
