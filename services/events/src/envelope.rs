@@ -21,6 +21,10 @@ pub struct Envelope {
     #[serde(rename = "correlationId", default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     pub data: serde_json::Value,
+    /// W3C `traceparent` of the request that emitted the event (see [`crate::trace`]). Not part
+    /// of the published body: it travels as the AMQP header `traceparent`.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
@@ -34,6 +38,7 @@ impl Envelope {
             source: source.into(),
             correlation_id: None,
             data,
+            traceparent: crate::trace::current_traceparent(),
         }
     }
 

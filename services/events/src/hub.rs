@@ -261,6 +261,11 @@ pub fn envelope_properties(env: &Envelope) -> BasicProperties {
     if let Some(c) = &env.correlation_id {
         p = p.with_correlation_id(ShortString::from(c.as_str()));
     }
+    if let Some(tp) = &env.traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(crate::trace::TRACEPARENT.into(), AMQPValue::LongString(LongString::from(tp.as_str())));
+        p = p.with_headers(headers);
+    }
     p
 }
 
@@ -520,6 +525,14 @@ fn header_u32(props: &BasicProperties, name: &str) -> Option<u32> {
     u32::try_from(n).ok()
 }
 
+fn header_string(props: &BasicProperties, name: &str) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_string()),
+        _ => None,
+    }
+}
+
 /// The attempt number of a delivery: 0 for the first delivery, n for the n-th retry.
 pub fn attempt_of(delivery: &Delivery) -> u32 {
     header_u32(&delivery.properties, H_ATTEMPT).unwrap_or(0)
@@ -532,10 +545,15 @@ async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Deli
     let attempt = attempt_of(&d);
     let outcome = match serde_json::from_slice::<Envelope>(&d.data) {
         Err(e) => Err(HandlerError::fatal(format!("undecodable envelope: {e}"))),
-        Ok(env) => AssertUnwindSafe(handler.handle(env))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked"))),
+        Ok(mut env) => {
+            env.traceparent = header_string(&d.properties, crate::trace::TRACEPARENT);
+            let span =
+                crate::trace::consumer_span(env.traceparent.as_deref(), &env.event_type, env.correlation_id.as_deref());
+            AssertUnwindSafe(tracing::Instrument::instrument(handler.handle(env), span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")))
+        }
     };
     let failure = match outcome {
         Ok(()) => return ack(&d),

@@ -13,6 +13,7 @@
 //! - [`handler`]: the [`Handler`] trait and [`handler_fn`] for closures.
 //! - [`outbox`]: the transactional outbox and its relay.
 //! - [`idempotency`]: once-per-consumer processing of an event id.
+//! - [`trace`]: W3C trace context carried from the emitting request to the consumer.
 //!
 //! The tables (`event_outbox`, `processed_events`) are in `migrations/_shared/event_hub.up.sql`,
 //! which each service's migrations include.
@@ -25,6 +26,7 @@ pub mod hub;
 pub mod idempotency;
 pub mod outbox;
 pub mod topology;
+pub mod trace;
 
 pub use config::{HubConfig, QueueType};
 pub use envelope::{types, Envelope};

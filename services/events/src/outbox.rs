@@ -22,7 +22,11 @@ pub const NOTIFY_CHANNEL: &str = "event_outbox";
 
 /// Writes `env` to `event_outbox`; call it with `&mut *tx` inside the business transaction.
 pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
-    let envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let mut envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // The trace context is not part of the published body; it waits here for the relay.
+    if let (Some(tp), Some(obj)) = (&env.traceparent, envelope.as_object_mut()) {
+        obj.insert(crate::trace::TRACEPARENT.into(), serde_json::Value::String(tp.clone()));
+    }
     // clock_timestamp(), not now(): events of one transaction keep their order (now() is the
     // transaction's start, the same for all of them).
     sqlx::query(
@@ -193,8 +197,12 @@ pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, R
     let mut envs = Vec::with_capacity(rows.len());
     let mut broken = Vec::new();
     for (id, value) in rows {
+        let traceparent = value.get(crate::trace::TRACEPARENT).and_then(|v| v.as_str()).map(str::to_string);
         match serde_json::from_value::<Envelope>(value) {
-            Ok(env) => envs.push(env),
+            Ok(mut env) => {
+                env.traceparent = traceparent;
+                envs.push(env)
+            }
             Err(e) => broken.push((id, format!("undecodable envelope: {e}"))),
         }
     }

@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`env`]: the environment contract of SPEC §2 (variables, defaults, `.env` loading).
 //! - [`config`]: a service's typed configuration ([`config::ServiceConfig`]), secrets wrapped.
-//! - [`telemetry`]: tracing setup and the correlation-id middleware/extractor.
+//! - [`telemetry`]: tracing setup (log format, OpenTelemetry, Sentry switches) and the
+//!   correlation-id middleware/extractor.
+//! - [`otel`]: OTLP span export and W3C trace-context propagation (HTTP headers, events).
+//! - [`sentry`]: Sentry error reporting when `SENTRY_DSN` is set.
 //! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
 //! - [`auth`]: the `AuthUser` extractor and role guards.
 //! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper.
@@ -21,6 +24,8 @@ pub mod error;
 pub mod health;
 pub mod jwt;
 pub mod metrics;
+pub mod otel;
+pub mod sentry;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,42 @@
+//! Trace context carried on events, without a tracing-backend dependency here.
+//!
+//! The service kit installs [`TraceHooks`] when OpenTelemetry is enabled
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT` set). Then [`crate::Envelope::new`] captures the current
+//! W3C `traceparent`; the outbox keeps it in the stored envelope (key `traceparent`, next to the
+//! SPEC §7 fields, never in the published body); the publisher sends it as the AMQP header
+//! `traceparent`; and the consumer runs each handler inside a span whose parent is that context.
+//! Without hooks (the default) nothing is captured and handlers run as before.
+
+use std::sync::OnceLock;
+
+/// The AMQP header (and stored-envelope key) carrying the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// What the tracing backend provides.
+#[derive(Clone, Copy)]
+pub struct TraceHooks {
+    /// The `traceparent` of the current span, if it is sampled.
+    pub current: fn() -> Option<String>,
+    /// The span a consumer handles an event in: a child of `traceparent` when given.
+    pub consumer_span: fn(traceparent: Option<&str>, event_type: &str, correlation_id: Option<&str>) -> tracing::Span,
+}
+
+static HOOKS: OnceLock<TraceHooks> = OnceLock::new();
+
+/// Installs the hooks once per process; later calls are ignored.
+pub fn install(hooks: TraceHooks) {
+    let _ = HOOKS.set(hooks);
+}
+
+/// The current `traceparent`, or `None` when no hooks are installed.
+pub fn current_traceparent() -> Option<String> {
+    HOOKS.get().and_then(|h| (h.current)())
+}
+
+/// The span to handle an event in; `Span::none()` when no hooks are installed.
+pub fn consumer_span(traceparent: Option<&str>, event_type: &str, correlation_id: Option<&str>) -> tracing::Span {
+    match HOOKS.get() {
+        Some(h) => (h.consumer_span)(traceparent, event_type, correlation_id),
+        None => tracing::Span::none(),
+    }
+}
