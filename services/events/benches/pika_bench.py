@@ -47,7 +47,11 @@ class Publisher:
         self.sent = self.acked = self.inflight = self.last = 0
         self.timer = False
         self.start = None
-        self.conn = pika.SelectConnection(pika.URLParameters(url), on_open_callback=self.on_open)
+        self.conn = pika.SelectConnection(
+            pika.URLParameters(url),
+            on_open_callback=self.on_open,
+            on_close_callback=lambda conn, _reason: conn.ioloop.stop(),
+        )
         self.props = pika.BasicProperties(delivery_mode=2, content_type="application/octet-stream")
 
     def on_open(self, conn):
