@@ -28,7 +28,7 @@ fi
 command -v /usr/bin/time >/dev/null || { echo "bench-migrate: /usr/bin/time missing — apt-get install time" >&2; exit 1; }
 
 NAME="mfe_bench_$(date +%s)_$$"
-WORK=$(mktemp -d /tmp/mfe-bench-migrate.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-migrate-work.XXXXXX")
 declare -A PORT=([legacy]=25436 [auth]=25432 [payments]=25433 [admin]=25434 [profile]=25435)
 declare -A VAR=([legacy]=LEGACY_DATABASE_URL [auth]=AUTH_DATABASE_URL [payments]=PAYMENTS_DATABASE_URL [admin]=ADMIN_DATABASE_URL [profile]=PROFILE_DATABASE_URL)
 declare -A TABLES=([auth]="users refresh_tokens" [payments]="payments payment_transactions" [admin]="audit_logs system_config" [profile]="user_profiles")
@@ -162,7 +162,7 @@ label_d="(d) mfe migrate export + import"
 label_e="(e) mfe migrate run (with validation)"
 for m in $METHODS; do
   label="label_$m"
-  printf '%-44s %10.2f %14.0f %s\n' "${!label}" "${SECS[$m]}" "$(rate "$m")" "${STATUS[$m]}"
+  printf '%-44s %10.2f %14.0f %s\n' "${!label}" "${SECS[$m]:-0}" "$(rate "$m")" "${STATUS[$m]:-not run}"
 done
 if [ "${STATUS[c]}" != ok ]; then
   echo "  (c) pgcopydb: $(grep -h -m1 -E 'ERROR|FATAL' "$WORK"/pgcopydb-*.log | head -1)"
