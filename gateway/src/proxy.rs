@@ -191,7 +191,10 @@ impl Proxy {
     /// Forwards one request and streams the answer back; every failure is a JSON error.
     pub async fn forward(&self, req: Request) -> Response {
         let correlation_id = correlation_id_of(req.headers());
-        let (route, mut response) = match self.try_forward(req, &correlation_id).await {
+        let span = mfe_kit::telemetry::proxy_span(&correlation_id, req.method(), req.uri().path(), req.headers());
+        let started = Instant::now();
+        let forwarded = tracing::Instrument::instrument(self.try_forward(req, &correlation_id), span.clone()).await;
+        let (route, mut response) = match forwarded {
             Ok((route, response)) => (route, response),
             Err((route, e)) => {
                 if !matches!(e, ProxyError::NoRoute { .. }) {
@@ -203,6 +206,10 @@ impl Proxy {
         if let Some(route) = route {
             self.metrics.proxied(route, response.status().as_u16());
         }
+        span.in_scope(|| {
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(route, status = response.status().as_u16(), elapsed_ms, "proxied");
+        });
         if let Ok(v) = HeaderValue::from_str(&correlation_id) {
             response.headers_mut().insert(CORRELATION_ID.clone(), v);
         }
@@ -232,6 +239,7 @@ impl Proxy {
             .map_err(|e| (Some(name), ProxyError::BadUpstream { route: name.to_string(), reason: e.to_string() }))?;
         parts.version = axum::http::Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, peer, correlation_id);
+        mfe_kit::telemetry::inject_trace_context(&mut parts.headers);
         let upstream_req = axum::http::Request::from_parts(parts, body);
 
         let started = Instant::now();

@@ -5,7 +5,10 @@ use mfe_kit::{config::Service, env, telemetry, ServiceConfig};
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
+    let result = run().await;
+    // Send buffered spans (OTLP) and Sentry events before exiting.
+    mfe_kit::telemetry::shutdown();
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
