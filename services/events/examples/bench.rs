@@ -71,7 +71,7 @@ async fn ours(url: &str, rate: u64, n: usize, fail_every: usize) -> anyhow::Resu
                 let (r, hh, fo) = (r.clone(), hh.clone(), fo.clone());
                 async move {
                     let seq = env.data["seq"].as_u64().unwrap_or_default() as usize;
-                    if fail_every > 0 && seq % fail_every == 0 && fo.lock().unwrap().insert(seq) {
+                    if fail_every > 0 && seq.is_multiple_of(fail_every) && fo.lock().unwrap().insert(seq) {
                         return Err(HandlerError::retry("bench: fails once"));
                     }
                     let sent = env.data["t"].as_u64().unwrap_or_default();
