@@ -342,3 +342,41 @@ async fn a_correlation_id_and_trace_sent_through_the_gateway_reach_both_logs_the
     assert_eq!(request.parent_span_id, proxy.span_id, "the service's span is a child of the gateway's span");
     let _ = amqp.close(0, "done").await;
 }
+
+#[test]
+fn the_optional_prometheus_service_is_behind_a_compose_profile_and_never_started_by_the_runtime() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let compose_path = root.join("docker-compose.yml");
+    let file = mfe::infra::compose::ComposeFile::load(&compose_path, &|k| std::env::var(k).ok())
+        .expect("the repository compose file parses with the prometheus service in it");
+    let prometheus = file.services.get("prometheus").expect("docker-compose.yml defines a prometheus service");
+    assert!(prometheus.image.starts_with("prom/prometheus") || std::env::var("MFE_PROMETHEUS_IMAGE").is_ok());
+    assert!(
+        prometheus.volumes.iter().any(|v| v.starts_with("./prometheus/prometheus.yml:")),
+        "the scrape configuration is mounted"
+    );
+    let raw: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&compose_path).unwrap()).expect("compose yaml");
+    assert_eq!(
+        raw["services"]["prometheus"]["profiles"],
+        serde_yaml::from_str::<serde_yaml::Value>("[observability]").unwrap(),
+        "prometheus only starts with `--profile observability`"
+    );
+    assert!(
+        mfe::config::Component::ALL.iter().all(|c| c.name() != "prometheus"),
+        "`mfe infra start` (either runtime) starts only its components, never the optional prometheus"
+    );
+    let scrape = std::fs::read_to_string(root.join("prometheus/prometheus.yml")).expect("prometheus/prometheus.yml");
+    let scrape: serde_yaml::Value = serde_yaml::from_str(&scrape).expect("prometheus.yml is yaml");
+    let targets: Vec<String> = scrape["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| job["static_configs"].as_sequence().cloned().unwrap_or_default())
+        .flat_map(|sc| sc["targets"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect();
+    for port in [3000, 3001, 3002, 3003, 3004] {
+        assert!(targets.contains(&format!("127.0.0.1:{port}")), "prometheus scrapes 127.0.0.1:{port}: {targets:?}");
+    }
+}
