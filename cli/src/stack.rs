@@ -235,7 +235,12 @@ fn start_supervisor(ctx: &Ctx, bin_dir: &Path) -> anyhow::Result<()> {
         let _ = fs::remove_file(dir.join(format!("{}.restarts", p.name)));
     }
     let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"))?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    // The mfe beside the services (a rebuilt binary replaces the running one's path).
+    let mfe = match bin_dir.join("mfe") {
+        p if p.is_file() => p,
+        _ => std::env::current_exe()?,
+    };
+    let mut cmd = std::process::Command::new(mfe);
     cmd.arg("supervise").arg("--bin-dir").arg(bin_dir);
     use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
