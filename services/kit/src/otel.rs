@@ -113,7 +113,7 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &HeaderMap) {
     }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+        span.set_parent(cx);
     }
 }
 
@@ -159,7 +159,7 @@ fn consumer_span(traceparent: Option<&str>, event_type: &str, correlation_id: Op
     if let Some(tp) = traceparent {
         let cx = context_of(tp);
         if cx.span().span_context().is_valid() {
-            let _ = span.set_parent(cx);
+            span.set_parent(cx);
         }
     }
     span
