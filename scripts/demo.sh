@@ -13,6 +13,10 @@ HTTPS_PORT="${NGINX_HTTPS_PORT:-443}"
 BASE="https://localhost:${HTTPS_PORT}"
 EMAIL="demo-$(date +%s)@example.com"
 PASSWORD="Demo-password-2026"
+# The dev CA `mfe up` wrote beside nginx's certificate: the probes trust it, like a browser would
+# after `mkcert -install`.
+CERT="${SSL_CERT_PATH:-nginx/ssl/self-signed.crt}"
+CA="$(dirname "$CERT")/ca.crt"
 
 names=(); results=(); seconds=()
 step() {
@@ -24,13 +28,13 @@ step() {
 }
 
 sign_in_through_nginx() {
-  curl -sk --fail-with-body -X POST "$BASE/api/auth/signup" -H 'content-type: application/json' \
+  curl -s --cacert "$CA" --fail-with-body -X POST "$BASE/api/auth/signup" -H 'content-type: application/json' \
     -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\",\"name\":\"Demo User\"}" >/dev/null || return 1
   local body
-  body=$(curl -sk --fail-with-body -X POST "$BASE/api/auth/signin" -H 'content-type: application/json' \
+  body=$(curl -s --cacert "$CA" --fail-with-body -X POST "$BASE/api/auth/signin" -H 'content-type: application/json' \
     -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}") || { echo "$body"; return 1; }
   TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])' <<<"$body") || return 1
-  curl -sk --fail-with-body "$BASE/api/auth/me" -H "authorization: Bearer $TOKEN" >/dev/null || return 1
+  curl -s --cacert "$CA" --fail-with-body "$BASE/api/auth/me" -H "authorization: Bearer $TOKEN" >/dev/null || return 1
   echo "signed in through nginx as $EMAIL"
 }
 
@@ -38,9 +42,9 @@ step "mfe up (infra, certificates, schemas, services, gateway)" "$MFE" up
 step "load the sample legacy (POC-2) data" "$MFE" fixtures load --dataset sample
 step "mfe migrate run (backup, migrate, export, import, validate)" "$MFE" migrate run
 step "sign up, sign in and /me through nginx" sign_in_through_nginx
-step "mfe test proxy" "$MFE" test proxy
+step "mfe test proxy (gateway and nginx)" "$MFE" test proxy --ca "$CA"
 step "mfe test event-hub" "$MFE" test event-hub
-step "mfe ws probe --trigger payment (through nginx)" "$MFE" ws probe --email "$EMAIL" --password "$PASSWORD" --trigger payment --insecure --url "wss://localhost:${HTTPS_PORT}/ws"
+step "mfe ws probe --trigger payment (through nginx)" "$MFE" ws probe --email "$EMAIL" --password "$PASSWORD" --trigger payment --ca "$CA" --url "wss://localhost:${HTTPS_PORT}/ws"
 
 echo
 printf '%-62s %-6s %s\n' "demo step" "result" "seconds"

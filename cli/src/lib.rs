@@ -135,9 +135,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Sets up `tracing` on stderr; `RUST_LOG` wins over `-v`.
 pub fn init_logging(verbose: u8) {
+    // lapin logs every connection drop at ERROR; the hub reports them once, in our own words.
     let default = match verbose {
-        0 => "warn",
-        1 => "info,mfe=info",
+        0 => "warn,lapin=off,sqlx=error",
+        1 => "info,lapin=warn,sqlx=warn",
         2 => "debug",
         _ => "trace",
     };
