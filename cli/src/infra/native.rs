@@ -95,7 +95,11 @@ impl Native {
         // Preflight everything before starting anything.
         for &c in &to_start {
             binary_for(c)?;
-            for port in self.cfg.ports(c)? {
+            let mut needed = self.cfg.ports(c)?;
+            if c == Component::Rabbitmq {
+                needed.push(rabbitmq_dist_port(self.cfg.rabbitmq_port));
+            }
+            for port in needed {
                 if ports::in_use(port) {
                     bail!(
                         "{c} cannot start: {} — stop it or move {c} to another port (see .env.example)",
@@ -234,7 +238,7 @@ impl Native {
             .env("RABBITMQ_NODENAME", self.rabbitmq_node())
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.cfg.rabbitmq_port.to_string())
-            .env("RABBITMQ_DIST_PORT", (u32::from(self.cfg.rabbitmq_port) + 20000).min(65000).to_string())
+            .env("RABBITMQ_DIST_PORT", rabbitmq_dist_port(self.cfg.rabbitmq_port).to_string())
             .env("RABBITMQ_CONFIG_FILE", &conf)
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("run/enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", dir.join("data"))
@@ -476,6 +480,20 @@ async fn ensure_database(target: &PgTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Erlang distribution port of our broker: RabbitMQ's own rule (AMQP port + 20000), folded
+/// below 65536 for high AMQP ports so two test brokers never share one; `RABBITMQ_DIST_PORT` wins.
+pub fn rabbitmq_dist_port(amqp_port: u16) -> u16 {
+    if let Some(p) = std::env::var("RABBITMQ_DIST_PORT").ok().and_then(|v| v.parse().ok()) {
+        return p;
+    }
+    let above = u32::from(amqp_port) + 20000;
+    if above <= 65535 {
+        above as u16
+    } else {
+        amqp_port - 20000
+    }
+}
+
 /// The binary (or, for PostgreSQL, the bin directory) of a component, or a line saying how to get it.
 pub fn binary_for(c: Component) -> anyhow::Result<PathBuf> {
     match c {
@@ -571,5 +589,18 @@ fn wait_port_free(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while ports::in_use(port) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rabbitmq_dist_port;
+
+    #[test]
+    fn distribution_ports_of_different_brokers_never_collide() {
+        assert_eq!(rabbitmq_dist_port(5672), 25672);
+        assert_eq!(rabbitmq_dist_port(25672), 45672);
+        assert_ne!(rabbitmq_dist_port(46672), rabbitmq_dist_port(51672));
+        assert_eq!(rabbitmq_dist_port(51672), 31672);
     }
 }
