@@ -137,8 +137,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn init_logging(verbose: u8) {
     // lapin logs every connection drop at ERROR; the hub reports them once, in our own words.
     let default = match verbose {
-        0 => "warn,lapin=off,sqlx=error",
-        1 => "info,lapin=warn,sqlx=warn",
+        0 => "warn,lapin=off,pinky_swear=off,sqlx=error",
+        1 => "info,lapin=warn,pinky_swear=off,sqlx=warn",
         2 => "debug",
         _ => "trace",
     };
