@@ -323,16 +323,7 @@ fn mask(s: &str) -> String {
     }
 }
 
-/// `postgres://u:secret@h/db` → `postgres://u:***@h/db`, for printing URLs.
-pub fn redact_url_password(s: &str) -> String {
-    match Url::parse(s) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => s.to_string(),
-    }
-}
+pub use mfe_kit::env::redact_url_password;
 
 fn port_var(name: &str) -> anyhow::Result<u16> {
     let raw = env::get(name);

@@ -117,6 +117,20 @@ pub fn load_dotenv(path: Option<&std::path::Path>) -> Result<(), String> {
     }
 }
 
+/// A value fit for printing: a URL's password becomes `***`, a string that looks like a URL but
+/// does not parse becomes `<invalid url>` (it may hold a password), anything else is unchanged.
+pub fn redact_url_password(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => s.to_string(),
+        Err(_) if s.contains("://") => "<invalid url>".to_string(),
+        Err(_) => s.to_string(),
+    }
+}
+
 /// Renders `.env.example` from [`VARS`], so the documented file never drifts from the code.
 pub fn render_env_example() -> String {
     let mut out = String::from(
@@ -160,6 +174,15 @@ mod tests {
         ] {
             assert_eq!(var(name).name, name);
         }
+    }
+
+    #[test]
+    fn url_passwords_are_redacted_and_other_values_kept() {
+        assert_eq!(redact_url_password("amqp://admin:admin@h:5672/%2f"), "amqp://admin:***@h:5672/%2f");
+        assert_eq!(redact_url_password("postgres://u:p@h:1/db"), "postgres://u:***@h:1/db");
+        assert_eq!(redact_url_password("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url_password("postgres://u:p@h:notaport/db"), "<invalid url>");
+        assert_eq!(redact_url_password("nginx/ssl/self-signed.crt"), "nginx/ssl/self-signed.crt");
     }
 
     #[test]

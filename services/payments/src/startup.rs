@@ -219,7 +219,7 @@ impl Application {
             .with_context(|| {
                 format!(
                     "payments_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
-                    redact(&cfg.database_url)
+                    mfe_kit::env::redact_url_password(&cfg.database_url)
                 )
             })?;
         // The service owns its schema: apply pending migrations (a no-op when current; sqlx
@@ -280,17 +280,5 @@ impl Application {
             .context("payments service: the http server failed")?;
         broker.shutdown().await;
         Ok(())
-    }
-}
-
-/// `postgres://user:***@host/db` for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<invalid url>".to_string(),
     }
 }
