@@ -129,3 +129,43 @@ async fn health_and_metrics_answer() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.unwrap().contains(r#"http_requests_total{method="GET",route="/health""#));
 }
+
+/// PUT `/api/profile/me` with `mib` MiB of spaces streamed as the body, declared or chunked.
+async fn put_oversized(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    mib: usize,
+    declared: bool,
+) -> reqwest::Result<StatusCode> {
+    static CHUNK: [u8; 65536] = [b' '; 65536];
+    let n_chunks = mib * 16;
+    let body = futures::stream::iter((0..n_chunks).map(|_| Ok::<_, std::io::Error>(&CHUNK[..])));
+    let mut req = app
+        .client
+        .put(app.url("/api/profile/me"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body));
+    if declared {
+        req = req.header("content-length", (n_chunks * CHUNK.len()).to_string());
+    }
+    Ok(req.send().await?.status())
+}
+
+// A body over the limit is answered 413 and the rest of it read and discarded, so a client (the
+// gateway, nginx) still sending it gets the answer instead of a reset connection (a 502 at the
+// gateway).
+#[tokio::test]
+async fn an_oversized_streamed_body_is_answered_413_without_resetting_the_connection() {
+    let app = spawn_app().await;
+    let token = app.token_for(&new_user_id());
+    for attempt in 0..4 {
+        let declared = attempt % 2 == 0;
+        let status = put_oversized(&app, &token, 32, declared).await.unwrap_or_else(|e| {
+            panic!("attempt {attempt} (declared length: {declared}): no answer, the connection failed: {e:?}")
+        });
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "attempt {attempt} (declared length: {declared})");
+    }
+    // A body within the limit still works on the same client (its pooled connections are sound).
+    assert_eq!(app.put_me(&token, &json!({"bio": "after the big one"})).await.status(), StatusCode::OK);
+}
