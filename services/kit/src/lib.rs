@@ -13,7 +13,9 @@
 //! - [`health`]: `/health` checking the database, broker and Redis.
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
-//! - [`server`]: lazy pool, migrations that wait for the database, common routes, serve loop.
+//! - [`server`]: lazy pool, migrations that wait for the database, common routes and the
+//!   request body limit, serve loop.
+//! - [`run`]: the shared `main` of the service binaries (`.env`, tracing, serve, flush, exit code).
 //! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
 //! - [`testing`]: fresh per-test databases and test configurations for integration tests.
 pub mod auth;
@@ -25,6 +27,7 @@ pub mod health;
 pub mod jwt;
 pub mod metrics;
 pub mod otel;
+pub mod run;
 pub mod sentry;
 pub mod server;
 pub mod shutdown;
