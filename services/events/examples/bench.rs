@@ -8,12 +8,12 @@
 //! acks. `ours-retry` runs our publisher and subscriber with 1 % of messages failing once
 //! (so they go through the retry queue) to price the retry machinery.
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use mfe_events::{handler_fn, Envelope, HandlerError, Hub, HubConfig, Subscription};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 
 const IN_FLIGHT: usize = 200;
 const PREFETCH: u16 = 200;
@@ -85,19 +85,30 @@ async fn ours(url: &str, rate: u64, n: usize, fail_every: usize) -> anyhow::Resu
     // Pad the envelope so the JSON body is 256 bytes like the raw modes.
     let probe = Envelope::new(key, "bench", serde_json::json!({"seq": 0u64, "t": now_ns(), "pad": ""}));
     let pad = "x".repeat(BODY_BYTES.saturating_sub(serde_json::to_vec(&probe)?.len()));
+    // Like the amqprs and pika modes: each publish goes out as soon as it is due and a slot
+    // of the 200 in flight is free; its confirm is awaited by a task of its own.
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let failed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
     for i in 0..n {
         pace(start, rate, i).await;
-        while inflight.len() >= IN_FLIGHT {
-            inflight.next().await.expect("non-empty")?;
+        let permit = permits.clone().acquire_owned().await?;
+        if let Some(e) = failed.lock().unwrap().clone() {
+            anyhow::bail!("bench: publish failed: {e}");
         }
         let env = Envelope::new(key, "bench", serde_json::json!({"seq": i, "t": now_ns(), "pad": pad}));
-        let hub = hub.clone();
-        inflight.push(async move { hub.publish(&env).await });
+        let (hub, failed) = (hub.clone(), failed.clone());
+        tokio::spawn(async move {
+            if let Err(e) = hub.publish(&env).await {
+                failed.lock().unwrap().get_or_insert(e.to_string());
+            }
+            drop(permit);
+        });
     }
-    while let Some(r) = inflight.next().await {
-        r?;
+    // Every publish confirmed once every permit is back.
+    let _all = permits.acquire_many(IN_FLIGHT as u32).await?;
+    if let Some(e) = failed.lock().unwrap().clone() {
+        anyhow::bail!("bench: publish failed: {e}");
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while received.load(Ordering::Relaxed) < n && Instant::now() < deadline {
@@ -130,7 +141,6 @@ mod raw {
     };
     use amqprs::connection::{Connection, OpenConnectionArguments};
     use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
-    use tokio::sync::Semaphore;
 
     /// Returns a publish permit for every confirmed delivery tag.
     struct Confirms {

@@ -21,6 +21,10 @@ pub enum HubError {
         #[source]
         source: lapin::Error,
     },
+    #[error(
+        "rabbitmq: {routing_key} was not sent: an earlier event of the same batch failed, and events go out in order"
+    )]
+    NotSent { routing_key: String },
     #[error("event {id}: cannot encode the envelope: {source}")]
     Encode {
         id: uuid::Uuid,

@@ -151,7 +151,9 @@ impl Hub {
     }
 
     /// Publishes several events in order with their confirms in flight together, then waits
-    /// for all of them; one result per event, in order.
+    /// for all of them; one result per event, in order. Once a send fails (the channel is
+    /// gone), the events after it are not sent ([`HubError::NotSent`]), so none of them can
+    /// overtake it.
     pub async fn publish_batch(&self, envs: &[Envelope]) -> Vec<Result<(), HubError>> {
         let ch = match self.publish_channel().await {
             Ok(ch) => ch,
@@ -162,7 +164,13 @@ impl Hub {
         };
         let exchange = self.inner.cfg.exchange.clone();
         let mut sends = Vec::with_capacity(envs.len());
+        let mut stopped = false;
         for env in envs {
+            if stopped {
+                let not_sent = HubError::NotSent { routing_key: env.event_type.clone() };
+                sends.push((env.event_type.as_str(), None, std::task::Poll::Ready(Err(not_sent))));
+                continue;
+            }
             let payload = serde_json::to_vec(env);
             let (ch, exchange) = (&ch, exchange.as_str());
             let mut fut = Box::pin(async move {
@@ -172,7 +180,8 @@ impl Hub {
                 }
             });
             let first = futures::poll!(fut.as_mut());
-            sends.push((env.event_type.as_str(), fut, first));
+            stopped = matches!(first, std::task::Poll::Ready(Err(_)));
+            sends.push((env.event_type.as_str(), Some(fut), first));
         }
         let timeout = self.inner.cfg.publish_timeout;
         let waits = sends.into_iter().map(|(rk, fut, first)| {
@@ -180,7 +189,7 @@ impl Hub {
             async move {
                 let sent = match first {
                     std::task::Poll::Ready(r) => r,
-                    std::task::Poll::Pending => fut.await,
+                    std::task::Poll::Pending => fut.expect("a pending send has its future").await,
                 };
                 match sent {
                     Ok(confirm) => await_confirm(confirm, exchange, rk, timeout).await,
@@ -539,7 +548,8 @@ pub fn attempt_of(delivery: &Delivery) -> u32 {
 }
 
 /// Handles one delivery: ack on success; on failure republish to the retry queue of the
-/// next delay or to the DLQ (confirmed), and only then ack the original.
+/// next delay or to the DLQ, and ack the original only once the broker confirmed the copy
+/// (awaited in the background so the consumer goes on with its next deliveries).
 async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Delivery) -> Result<(), HubError> {
     let cfg = &hub.inner.cfg;
     let attempt = attempt_of(&d);
@@ -580,18 +590,39 @@ async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Deli
         }
     };
     let props = d.properties.clone().with_headers(headers);
-    match hub.publish_raw(&exchange, &routing_key, &d.data, props).await {
-        Ok(()) => ack(&d),
-        Err(e) => {
-            // Not moved on: hand it back so it is redelivered (after a pause, to avoid a hot loop).
-            warn!(consumer = %sub.consumer, "moving a failed event to {routing_key:?} failed, requeueing it: {e}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            d.acker
-                .nack(BasicNackOptions { requeue: true, multiple: false })
-                .await
-                .map_err(HubError::amqp("requeueing a delivery"))
+    // The move is sent now, in delivery order, but its confirm is awaited off the consumer's
+    // path: the next deliveries are handled meanwhile. The original stays unacked (so it
+    // counts against the prefetch, which bounds these moves) until the broker confirmed the
+    // copy; if the consumer's channel closes first, the broker redelivers the original, a
+    // duplicate at worst, which idempotent consumers absorb.
+    let sent = match hub.publish_channel().await {
+        Ok(ch) => send(&ch, &exchange, &routing_key, &d.data, props).await,
+        Err(e) => Err(e),
+    };
+    let (consumer, timeout) = (sub.consumer.clone(), cfg.publish_timeout);
+    tokio::spawn(async move {
+        let moved = match sent {
+            Ok(confirm) => await_confirm(confirm, &exchange, &routing_key, timeout).await,
+            Err(e) => Err(e),
+        };
+        let settled = match moved {
+            Ok(()) => ack(&d),
+            Err(e) => {
+                // Not moved on: hand it back so it is redelivered (after a pause, to avoid a hot loop).
+                warn!(%consumer, "moving a failed event to {routing_key:?} failed, requeueing it: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                d.acker
+                    .nack(BasicNackOptions { requeue: true, multiple: false })
+                    .await
+                    .map_err(HubError::amqp("requeueing a delivery"))
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone: the broker redelivers the original to the resumed consumer.
+            debug!(%consumer, "settling a failed event after moving it: {e}");
         }
-    }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -180,7 +180,9 @@ pub enum RelayError {
     },
 }
 
-/// Publishes one batch of pending rows, oldest first; returns how many were published.
+/// Publishes one batch of pending rows, oldest first; returns how many were published. The
+/// first failed publish ends the round (the rows after it stay pending), so events of one
+/// outbox are published in order.
 /// Rows are locked (`FOR UPDATE SKIP LOCKED`) so several relays never publish the same row.
 pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
@@ -206,10 +208,17 @@ pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, R
             Err(e) => broken.push((id, format!("undecodable envelope: {e}"))),
         }
     }
+    // Events of one outbox go out in order: the first failure ends the round. The rows after
+    // it stay pending even when the broker confirmed them (they were sent pipelined), so the
+    // next round republishes them after the failed one; consumers' idempotency absorbs the
+    // duplicates, and no event is ever published for the last time ahead of an earlier one.
     let results = hub.publish_batch(&envs).await;
     let mut published = Vec::new();
     let mut first_error = None;
     for (env, result) in envs.iter().zip(results) {
+        if first_error.is_some() {
+            break;
+        }
         match result {
             Ok(()) => published.push(env.id),
             // Nobody consumes this type (no queue bound): the broker accepted it; retrying

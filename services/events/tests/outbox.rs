@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use mfe_events::outbox::{self, OutboxRelay};
 use mfe_events::{handler_fn, idempotency, types, Envelope, Subscription};
 use std::sync::{Arc, Mutex};
@@ -77,6 +79,108 @@ async fn the_relay_publishes_committed_outbox_rows_in_order_and_marks_them_sent(
     assert_eq!(*seen.lock().unwrap(), ids, "delivered once each, in commit order; the rolled-back event never");
     assert_eq!(outbox::pending_count(&db.pool).await.unwrap(), 0, "every row is stamped published_at");
     relay.shutdown().await;
+    h.cancel().await;
+    cleanup(&hub, &[sub]).await;
+    db.drop_db().await;
+}
+
+/// The order in which each event was published for the last time (what idempotent consumers
+/// end up acting on when duplicates are dropped, and what a FIFO replay must preserve).
+fn last_publication_order(seen: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
+    let mut order: Vec<uuid::Uuid> = Vec::new();
+    for id in seen {
+        order.retain(|x| x != id);
+        order.push(*id);
+    }
+    order
+}
+
+#[tokio::test]
+async fn a_failed_publish_stops_the_relay_round_so_later_events_never_overtake_it() {
+    let db = ScratchDb::create().await;
+    let p = prefix();
+    let hub = connect(hub_config(&p)).await;
+    let sub = Subscription::durable("payments", &["payments.#"]).isolated(&p);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let h = hub
+        .subscribe(
+            sub.clone(),
+            handler_fn(move |env: Envelope| {
+                let s = s.clone();
+                async move {
+                    s.lock().unwrap().push(env.id);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    // A queue that refuses every message bound to one event type: the broker nacks that
+    // publish (and only that one) while the events around it are confirmed.
+    let blocker = format!("{p}.blocker");
+    let ch = hub.channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    ch.queue_declare(&blocker, QueueDeclareOptions { auto_delete: true, ..Default::default() }, args).await.unwrap();
+    ch.queue_bind(
+        &blocker,
+        &hub.config().exchange,
+        types::PAYMENTS_PAYMENT_FAILED,
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let kinds = [
+        types::PAYMENTS_PAYMENT_CREATED,
+        types::PAYMENTS_PAYMENT_FAILED,
+        types::PAYMENTS_PAYMENT_CREATED,
+        types::PAYMENTS_PAYMENT_UPDATED,
+    ];
+    let envs: Vec<Envelope> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Envelope::new(*k, "payments-service", serde_json::json!({"n": i})))
+        .collect();
+    let ids: Vec<uuid::Uuid> = envs.iter().map(|e| e.id).collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    for env in &envs {
+        outbox::enqueue(&mut tx, env).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let err = outbox::relay_once(&db.pool, &hub, 200).await.expect_err("the nacked publish fails the round");
+    assert!(
+        matches!(&err, outbox::RelayError::Publish { id, .. } if *id == ids[1]),
+        "the round reports the nacked event: {err}"
+    );
+    let rows: Vec<(uuid::Uuid, bool, i32)> =
+        sqlx::query_as("SELECT id, published_at IS NOT NULL, attempts FROM event_outbox ORDER BY created_at, id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let marked: Vec<uuid::Uuid> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
+    assert_eq!(marked, ids[..1], "only the events before the failed one count as published");
+    let attempts: Vec<i32> = rows.iter().map(|r| r.2).collect();
+    assert_eq!(attempts, [0, 1, 0, 0], "the failure is recorded on the failed event only");
+
+    // The broker takes it again: the next round publishes the failed event, then the rest.
+    ch.queue_delete(&blocker, QueueDeleteOptions::default()).await.unwrap();
+    assert_eq!(outbox::relay_once(&db.pool, &hub, 200).await.unwrap(), 3);
+    assert_eq!(outbox::pending_count(&db.pool).await.unwrap(), 0);
+    assert!(
+        eventually(Duration::from_secs(10), || seen.lock().unwrap().ends_with(&ids[1..])).await,
+        "the second round delivers the failed event and then the ones after it: {:?} (ids {ids:?})",
+        seen.lock().unwrap()
+    );
+    assert_eq!(
+        last_publication_order(&seen.lock().unwrap()),
+        ids,
+        "no event is last published ahead of an earlier one"
+    );
     h.cancel().await;
     cleanup(&hub, &[sub]).await;
     db.drop_db().await;
