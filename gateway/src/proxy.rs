@@ -31,7 +31,10 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use crate::{config::Route, metrics::GatewayMetrics};
+use crate::{
+    config::Route,
+    metrics::{GatewayMetrics, RouteRequests},
+};
 
 /// The header carrying the correlation id across the platform.
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -88,6 +91,8 @@ struct Upstream {
     /// Cleared by a failed health check; requests then get 503 without trying the service.
     up: AtomicBool,
     histogram: prometheus::Histogram,
+    /// `gateway_proxy_requests_total{route=..}` by status, resolved once per status seen.
+    requests: RouteRequests,
 }
 
 /// The proxy: routes, pooled client, timeouts and metrics. Cheap to clone.
@@ -120,6 +125,7 @@ impl Proxy {
             metrics.set_upstream_up(&route.name, true);
             upstreams.push(Arc::new(Upstream {
                 histogram: metrics.upstream_histogram(&route.name),
+                requests: metrics.route_requests(&route.name),
                 route: route.clone(),
                 scheme,
                 authority,
@@ -191,42 +197,45 @@ impl Proxy {
     /// Forwards one request and streams the answer back; every failure is a JSON error.
     pub async fn forward(&self, req: Request) -> Response {
         let correlation_id = correlation_id_of(req.headers());
-        let span = mfe_kit::telemetry::proxy_span(&correlation_id, req.method(), req.uri().path(), req.headers());
+        // Only visible ASCII gets here (checked or generated), so this never falls back.
+        let id = correlation_id.to_str().unwrap_or_default();
+        let span = mfe_kit::telemetry::proxy_span(id, req.method(), req.uri().path(), req.headers());
         let started = Instant::now();
         let forwarded = tracing::Instrument::instrument(self.try_forward(req, &correlation_id), span.clone()).await;
-        let (route, mut response) = match forwarded {
-            Ok((route, response)) => (route, response),
-            Err((route, e)) => {
+        let (upstream, mut response) = match forwarded {
+            Ok((upstream, response)) => (Some(upstream), response),
+            Err((upstream, e)) => {
                 if !matches!(e, ProxyError::NoRoute { .. }) {
-                    tracing::warn!(correlation_id = %correlation_id, error = %e, "proxy error");
+                    tracing::warn!(correlation_id = %id, error = %e, "proxy error");
                 }
-                (route, e.into_response())
+                (upstream, e.into_response())
             }
         };
-        if let Some(route) = route {
-            self.metrics.proxied(route, response.status().as_u16());
+        let status = response.status().as_u16();
+        if let Some(upstream) = upstream {
+            upstream.requests.inc(status);
         }
         span.in_scope(|| {
+            let route = upstream.map(|u| u.route.name.as_str());
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            tracing::info!(route, status = response.status().as_u16(), elapsed_ms, "proxied");
+            tracing::info!(route, status, elapsed_ms, "proxied");
         });
-        if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-            response.headers_mut().insert(CORRELATION_ID.clone(), v);
-        }
+        response.headers_mut().insert(CORRELATION_ID.clone(), correlation_id);
         response
     }
 
     async fn try_forward<'a>(
         &'a self,
         req: Request,
-        correlation_id: &str,
-    ) -> Result<(Option<&'a str>, Response), (Option<&'a str>, ProxyError)> {
+        correlation_id: &HeaderValue,
+    ) -> Result<(&'a Upstream, Response), (Option<&'a Upstream>, ProxyError)> {
         let Some(upstream) = self.find(req.uri().path()) else {
             return Err((None, ProxyError::NoRoute { path: req.uri().path().to_string() }));
         };
+        let upstream: &'a Upstream = upstream;
         let name = upstream.route.name.as_str();
         if !upstream.up.load(Ordering::Relaxed) {
-            return Err((Some(name), ProxyError::UpstreamDown { route: name.to_string() }));
+            return Err((Some(upstream), ProxyError::UpstreamDown { route: name.to_string() }));
         }
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let (mut parts, body) = req.into_parts();
@@ -236,7 +245,9 @@ impl Proxy {
             .authority(upstream.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|e| (Some(name), ProxyError::BadUpstream { route: name.to_string(), reason: e.to_string() }))?;
+            .map_err(|e| {
+                (Some(upstream), ProxyError::BadUpstream { route: name.to_string(), reason: e.to_string() })
+            })?;
         parts.version = axum::http::Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, peer, correlation_id);
         mfe_kit::telemetry::inject_trace_context(&mut parts.headers);
@@ -248,13 +259,13 @@ impl Proxy {
         let response = match result {
             Err(_) => {
                 return Err((
-                    Some(name),
+                    Some(upstream),
                     ProxyError::Timeout { route: name.to_string(), timeout_ms: self.timeout.as_millis() },
                 ))
             }
             Ok(Err(e)) => {
                 return Err((
-                    Some(name),
+                    Some(upstream),
                     ProxyError::Connect { route: name.to_string(), reason: client_error_reason(&e) },
                 ))
             }
@@ -262,40 +273,68 @@ impl Proxy {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok((Some(name), Response::from_parts(parts, Body::new(body))))
+        Ok((upstream, Response::from_parts(parts, Body::new(body))))
     }
 }
 
-/// The incoming correlation id when it is a sane token, else a fresh UUID.
-pub fn correlation_id_of(headers: &HeaderMap) -> String {
-    headers
-        .get(&CORRELATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+/// The incoming correlation id when it is a sane token (visible ASCII, at most 128 bytes),
+/// else a fresh random UUID.
+pub fn correlation_id_of(headers: &HeaderMap) -> HeaderValue {
+    let incoming = headers.get(&CORRELATION_ID).map(|v| v.as_bytes().trim_ascii());
+    match incoming {
+        Some(id) if !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic) => {
+            HeaderValue::from_bytes(id).expect("visible ASCII is a valid header value")
+        }
+        _ => fresh_correlation_id(),
+    }
+}
+
+/// A random (version 4) UUID from a per-thread generator seeded once from the OS: a correlation
+/// id must be unique, not unpredictable, and asking the OS for randomness on every request
+/// (`Uuid::new_v4`) is a system call per request.
+fn fresh_correlation_id() -> HeaderValue {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    // splitmix64: two outputs make the 128 random bits.
+    let next = |state: &Cell<u64>| {
+        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (hi, lo) = STATE.with(|state| (next(state), next(state)));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_le_bytes());
+    bytes[8..].copy_from_slice(&lo.to_le_bytes());
+    let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(uuid.hyphenated().encode_lower(&mut text).as_bytes())
+        .expect("a UUID is a valid header value")
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and adds the forwarding headers. `X-Real-IP`
 /// and `X-Forwarded-Proto` set by a proxy in front (nginx on loopback) are trusted and kept;
 /// from any other peer they are replaced, so a client cannot spoof its address.
-pub fn prepare_request_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>, correlation_id: &str) {
+pub fn prepare_request_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>, correlation_id: &HeaderValue) {
     strip_hop_by_hop(headers);
     let trusted_front = peer.is_some_and(|p| p.ip().is_loopback());
     if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
+        let ip = ip_header_value(peer.ip());
         let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-            _ => ip.clone(),
+            Some(existing) if !existing.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{existing}, {}", peer.ip())).ok()
+            }
+            _ => Some(ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         if !(trusted_front && headers.contains_key(&X_REAL_IP)) {
-            if let Ok(v) = HeaderValue::from_str(&ip) {
-                headers.insert(X_REAL_IP.clone(), v);
-            }
+            headers.insert(X_REAL_IP.clone(), ip);
         }
     }
     if !(trusted_front && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -308,9 +347,16 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(correlation_id) {
-        headers.insert(CORRELATION_ID.clone(), v);
+    headers.insert(CORRELATION_ID.clone(), correlation_id.clone());
+}
+
+/// An IP address as a header value; loopback (nginx in front, every local client) is a constant.
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    static V4_LOOPBACK: HeaderValue = HeaderValue::from_static("127.0.0.1");
+    if ip == std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+        return V4_LOOPBACK.clone();
     }
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
 /// Drops `Connection` and every header it names, plus the fixed hop-by-hop set and `Proxy-*`.
@@ -382,7 +428,7 @@ mod tests {
         h.insert("x-real-ip", HeaderValue::from_static("203.0.113.9"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert(header::HOST, HeaderValue::from_static("localhost"));
-        prepare_request_headers(&mut h, Some("127.0.0.1:5555".parse().unwrap()), "cid-1");
+        prepare_request_headers(&mut h, Some("127.0.0.1:5555".parse().unwrap()), &HeaderValue::from_static("cid-1"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -396,7 +442,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare_request_headers(&mut h, Some("198.51.100.7:4000".parse().unwrap()), "c");
+        prepare_request_headers(&mut h, Some("198.51.100.7:4000".parse().unwrap()), &HeaderValue::from_static("c"));
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
@@ -408,6 +454,9 @@ mod tests {
         h.insert("x-correlation-id", HeaderValue::from_static("abc-123"));
         assert_eq!(correlation_id_of(&h), "abc-123");
         h.insert("x-correlation-id", HeaderValue::from_static("has space"));
-        assert!(uuid::Uuid::parse_str(&correlation_id_of(&h)).is_ok());
+        let fresh = correlation_id_of(&h);
+        let uuid = uuid::Uuid::parse_str(fresh.to_str().unwrap()).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_ne!(correlation_id_of(&h), fresh, "two fresh ids must differ");
     }
 }

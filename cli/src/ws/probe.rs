@@ -86,15 +86,104 @@ pub struct ProbeArgs {
     pub connect_concurrency: usize,
 }
 
-/// Marker → the instant its event was triggered, shared with every socket's reader.
-type Pending = Arc<Mutex<HashMap<String, Instant>>>;
+/// Other identifiers of an event (a created payment's id) → its index, for events that do not
+/// carry the marker. Looked up only when the marker is missing.
+type Pending = Arc<Mutex<HashMap<String, usize>>>;
 
-/// Deliveries observed by the readers.
+/// Deliveries observed by the readers, written without locks so that 10 000 readers woken by
+/// one event do not queue behind each other: the receipt time is taken when the frame is read,
+/// before anything else, and stored in the reader's own slot.
+///
+/// Every instant is nanoseconds since `base` (+1, so 0 means "not yet").
 struct Deliveries {
-    latency_us: Mutex<Histogram<u64>>,
-    by_marker: Mutex<HashMap<String, (usize, Instant)>>,
+    base: Instant,
+    /// Each event's marker is `{prefix}{index}`; the prefix names this run.
+    prefix: String,
+    /// When each event was triggered (set just before the publish or the API call).
+    sent_at: Box<[AtomicU64]>,
+    /// Sockets that received each event, and the latest receipt of each.
+    count: Box<[AtomicUsize]>,
+    last_at: Box<[AtomicU64]>,
+    /// First receipt of event `e` on socket `r` at `r * events + e`.
+    arrivals: Box<[AtomicU64]>,
+    events: usize,
     total: AtomicU64,
     closed: AtomicUsize,
+    /// Identifiers other than the marker (payment ids).
+    aliases: Pending,
+}
+
+impl Deliveries {
+    fn new(sockets: usize, events: usize) -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        Self {
+            base: Instant::now(),
+            prefix: format!("probe-{}-", uuid::Uuid::new_v4().simple()),
+            sent_at: zeros(events),
+            count: (0..events).map(|_| AtomicUsize::new(0)).collect(),
+            last_at: zeros(events),
+            arrivals: zeros(sockets * events),
+            events,
+            total: AtomicU64::new(0),
+            closed: AtomicUsize::new(0),
+            aliases: Arc::default(),
+        }
+    }
+
+    fn marker(&self, event: usize) -> String {
+        format!("{}{event}", self.prefix)
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        at.duration_since(self.base).as_nanos() as u64 + 1
+    }
+
+    fn triggered(&self, event: usize) {
+        self.sent_at[event].store(self.stamp(Instant::now()), Ordering::Release);
+    }
+
+    /// The event a frame carries: its marker (`{prefix}{index}`), else a registered alias.
+    fn event_of(&self, text: &str) -> Option<usize> {
+        if let Some(at) = text.find(self.prefix.as_str()) {
+            let digits = &text[at + self.prefix.len()..];
+            let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+            return digits[..end].parse().ok().filter(|e| *e < self.events);
+        }
+        let aliases = self.aliases.lock().expect("aliases lock");
+        aliases.iter().find(|(id, _)| text.contains(id.as_str())).map(|(_, e)| *e)
+    }
+
+    /// Records that socket `reader` received `event` at `at` (first receipt only).
+    fn record(&self, reader: usize, event: usize, at: Instant) {
+        let stamp = self.stamp(at);
+        let slot = &self.arrivals[reader * self.events + event];
+        if slot.compare_exchange(0, stamp, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.last_at[event].fetch_max(stamp, Ordering::AcqRel);
+            self.count[event].fetch_add(1, Ordering::AcqRel);
+            self.total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Latency of every recorded delivery (µs), and deliveries per second of each event (its
+    /// receipts over the time from its trigger to its last receipt).
+    fn summary(&self) -> (Histogram<u64>, Vec<f64>) {
+        let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+        for (i, slot) in self.arrivals.iter().enumerate() {
+            let at = slot.load(Ordering::Acquire);
+            let sent = self.sent_at[i % self.events].load(Ordering::Acquire);
+            if at != 0 && sent != 0 {
+                let _ = hist.record(at.saturating_sub(sent) / 1000);
+            }
+        }
+        let rates = (0..self.events)
+            .filter_map(|e| {
+                let (sent, last) = (self.sent_at[e].load(Ordering::Acquire), self.last_at[e].load(Ordering::Acquire));
+                let span = last.checked_sub(sent).filter(|s| *s > 0)? as f64 / 1e9;
+                Some(self.count[e].load(Ordering::Acquire) as f64 / span)
+            })
+            .collect();
+        (hist, rates)
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: ProbeArgs) -> anyhow::Result<()> {
@@ -223,15 +312,10 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
     let Some(trigger) = trigger else { return Ok(report) };
 
     // 4. Readers on every socket, then one trigger per second for --duration.
-    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-    let deliveries = Arc::new(Deliveries {
-        latency_us: Mutex::new(Histogram::new(3).expect("valid histogram")),
-        by_marker: Mutex::new(HashMap::new()),
-        total: AtomicU64::new(0),
-        closed: AtomicUsize::new(0),
-    });
+    let n_events = if n > 1 { args.duration.max(1) as usize } else { 1 };
+    let deliveries = Arc::new(Deliveries::new(connected, n_events));
     let readers: Vec<_> =
-        sockets.into_iter().map(|s| tokio::spawn(read_events(s, pending.clone(), deliveries.clone()))).collect();
+        sockets.into_iter().enumerate().map(|(i, s)| tokio::spawn(read_events(s, i, deliveries.clone()))).collect();
     let hub = match trigger {
         Trigger::Event => Some(
             mfe_events::Hub::connect(mfe_events::HubConfig::from_env().with_connection_name("mfe-ws-probe"))
@@ -240,14 +324,13 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
         ),
         Trigger::Payment => None,
     };
-    let n_events = if n > 1 { args.duration.max(1) } else { 1 };
     let sender = claims_sub.clone().unwrap_or_default();
     let mut trigger_errors = Vec::new();
     let mut markers = Vec::new();
     let hold_until = Instant::now() + Duration::from_secs(args.duration);
     for i in 0..n_events {
-        let marker = format!("probe-{}", uuid::Uuid::new_v4().simple());
-        pending.lock().expect("pending lock").insert(marker.clone(), Instant::now());
+        let marker = deliveries.marker(i);
+        deliveries.triggered(i);
         let sent = match trigger {
             Trigger::Event => {
                 let env = mfe_events::Envelope::new(
@@ -257,10 +340,10 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
                 );
                 hub.as_ref().expect("hub for events").publish(&env).await.map_err(anyhow::Error::from)
             }
-            Trigger::Payment => create_payment(&http, &api_url, &token, &marker, &pending).await,
+            Trigger::Payment => create_payment(&http, &api_url, &token, &marker, i, &deliveries.aliases).await,
         };
         match sent {
-            Ok(()) => markers.push(marker),
+            Ok(()) => markers.push(i),
             Err(e) => trigger_errors.push(format!("{e:#}")),
         }
         if i + 1 < n_events {
@@ -271,10 +354,7 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
     let expected_each = connected;
     let deadline = Instant::now() + wait;
     loop {
-        let done = {
-            let by = deliveries.by_marker.lock().expect("deliveries lock");
-            markers.iter().all(|m| by.get(m).is_some_and(|(c, _)| *c >= expected_each))
-        };
+        let done = markers.iter().all(|e| deliveries.count[*e].load(Ordering::Acquire) >= expected_each);
         if done || Instant::now() >= deadline {
             break;
         }
@@ -291,22 +371,10 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
         r.abort();
     }
 
-    let hist = deliveries.latency_us.lock().expect("histogram lock").clone();
+    let (hist, rates) = deliveries.summary();
     let expected = expected_each * markers.len();
     let total = deliveries.total.load(Ordering::Relaxed) as usize;
     let pct = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let rates: Vec<f64> = {
-        let by = deliveries.by_marker.lock().expect("deliveries lock");
-        let pending = pending.lock().expect("pending lock");
-        markers
-            .iter()
-            .filter_map(|m| {
-                let (count, last) = by.get(m)?;
-                let span = last.duration_since(*pending.get(m)?).as_secs_f64();
-                (span > 0.0).then(|| *count as f64 / span)
-            })
-            .collect()
-    };
     let deliveries_per_s = if rates.is_empty() { 0.0 } else { rates.iter().sum::<f64>() / rates.len() as f64 };
     let name = match trigger {
         Trigger::Payment => "trigger-payment",
@@ -366,7 +434,8 @@ async fn create_payment(
     api: &str,
     token: &str,
     marker: &str,
-    pending: &Pending,
+    event: usize,
+    aliases: &Pending,
 ) -> anyhow::Result<()> {
     let url = format!("{api}/api/payments");
     let resp = http
@@ -386,9 +455,7 @@ async fn create_payment(
     }
     let id = body["id"].as_str().or_else(|| body["payment"]["id"].as_str()).or_else(|| body["data"]["id"].as_str());
     if let Some(id) = id {
-        let mut p = pending.lock().expect("pending lock");
-        let at = p.get(marker).copied().unwrap_or_else(Instant::now);
-        p.insert(id.to_string(), at);
+        aliases.lock().expect("aliases lock").insert(id.to_string(), event);
     }
     Ok(())
 }
@@ -450,30 +517,21 @@ async fn next_json(socket: &mut Socket, wait: Duration) -> anyhow::Result<Value>
     }
 }
 
-/// Reads one socket until it ends, recording the latency of every probe event it receives.
-async fn read_events(mut socket: Socket, pending: Pending, deliveries: Arc<Deliveries>) {
+/// Reads socket number `reader` until it ends, recording when each probe event arrives.
+async fn read_events(mut socket: Socket, reader: usize, deliveries: Arc<Deliveries>) {
     while let Some(frame) = socket.next().await {
+        // The receipt time comes first: whatever follows must not count as delivery latency.
+        let now = Instant::now();
         let text = match frame {
             Ok(Message::Text(t)) => t,
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
-        let now = Instant::now();
         if !text.as_str().contains("payment:created") {
             continue;
         }
-        let hit = {
-            let p = pending.lock().expect("pending lock");
-            p.iter().find(|(m, _)| text.as_str().contains(m.as_str())).map(|(m, at)| (m.clone(), *at))
-        };
-        if let Some((marker, at)) = hit {
-            let _ =
-                deliveries.latency_us.lock().expect("histogram lock").record(now.duration_since(at).as_micros() as u64);
-            deliveries.total.fetch_add(1, Ordering::Relaxed);
-            let mut by = deliveries.by_marker.lock().expect("deliveries lock");
-            let entry = by.entry(marker).or_insert((0, now));
-            entry.0 += 1;
-            entry.1 = entry.1.max(now);
+        if let Some(event) = deliveries.event_of(text.as_str()) {
+            deliveries.record(reader, event, now);
         }
     }
     deliveries.closed.fetch_add(1, Ordering::Relaxed);
@@ -529,6 +587,34 @@ mod tests {
         let (t, _) = keys.issue("user-9", mfe_kit::Role::Admin, Duration::from_secs(60), None).unwrap();
         assert_eq!(token_subject(&t).as_deref(), Some("user-9"));
         assert_eq!(token_subject("garbage"), None);
+    }
+
+    #[test]
+    fn a_delivery_is_matched_by_its_marker_and_counted_once_per_socket() {
+        let d = Deliveries::new(2, 3);
+        let text = format!(r#"{{"type":"payment:created","payload":{{"probeMarker":"{}"}}}}"#, d.marker(2));
+        assert_eq!(d.event_of(&text), Some(2));
+        assert_eq!(d.event_of(r#"{"payload":{"probeMarker":"probe-otherrun-1"}}"#), None);
+        assert_eq!(d.event_of(&format!("{}7", d.prefix)), None, "no such event in this run");
+        d.triggered(2);
+        let at = Instant::now() + Duration::from_millis(5);
+        d.record(0, 2, at);
+        d.record(0, 2, at + Duration::from_secs(1));
+        d.record(1, 2, at);
+        assert_eq!(d.count[2].load(Ordering::Relaxed), 2);
+        assert_eq!(d.total.load(Ordering::Relaxed), 2);
+        let (hist, rates) = d.summary();
+        assert_eq!(hist.len(), 2);
+        assert!(hist.min() >= 5_000 && hist.max() < 1_000_000, "{} µs .. {} µs", hist.min(), hist.max());
+        assert_eq!(rates.len(), 1);
+    }
+
+    #[test]
+    fn a_delivery_without_the_marker_is_matched_by_a_registered_payment_id() {
+        let d = Deliveries::new(1, 2);
+        d.aliases.lock().unwrap().insert("pay-42".into(), 1);
+        assert_eq!(d.event_of(r#"{"type":"payment:created","payload":{"id":"pay-42"}}"#), Some(1));
+        assert_eq!(d.event_of(r#"{"type":"payment:created","payload":{"id":"pay-43"}}"#), None);
     }
 
     #[test]
