@@ -1,14 +1,11 @@
 //! Settings, shared state, the background broker link (audit consumer + outbox relay) and the
 //! [`Application`] that owns the listener.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::{extract::FromRef, routing::get, Router};
-use mfe_events::{Hub, HubConfig, OutboxRelay, RelayHandle, Subscription, SubscriptionHandle};
+use mfe_events::{service_link::ServiceLink, Subscription};
 use mfe_kit::{
     config::{ConfigError, Service, ServiceConfig, ServiceUrls},
     health::{health_handler, Health},
@@ -16,7 +13,7 @@ use mfe_kit::{
     JwtKeys,
 };
 use sqlx::{postgres::PgPoolOptions, PgPool};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 
 use crate::{
     audit::{AuditHandler, CONSUMER},
@@ -66,86 +63,9 @@ impl Settings {
     }
 }
 
-/// The broker side: connected in the background so the API serves while RabbitMQ is down.
-/// Once connected it consumes every event into the audit log and relays the outbox.
-#[derive(Clone)]
-pub struct BrokerLink {
-    hub: Arc<OnceLock<Hub>>,
-    relay: Arc<OnceLock<RelayHandle>>,
-    consumer: Arc<OnceLock<SubscriptionHandle>>,
-    consuming: watch::Receiver<bool>,
-}
-
-impl BrokerLink {
-    pub fn connect_in_background(cfg: HubConfig, subscription: Subscription, handler: AuditHandler) -> Self {
-        let (consuming_tx, consuming) = watch::channel(false);
-        let link = Self { hub: Arc::default(), relay: Arc::default(), consumer: Arc::default(), consuming };
-        let this = link.clone();
-        let pool = handler.db.clone();
-        tokio::spawn(async move {
-            let mut pause = Duration::from_millis(200);
-            let mut attempts = 0u32;
-            let hub = loop {
-                match Hub::connect(cfg.clone()).await {
-                    Ok(hub) => break hub,
-                    Err(e) => {
-                        attempts += 1;
-                        if attempts.is_power_of_two() {
-                            tracing::warn!(error = %e, attempts, "event hub unreachable; audit logging waits for it, config events wait in the outbox");
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
-            };
-            let _ = this.relay.set(OutboxRelay::spawn(pool, hub.clone()));
-            let _ = this.hub.set(hub.clone());
-            let mut pause = Duration::from_millis(200);
-            loop {
-                match hub.subscribe(subscription.clone(), handler.clone()).await {
-                    Ok(handle) => {
-                        tracing::info!(queue = %handle.queue(), "audit consumer started");
-                        let _ = this.consumer.set(handle);
-                        let _ = consuming_tx.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, queue = %subscription.queue, "cannot start the audit consumer; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-        link
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.hub.get().is_some_and(Hub::is_connected)
-    }
-
-    /// Waits up to `max` until the audit consumer reads its queue; false on timeout.
-    pub async fn wait_until_consuming(&self, max: Duration) -> bool {
-        let mut rx = self.consuming.clone();
-        tokio::time::timeout(max, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
-    }
-
-    pub fn notify(&self) {
-        if let Some(relay) = self.relay.get() {
-            relay.notify();
-        }
-    }
-
-    /// Flushes the outbox (bounded), stops consuming and closes the connection.
-    pub async fn shutdown(&self) {
-        if let Some(relay) = self.relay.get() {
-            relay.shutdown().await;
-        }
-        if let Some(hub) = self.hub.get() {
-            hub.close().await;
-        }
-    }
-}
+/// The broker side (hub, outbox relay, audit consumer), connected in the background: see
+/// [`ServiceLink`].
+pub type BrokerLink = ServiceLink;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -222,8 +142,10 @@ impl Application {
             exclusive: settings.events_queue_exclusive,
         };
         let handler = AuditHandler { db: db.clone(), metrics: metrics.clone() };
-        let broker = BrokerLink::connect_in_background(
+        let broker = ServiceLink::connect_consuming_in_background(
             cfg.hub.clone().with_connection_name("admin-service"),
+            db.clone(),
+            "admin",
             subscription,
             handler,
         );

@@ -25,6 +25,7 @@ pub mod handler;
 pub mod hub;
 pub mod idempotency;
 pub mod outbox;
+pub mod service_link;
 pub mod topology;
 pub mod trace;
 

@@ -65,6 +65,83 @@ impl Cache {
     }
 }
 
+/// What [`Cache::get_tagged`] found: the current version of the tag and, on a hit, the stored
+/// body of the entry (written at that version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedLookup {
+    pub version: u64,
+    pub body: Option<String>,
+}
+
+/// Tagged entries: text bodies (e.g. serialised responses) stored under a tag such as
+/// `user:<id>`, all invalidated at once by [`Cache::invalidate_tags`] without scanning keys.
+///
+/// Each tag has a version counter; an entry is stored as `<version>\n<body>` and counts only
+/// while its version is the tag's current one. A read is one round trip (`MGET` of the version
+/// and the entry); an invalidation is one pipeline of `INCR`s. A reader that fills an entry after
+/// a concurrent write stamps it with the version it read *before* querying, so the entry is
+/// already stale and never served. Keys carry the tag in braces (`{tag}`), so a tag's version and
+/// entries share a Redis Cluster slot.
+impl Cache {
+    fn tag_version_key(&self, tag: &str) -> String {
+        format!("{}:{{{tag}}}:version", self.name)
+    }
+
+    fn tagged_key(&self, tag: &str, key: &str) -> String {
+        format!("{}:{{{tag}}}:{key}", self.name)
+    }
+
+    /// The current version of `tag` and the body of `key` if it was stored at that version
+    /// (counting a hit or a miss). `None` when Redis failed: the caller then neither reads nor
+    /// fills the cache.
+    pub async fn get_tagged(&self, tag: &str, key: &str) -> Option<TaggedLookup> {
+        let mut conn = self.conn.clone();
+        let raw: Result<(Option<u64>, Option<String>), _> =
+            conn.mget(&[self.tag_version_key(tag), self.tagged_key(tag, key)]).await;
+        let (version, stored) = match raw {
+            Ok((v, stored)) => (v.unwrap_or(0), stored),
+            Err(e) => {
+                tracing::warn!(cache = self.name, error = %e, "redis mget failed; treating as a miss");
+                self.metrics.cache_miss(self.name);
+                return None;
+            }
+        };
+        let body = stored.and_then(|s| {
+            let (stamp, body) = s.split_once('\n')?;
+            (stamp.parse::<u64>().ok()? == version).then(|| body.to_string())
+        });
+        match body {
+            Some(_) => self.metrics.cache_hit(self.name),
+            None => self.metrics.cache_miss(self.name),
+        }
+        Some(TaggedLookup { version, body })
+    }
+
+    /// Stores `body` under `key` of `tag` as of `version` (the one [`Cache::get_tagged`] gave
+    /// before the data was read), for the cache's TTL.
+    pub async fn set_tagged(&self, tag: &str, key: &str, version: u64, body: &str) {
+        let mut conn = self.conn.clone();
+        let value = format!("{version}\n{body}");
+        let result: Result<(), _> = conn.set_ex(self.tagged_key(tag, key), value, self.ttl.as_secs().max(1)).await;
+        if let Err(e) = result {
+            tracing::warn!(cache = self.name, error = %e, "redis set failed");
+        }
+    }
+
+    /// Makes every entry of `tags` stale, in one round trip. A failure is logged as an error:
+    /// the entries then live until their TTL.
+    pub async fn invalidate_tags(&self, tags: &[&str]) {
+        let mut pipe = redis::pipe();
+        for tag in tags {
+            pipe.incr(self.tag_version_key(tag), 1).ignore();
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::error!(cache = self.name, error = %e, ?tags, "cannot invalidate cached entries; they may be stale until their ttl");
+        }
+    }
+}
+
 /// Connects to Redis with a connection manager that reconnects on its own. Connection and
 /// response timeouts are short, so a stalled Redis costs a request milliseconds, not seconds.
 pub async fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisError> {

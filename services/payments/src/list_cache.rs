@@ -1,15 +1,19 @@
-//! The Redis cache of payment lists, invalidated by tag.
+//! The Redis cache of payment lists, invalidated by tag (the kit's tagged entries,
+//! [`mfe_kit::cache::Cache::get_tagged`]).
 //!
-//! A list page is cached under a key naming the viewer, the cursor, the limit *and the current
-//! version of the viewer's tag* (`user:<id>`, or `all` for admins). Every write bumps the tags of
-//! the sender, the recipient and `all` (`INCR`), so every page cached before the write is never
-//! read again and expires with its TTL. That invalidates all pages of a user with one command,
-//! without scanning keys. Redis is a cache only: any failure is a miss, never an error.
+//! A list page is cached under the viewer's tag (`user:<id>`, or `all` for admins) and a key
+//! naming the cursor and the limit. Every write bumps the tags of the sender, the recipient and
+//! `all`, so every page showing the payment is stale at once. A hit is one Redis round trip and
+//! sends the stored JSON as it is: a page is serialised once, when it is filled. Redis is a cache
+//! only: any failure is a miss, never an error.
 
 use std::time::Duration;
 
-use mfe_kit::{cache::Cache, metrics::Metrics};
-use redis::{aio::ConnectionManager, AsyncCommands};
+use mfe_kit::{
+    cache::{Cache, TaggedLookup},
+    metrics::Metrics,
+};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Payment, Scope};
@@ -17,7 +21,7 @@ use crate::store::{Payment, Scope};
 /// The name of the cache in keys and hit/miss metrics.
 pub const CACHE_NAME: &str = "payments-list";
 
-/// One cached answer of `GET /api/payments`.
+/// One answer of `GET /api/payments`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentPage {
@@ -25,72 +29,60 @@ pub struct PaymentPage {
     pub next_cursor: Option<String>,
 }
 
+/// Where one page lives in the cache, and the tag version read before the database was.
+#[derive(Debug, Clone)]
+pub struct PageSlot {
+    tag: String,
+    key: String,
+    version: u64,
+}
+
 #[derive(Clone)]
 pub struct ListCache {
     pages: Cache,
-    conn: ConnectionManager,
-    /// A per-process prefix for the tag keys, so apps spawned side by side in tests (each with
-    /// its own database) never see each other's versions or pages.
+    /// A per-database prefix of the tags, so apps spawned side by side in tests (each with its
+    /// own database) never see each other's pages.
     namespace: String,
-}
-
-fn tag(scope: &Scope) -> String {
-    match scope {
-        Scope::User(id) => format!("user:{id}"),
-        Scope::All => "all".to_string(),
-    }
 }
 
 impl ListCache {
     pub fn new(conn: ConnectionManager, ttl: Duration, metrics: Metrics, namespace: impl Into<String>) -> Self {
-        Self { pages: Cache::new(CACHE_NAME, conn.clone(), ttl, metrics), conn, namespace: namespace.into() }
+        Self { pages: Cache::new(CACHE_NAME, conn, ttl, metrics), namespace: namespace.into() }
     }
 
-    fn version_key(&self, tag: &str) -> String {
-        format!("{CACHE_NAME}:{}:version:{tag}", self.namespace)
-    }
-
-    async fn version(&self, scope: &Scope) -> Option<u64> {
-        let mut conn = self.conn.clone();
-        match conn.get::<_, Option<u64>>(self.version_key(&tag(scope))).await {
-            Ok(v) => Some(v.unwrap_or(0)),
-            Err(e) => {
-                tracing::warn!(error = %e, "redis get of a list cache version failed; not caching");
-                None
-            }
+    fn tag(&self, scope: &Scope) -> String {
+        match scope {
+            Scope::User(id) => format!("{}:user:{id}", self.namespace),
+            Scope::All => format!("{}:all", self.namespace),
         }
     }
 
-    /// The key of one page at the tag's current version; `None` when Redis is unreachable (the
-    /// request then neither reads nor fills the cache, so a stale page cannot be written).
-    pub async fn page_key(&self, scope: &Scope, cursor: Option<&str>, limit: i64) -> Option<String> {
-        let version = self.version(scope).await?;
-        Some(format!("{}:{}:v{version}:c{}:l{limit}", self.namespace, tag(scope), cursor.unwrap_or("-")))
+    /// The cached JSON of a page (`Ok`), or the slot to fill after reading the database (`Err`);
+    /// `Err(None)` when Redis is unreachable (the request then neither reads nor fills the
+    /// cache, so a stale page cannot be written).
+    pub async fn get(&self, scope: &Scope, cursor: Option<&str>, limit: i64) -> Result<String, Option<PageSlot>> {
+        let tag = self.tag(scope);
+        let key = format!("c{}:l{limit}", cursor.unwrap_or("-"));
+        match self.pages.get_tagged(&tag, &key).await {
+            Some(TaggedLookup { body: Some(body), .. }) => Ok(body),
+            Some(TaggedLookup { version, body: None }) => Err(Some(PageSlot { tag, key, version })),
+            None => Err(None),
+        }
     }
 
-    pub async fn get(&self, key: &str) -> Option<PaymentPage> {
-        self.pages.get(key).await
-    }
-
-    pub async fn put(&self, key: &str, page: &PaymentPage) {
-        self.pages.set(key, page).await
+    /// Stores the JSON of a page read after [`ListCache::get`] gave `slot`.
+    pub async fn put(&self, slot: &PageSlot, json: &str) {
+        self.pages.set_tagged(&slot.tag, &slot.key, slot.version, json).await
     }
 
     /// Makes every cached page showing `payment` stale: its sender's, its recipient's and the
-    /// admins' `all` list.
+    /// admins' `all` list (one round trip).
     pub async fn invalidate(&self, payment: &Payment) {
-        let mut tags = vec![tag(&Scope::User(payment.sender_id.clone())), tag(&Scope::All)];
+        let mut tags = vec![self.tag(&Scope::User(payment.sender_id.clone())), self.tag(&Scope::All)];
         if let Some(r) = &payment.recipient_id {
-            tags.push(tag(&Scope::User(r.clone())));
+            tags.push(self.tag(&Scope::User(r.clone())));
         }
-        let mut pipe = redis::pipe();
-        for t in &tags {
-            pipe.incr(self.version_key(t), 1).ignore();
-        }
-        let mut conn = self.conn.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            // The pages then live until their TTL: say so, since lists may lag until then.
-            tracing::error!(error = %e, payment_id = %payment.id, "cannot invalidate cached payment lists; they may be stale until their ttl");
-        }
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        self.pages.invalidate_tags(&tags).await
     }
 }

@@ -2,8 +2,8 @@
 
 use axum::{
     extract::{rejection::QueryRejection, Path, Query, State},
-    http::StatusCode,
-    response::IntoResponse,
+    http::{header::CONTENT_TYPE, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, patch},
     Router,
 };
@@ -114,7 +114,7 @@ async fn list_payments(
     State(state): State<AppState>,
     user: AuthUser,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<PaymentPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?;
     let limit = match params.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
@@ -131,21 +131,27 @@ async fn list_payments(
     };
     let scope = if user.role() == Role::Admin { Scope::All } else { Scope::User(user.id().to_string()) };
 
-    let key = match &state.cache {
-        Some(cache) => cache.page_key(&scope, cursor_text.as_deref(), limit).await,
+    let slot = match &state.cache {
+        Some(cache) => match cache.get(&scope, cursor_text.as_deref(), limit).await {
+            Ok(json) => return Ok(json_body(json)),
+            Err(slot) => slot,
+        },
         None => None,
     };
-    if let (Some(cache), Some(key)) = (&state.cache, &key) {
-        if let Some(page) = cache.get(key).await {
-            return Ok(Json(page));
-        }
-    }
     let (data, next) = store::list(&state.db, &scope, cursor.as_ref(), limit).await?;
     let page = PaymentPage { data, next_cursor: next.map(|c| c.encode()) };
-    if let (Some(cache), Some(key)) = (&state.cache, &key) {
-        cache.put(key, &page).await;
+    // Serialised once: the same text is cached and sent.
+    let json = serde_json::to_string(&page)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a payment page: {e}")))?;
+    if let (Some(cache), Some(slot)) = (&state.cache, &slot) {
+        cache.put(slot, &json).await;
     }
-    Ok(Json(page))
+    Ok(json_body(json))
+}
+
+/// A response whose body is JSON text already.
+fn json_body(json: String) -> Response {
+    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
 }
 
 /// The payment if `user` may see it: its sender, its recipient or an admin. Anyone else gets

@@ -1,9 +1,6 @@
 //! Settings, shared state and the [`Application`] that owns the listener.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::{
@@ -13,7 +10,7 @@ use axum::{
     routing::get,
     Router,
 };
-use mfe_events::{Hub, HubConfig, OutboxRelay, RelayHandle};
+use mfe_events::service_link::ServiceLink;
 use mfe_kit::{
     config::{ConfigError, Service, ServiceConfig},
     health::{health_handler, Health},
@@ -67,66 +64,9 @@ impl Settings {
     }
 }
 
-/// The broker side of the service: connected in the background, so the service starts and takes
-/// payments while RabbitMQ is down; events wait in the outbox until the relay can publish them.
-#[derive(Clone, Default)]
-pub struct BrokerLink {
-    hub: Arc<OnceLock<Hub>>,
-    relay: Arc<OnceLock<RelayHandle>>,
-}
-
-impl BrokerLink {
-    /// Connects to the broker in the background, retrying with backoff until it answers, then
-    /// starts the outbox relay on `pool`.
-    pub fn connect_in_background(cfg: HubConfig, pool: PgPool) -> Self {
-        let link = Self::default();
-        let this = link.clone();
-        tokio::spawn(async move {
-            let mut pause = Duration::from_millis(200);
-            let mut attempts = 0u32;
-            let hub = loop {
-                match Hub::connect(cfg.clone()).await {
-                    Ok(hub) => break hub,
-                    Err(e) => {
-                        attempts += 1;
-                        // Loud on the 1st, 2nd, 4th, 8th... failure: visible without flooding the log.
-                        if attempts.is_power_of_two() {
-                            tracing::warn!(error = %e, attempts, "event hub unreachable; payments are accepted and their events wait in the outbox");
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
-            };
-            tracing::info!(attempts, "event hub connected; starting the outbox relay");
-            let relay = OutboxRelay::spawn(pool, hub.clone());
-            let _ = this.hub.set(hub);
-            let _ = this.relay.set(relay);
-        });
-        link
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.hub.get().is_some_and(Hub::is_connected)
-    }
-
-    /// Wakes the relay after a commit that enqueued events (it also polls and listens).
-    pub fn notify(&self) {
-        if let Some(relay) = self.relay.get() {
-            relay.notify();
-        }
-    }
-
-    /// Flushes the outbox (bounded) and closes the connection.
-    pub async fn shutdown(&self) {
-        if let Some(relay) = self.relay.get() {
-            relay.shutdown().await;
-        }
-        if let Some(hub) = self.hub.get() {
-            hub.close().await;
-        }
-    }
-}
+/// The broker side of the service (hub, outbox relay), connected in the background: see
+/// [`ServiceLink`].
+pub type BrokerLink = ServiceLink;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -236,8 +176,11 @@ impl Application {
         // Cache keys carry the database name, so apps on different databases (tests) never share pages.
         let namespace = db.connect_options().get_database().unwrap_or("payments").to_string();
         let cache = redis.clone().map(|conn| ListCache::new(conn, settings.list_cache_ttl, metrics.clone(), namespace));
-        let broker =
-            BrokerLink::connect_in_background(cfg.hub.clone().with_connection_name("payments-service"), db.clone());
+        let broker = ServiceLink::connect_in_background(
+            cfg.hub.clone().with_connection_name("payments-service"),
+            db.clone(),
+            "payments",
+        );
         let mut health = Health::new(Service::Payments.name()).database(db.clone());
         let probe = broker.clone();
         health = health.broker(move || probe.is_connected());

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use mfe_events::{outbox, types, Envelope};
+use mfe_events::{service_link, types, Envelope};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
@@ -191,7 +191,8 @@ async fn enqueue(
     correlation_id: Option<String>,
 ) -> Result<Envelope, sqlx::Error> {
     let envelope = Envelope::new(event_type, EVENT_SOURCE, payment.event_data()).with_correlation_id(correlation_id);
-    outbox::enqueue(conn, &envelope).await?;
+    // No NOTIFY: the service wakes its own relay after the commit (see mfe_events::service_link).
+    service_link::enqueue(conn, &envelope).await?;
     Ok(envelope)
 }
 

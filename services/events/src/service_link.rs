@@ -1,0 +1,159 @@
+//! The broker side of a service that writes its events through the outbox (payments, admin):
+//! connected in the background, so the service starts and serves while RabbitMQ is down and its
+//! events wait in the outbox; once connected, the [`OutboxRelay`] of the service runs in the same
+//! process (and, optionally, one consumer).
+//!
+//! A service using a [`ServiceLink`] writes its events with [`enqueue`] and calls
+//! [`ServiceLink::notify`] after the commit: the relay is woken in-process, without
+//! `NOTIFY`. PostgreSQL serialises the commits of transactions that sent a `NOTIFY` (a global
+//! lock is held until the commit record is flushed), so with `NOTIFY` on every write each commit
+//! waits for its own fsync in turn and no two commits share one; without it, concurrent commits
+//! are flushed together (group commit). Relays of other processes still find the rows on their
+//! next poll.
+
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::{
+    envelope::Envelope,
+    handler::Handler,
+    hub::{Hub, SubscriptionHandle},
+    outbox::{OutboxRelay, RelayHandle},
+    topology::Subscription,
+    HubConfig,
+};
+
+/// Writes `env` to `event_outbox` inside the caller's transaction, like [`crate::outbox::enqueue`]
+/// but without `NOTIFY`: the writer wakes its own relay with [`ServiceLink::notify`] after the
+/// commit (see the module docs for why).
+pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
+    let mut envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // The trace context is not part of the published body; it waits here for the relay.
+    if let (Some(tp), Some(obj)) = (&env.traceparent, envelope.as_object_mut()) {
+        obj.insert(crate::trace::TRACEPARENT.into(), serde_json::Value::String(tp.clone()));
+    }
+    // clock_timestamp(): events of one transaction keep their order.
+    sqlx::query(
+        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) VALUES ($1, $2, $3, clock_timestamp())",
+    )
+    .bind(env.id)
+    .bind(&env.event_type)
+    .bind(envelope)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The hub, the relay and the optional consumer of one service; cheap to clone.
+#[derive(Clone)]
+pub struct ServiceLink {
+    hub: Arc<OnceLock<Hub>>,
+    relay: Arc<OnceLock<RelayHandle>>,
+    consumer: Arc<OnceLock<SubscriptionHandle>>,
+    consuming: watch::Receiver<bool>,
+}
+
+impl ServiceLink {
+    /// Connects to the broker in the background (retrying with backoff until it answers), then
+    /// starts the outbox relay on `pool`. `service` names the service in log lines.
+    pub fn connect_in_background(cfg: HubConfig, pool: PgPool, service: &'static str) -> Self {
+        Self::spawn(cfg, pool, service, |_hub, _link| async {})
+    }
+
+    /// Like [`ServiceLink::connect_in_background`], and once the relay runs, consumes
+    /// `subscription` with `handler` (retrying until the subscription succeeds).
+    pub fn connect_consuming_in_background<H: Handler + Clone>(
+        cfg: HubConfig,
+        pool: PgPool,
+        service: &'static str,
+        subscription: Subscription,
+        handler: H,
+    ) -> Self {
+        Self::spawn(cfg, pool, service, move |hub, link: ServiceLink| async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                match hub.subscribe(subscription.clone(), handler.clone()).await {
+                    Ok(handle) => {
+                        tracing::info!(service, queue = %handle.queue(), "event consumer started");
+                        let _ = link.consumer.set(handle);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(service, error = %e, queue = %subscription.queue, "cannot start the event consumer; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+    }
+
+    fn spawn<F, Fut>(cfg: HubConfig, pool: PgPool, service: &'static str, then: F) -> Self
+    where
+        F: FnOnce(Hub, ServiceLink) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let (consuming_tx, consuming) = watch::channel(false);
+        let link = Self { hub: Arc::default(), relay: Arc::default(), consumer: Arc::default(), consuming };
+        let this = link.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            let mut attempts = 0u32;
+            let hub = loop {
+                match Hub::connect(cfg.clone()).await {
+                    Ok(hub) => break hub,
+                    Err(e) => {
+                        attempts += 1;
+                        // Loud on the 1st, 2nd, 4th, 8th... failure: visible without flooding the log.
+                        if attempts.is_power_of_two() {
+                            tracing::warn!(service, error = %e, attempts, "event hub unreachable; requests are served and their events wait in the outbox");
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            tracing::info!(service, attempts, "event hub connected; starting the outbox relay");
+            let _ = this.relay.set(OutboxRelay::spawn(pool, hub.clone()));
+            let _ = this.hub.set(hub.clone());
+            then(hub, this.clone()).await;
+            let _ = consuming_tx.send(this.consumer.get().is_some());
+        });
+        link
+    }
+
+    /// Whether the hub is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.hub.get().is_some_and(Hub::is_connected)
+    }
+
+    /// Waits up to `max` until the consumer reads its queue; false on timeout (and always false
+    /// for a link without a consumer).
+    pub async fn wait_until_consuming(&self, max: Duration) -> bool {
+        let mut rx = self.consuming.clone();
+        tokio::time::timeout(max, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Wakes the relay after a commit that enqueued events (it also polls).
+    pub fn notify(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.notify();
+        }
+    }
+
+    /// Flushes the outbox (bounded) and closes the connection (which stops the consumer).
+    pub async fn shutdown(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.shutdown().await;
+        }
+        if let Some(hub) = self.hub.get() {
+            hub.close().await;
+        }
+    }
+}
