@@ -2,7 +2,7 @@
 //! heartbeat, the queue of room messages and the close. Generic over the sink and stream halves
 //! so tests drive it with channels and a paused clock instead of a network.
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -49,22 +49,32 @@ where
     Tx: Sink<Message> + Unpin,
     Rx: Stream<Item = Result<Message, E>> + Unpin,
 {
-    if send(&mut sink, conn, Message::Text(ack)).await.is_err() {
+    // The close signal and the heartbeat timer live across iterations: one registration each
+    // per socket, not one per message (a fan-out to 10 000 sockets would otherwise insert and
+    // remove 10 000 timers and waiters).
+    let closing = conn.closing();
+    tokio::pin!(closing);
+    if send(&mut sink, closing.as_mut(), Message::Text(ack)).await.is_err() {
         return finish(&mut sink, conn, &mut queue).await;
     }
     let mut next_ping = Instant::now() + heartbeat.ping_interval;
     // Set while a server ping waits for its pong.
     let mut pong_deadline: Option<Instant> = None;
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
     loop {
         let deadline = pong_deadline.unwrap_or(next_ping);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             biased;
-            _ = conn.closing() => return finish(&mut sink, conn, &mut queue).await,
+            _ = closing.as_mut() => return finish(&mut sink, conn, &mut queue).await,
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ended::ClientGone,
                 Some(Ok(Message::Pong(_))) => pong_deadline = None,
                 Some(Ok(Message::Text(text))) => {
-                    if is_client_ping(text.as_str()) && send(&mut sink, conn, Message::Text(PONG)).await.is_err() {
+                    if is_client_ping(text.as_str()) && send(&mut sink, closing.as_mut(), Message::Text(PONG)).await.is_err() {
                         return finish(&mut sink, conn, &mut queue).await;
                     }
                 }
@@ -73,19 +83,19 @@ where
             },
             queued = queue.recv() => match queued {
                 Some(text) => {
-                    if send(&mut sink, conn, Message::Text(text)).await.is_err() {
+                    if send(&mut sink, closing.as_mut(), Message::Text(text)).await.is_err() {
                         return finish(&mut sink, conn, &mut queue).await;
                     }
                 }
                 None => return Ended::ClientGone,
             },
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = timer.as_mut() => {
                 if pong_deadline.is_some() {
                     metrics.ws_heartbeat_timeout();
                     close_with(&mut sink, CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout").await;
                     return Ended::HeartbeatTimeout;
                 }
-                if send(&mut sink, conn, Message::Ping(Default::default())).await.is_err() {
+                if send(&mut sink, closing.as_mut(), Message::Ping(Default::default())).await.is_err() {
                     return finish(&mut sink, conn, &mut queue).await;
                 }
                 pong_deadline = Some(Instant::now() + heartbeat.pong_timeout);
@@ -97,11 +107,16 @@ where
 
 /// Sends one message unless the socket is asked to close meanwhile (a client that stopped
 /// reading would otherwise hold this task in a blocked write forever).
-async fn send<Tx: Sink<Message> + Unpin>(sink: &mut Tx, conn: &Conn, message: Message) -> Result<(), ()> {
+/// `closing` is the socket's [`Conn::closing`], still pending.
+async fn send<Tx: Sink<Message> + Unpin>(
+    sink: &mut Tx,
+    closing: Pin<&mut impl Future<Output = ()>>,
+    message: Message,
+) -> Result<(), ()> {
     tokio::select! {
         biased;
         result = sink.send(message) => result.map_err(|_| ()),
-        _ = conn.closing() => Err(()),
+        _ = closing => Err(()),
     }
 }
 
