@@ -13,12 +13,13 @@
 
 use std::{
     future::Future,
-    sync::{Arc, OnceLock},
+    sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
 
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     envelope::Envelope,
@@ -29,26 +30,41 @@ use crate::{
     HubConfig,
 };
 
+/// The `INSERT` of one outbox row with its parameters numbered from `first`: the event id, its
+/// type and [`stored_envelope`]. For services that fold it into a larger statement (a
+/// data-modifying `WITH`); [`enqueue`] runs it alone. `clock_timestamp()` keeps the events of
+/// one transaction in order.
+pub fn outbox_insert(first: usize) -> String {
+    let (id, key, envelope) = (first, first + 1, first + 2);
+    format!(
+        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) \
+         VALUES (${id}, ${key}, ${envelope}, clock_timestamp())"
+    )
+}
+
+/// The envelope as `event_outbox.envelope` keeps it: the published body plus the trace context
+/// the relay sends as a header.
+pub fn stored_envelope(env: &Envelope) -> Result<serde_json::Value, sqlx::Error> {
+    let mut envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    if let (Some(tp), Some(obj)) = (&env.traceparent, envelope.as_object_mut()) {
+        obj.insert(crate::trace::TRACEPARENT.into(), serde_json::Value::String(tp.clone()));
+    }
+    Ok(envelope)
+}
+
 /// Writes `env` to `event_outbox` inside the caller's transaction, like [`crate::outbox::enqueue`]
 /// but without `NOTIFY`: the writer wakes its own relay with [`ServiceLink::notify`] after the
 /// commit (see the module docs for why).
 pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
-    let mut envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // The trace context is not part of the published body; it waits here for the relay.
-    if let (Some(tp), Some(obj)) = (&env.traceparent, envelope.as_object_mut()) {
-        obj.insert(crate::trace::TRACEPARENT.into(), serde_json::Value::String(tp.clone()));
-    }
-    // clock_timestamp(): events of one transaction keep their order.
-    sqlx::query(
-        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) VALUES ($1, $2, $3, clock_timestamp())",
-    )
-    .bind(env.id)
-    .bind(&env.event_type)
-    .bind(envelope)
-    .execute(conn)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| outbox_insert(1));
+    sqlx::query(&SQL).bind(env.id).bind(&env.event_type).bind(stored_envelope(env)?).execute(conn).await?;
     Ok(())
 }
+
+/// How long [`ServiceLink::notify`] lets commits gather before it wakes the relay: under load the
+/// relay then publishes one batch per pause instead of one round (a transaction, its commit
+/// flush and a confirm wait) per write, at the price of this much event latency.
+pub const RELAY_WAKE_DELAY: Duration = Duration::from_millis(20);
 
 /// The hub, the relay and the optional consumer of one service; cheap to clone.
 #[derive(Clone)]
@@ -57,6 +73,9 @@ pub struct ServiceLink {
     relay: Arc<OnceLock<RelayHandle>>,
     consumer: Arc<OnceLock<SubscriptionHandle>>,
     consuming: watch::Receiver<bool>,
+    /// Commits to relay; a permit, so a burst of writes is one wake-up.
+    wake: Arc<Notify>,
+    stop: CancellationToken,
 }
 
 impl ServiceLink {
@@ -100,7 +119,14 @@ impl ServiceLink {
         Fut: Future<Output = ()> + Send,
     {
         let (consuming_tx, consuming) = watch::channel(false);
-        let link = Self { hub: Arc::default(), relay: Arc::default(), consumer: Arc::default(), consuming };
+        let link = Self {
+            hub: Arc::default(),
+            relay: Arc::default(),
+            consumer: Arc::default(),
+            consuming,
+            wake: Arc::default(),
+            stop: CancellationToken::new(),
+        };
         let this = link.clone();
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(200);
@@ -120,7 +146,9 @@ impl ServiceLink {
                 }
             };
             tracing::info!(service, attempts, "event hub connected; starting the outbox relay");
-            let _ = this.relay.set(OutboxRelay::spawn(pool, hub.clone()));
+            let relay = OutboxRelay::spawn(pool, hub.clone());
+            let _ = this.relay.set(relay.clone());
+            tokio::spawn(wake_relay(relay, this.wake.clone(), this.stop.clone()));
             let _ = this.hub.set(hub.clone());
             then(hub, this.clone()).await;
             let _ = consuming_tx.send(this.consumer.get().is_some());
@@ -140,20 +168,32 @@ impl ServiceLink {
         tokio::time::timeout(max, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Wakes the relay after a commit that enqueued events (it also polls).
+    /// Wakes the relay after a commit that enqueued events, within [`RELAY_WAKE_DELAY`] (it also
+    /// polls).
     pub fn notify(&self) {
-        if let Some(relay) = self.relay.get() {
-            relay.notify();
-        }
+        self.wake.notify_one();
     }
 
     /// Flushes the outbox (bounded) and closes the connection (which stops the consumer).
     pub async fn shutdown(&self) {
+        self.stop.cancel();
         if let Some(relay) = self.relay.get() {
             relay.shutdown().await;
         }
         if let Some(hub) = self.hub.get() {
             hub.close().await;
         }
+    }
+}
+
+/// Passes the link's wake-ups on to `relay`, at most one per [`RELAY_WAKE_DELAY`].
+async fn wake_relay(relay: RelayHandle, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+        }
+        tokio::time::sleep(RELAY_WAKE_DELAY).await;
+        relay.notify();
     }
 }

@@ -1,7 +1,7 @@
 //! payments_db access: every query of the service, each write in one transaction together with
 //! its `payment_transactions` row and its outbox event.
 
-use std::str::FromStr;
+use std::{str::FromStr, sync::LazyLock};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mfe_events::{service_link, types, Envelope};
@@ -196,31 +196,60 @@ async fn enqueue(
     Ok(envelope)
 }
 
+/// The statement of [`create`]; its parameters are bound in order there.
+static CREATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH payment AS ( \
+           INSERT INTO payments (id, sender_id, recipient_id, amount, currency, status, type, description, metadata, \
+             created_at, updated_at) \
+           VALUES ($1, $2, $3, $4, $5, 'pending', $6::\"PaymentType\", $7, $8, $9, $9) RETURNING id), \
+         history AS ( \
+           INSERT INTO payment_transactions (id, payment_id, status, status_message, created_at) \
+           SELECT $10, id, 'pending', 'payment created', $9 FROM payment), \
+         event AS ({}) \
+         SELECT 1 FROM payment",
+        service_link::outbox_insert(11)
+    )
+});
+
 /// Inserts a pending payment, its first transaction row and its `payments.payment.created`
-/// event, all or nothing.
+/// event, all or nothing: one statement (a data-modifying `WITH`), so one round trip and one
+/// commit without `BEGIN`/`COMMIT`. The payment is built here, so the event is too.
 pub async fn create(pool: &PgPool, new: NewPayment, correlation_id: Option<String>) -> Result<Payment, sqlx::Error> {
-    let now = now_millis();
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query(&format!(
-        "INSERT INTO payments (id, sender_id, recipient_id, amount, currency, status, type, description, metadata, \
-         created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6::\"PaymentType\", $7, $8, $9, $9) RETURNING {PAYMENT_COLUMNS}"
-    ))
-    .bind(new_id())
-    .bind(&new.sender_id)
-    .bind(&new.recipient_id)
-    .bind(new.amount)
-    .bind(&new.currency)
-    .bind(new.payment_type.as_str())
-    .bind(&new.description)
-    .bind(&new.metadata)
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
-    let payment = Payment::from_row(&row)?;
-    insert_transaction(&mut tx, &payment, Some("payment created")).await?;
-    enqueue(&mut tx, &payment, types::PAYMENTS_PAYMENT_CREATED, correlation_id).await?;
-    tx.commit().await?;
+    let now = now_millis().and_utc();
+    let payment = Payment {
+        id: new_id(),
+        sender_id: new.sender_id,
+        recipient_id: new.recipient_id,
+        amount: new.amount.normalize(),
+        currency: new.currency,
+        status: PaymentStatus::Pending,
+        payment_type: new.payment_type,
+        description: new.description,
+        psp_transaction_id: None,
+        metadata: new.metadata,
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+    };
+    let envelope = Envelope::new(types::PAYMENTS_PAYMENT_CREATED, EVENT_SOURCE, payment.event_data())
+        .with_correlation_id(correlation_id);
+    sqlx::query(&CREATE_SQL)
+        .bind(&payment.id)
+        .bind(&payment.sender_id)
+        .bind(&payment.recipient_id)
+        .bind(payment.amount)
+        .bind(&payment.currency)
+        .bind(payment.payment_type.as_str())
+        .bind(&payment.description)
+        .bind(&payment.metadata)
+        .bind(now.naive_utc())
+        .bind(new_id())
+        .bind(envelope.id)
+        .bind(&envelope.event_type)
+        .bind(service_link::stored_envelope(&envelope)?)
+        .execute(pool)
+        .await?;
     Ok(payment)
 }
 
