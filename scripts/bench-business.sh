@@ -51,7 +51,7 @@ else
 fi
 
 (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "bench-business: port $port is taken — set BENCH_PAYMENTS_PORT" >&2; exit 1; }
-PAYMENTS_DATABASE_URL="$server_url/$db" PORT="$port" RUST_LOG=warn PAYMENTS_DB_POOL_SIZE=32 \
+PAYMENTS_DATABASE_URL="$server_url/$db" PORT="$port" RUST_LOG=warn \
   target/release/payments-service >"/tmp/bench-business-payments.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
@@ -95,6 +95,8 @@ PY
 "$oha" --no-tui --output-format quiet -q 200 -z 2s -m POST -T application/json \
   -H "Authorization: Bearer $token" -d '{"amount":"1.00","currency":"USD"}' "$base" >/dev/null 2>&1 || true
 
+# The machine is shared: the load average says how much else ran beside the benchmark.
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench-business: POST $base at $create_rate req/s for ${seconds}s" >&2
 "$oha" --no-tui --output-format json --latency-correction -q "$create_rate" -z "${seconds}s" -m POST \
   -T application/json -H "Authorization: Bearer $token" \
@@ -103,7 +105,8 @@ echo "bench-business: GET $base at $list_rate req/s for ${seconds}s" >&2
 "$oha" --no-tui --output-format json --latency-correction -q "$list_rate" -z "${seconds}s" \
   -H "Authorization: Bearer $token" "$base?limit=20" >/tmp/bench-business-list.json
 
-echo "=== business services (payments-service release, test stack, $(nproc) cores)"
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "=== business services (payments-service release, test stack, $(nproc) cores, load average $load_before before, $load_after after)"
 report "payments create (POST)" "$create_rate" 10 /tmp/bench-business-create.json
 report "payments list (GET)" "$list_rate" 5 /tmp/bench-business-list.json
 pending="$(psql -qtA "$server_url/$db" -c "SELECT count(*) FROM event_outbox WHERE published_at IS NULL")"
