@@ -78,10 +78,10 @@ pub struct TaggedLookup {
 ///
 /// Each tag has a version counter; an entry is stored as `<version>\n<body>` and counts only
 /// while its version is the tag's current one. A read is one round trip (`MGET` of the version
-/// and the entry); an invalidation is one pipeline of `INCR`s. A reader that fills an entry after
-/// a concurrent write stamps it with the version it read *before* querying, so the entry is
-/// already stale and never served. Keys carry the tag in braces (`{tag}`), so a tag's version and
-/// entries share a Redis Cluster slot.
+/// and the entry); an invalidation is one pipeline of `INCR`s (and `EXPIRE`s). A reader that
+/// fills an entry after a concurrent write stamps it with the version it read *before*
+/// querying, so the entry is already stale and never served. Keys carry the tag in braces
+/// (`{tag}`), so a tag's version and entries share a Redis Cluster slot.
 impl Cache {
     fn tag_version_key(&self, tag: &str) -> String {
         format!("{}:{{{tag}}}:version", self.name)
@@ -131,9 +131,13 @@ impl Cache {
     /// Makes every entry of `tags` stale, in one round trip. A failure is logged as an error:
     /// the entries then live until their TTL.
     pub async fn invalidate_tags(&self, tags: &[&str]) {
+        // A version outlives every entry stamped with it (twice the TTL, renewed by each bump),
+        // so a version that expired and restarts from 0 meets no old entry stamped 0.
+        let keep = (self.ttl.as_secs().max(1) * 2) as i64;
         let mut pipe = redis::pipe();
         for tag in tags {
-            pipe.incr(self.tag_version_key(tag), 1).ignore();
+            let key = self.tag_version_key(tag);
+            pipe.incr(&key, 1).ignore().expire(&key, keep).ignore();
         }
         let mut conn = self.conn.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
@@ -151,4 +155,53 @@ pub async fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisE
         .set_response_timeout(Duration::from_secs(1))
         .set_number_of_retries(2);
     ConnectionManager::new_with_config(client, config).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache on the Redis of `REDIS_URL` (the test stack), named per test run so runs in
+    /// parallel never share tags.
+    async fn cache() -> Cache {
+        let url = crate::env::get("REDIS_URL");
+        let conn = connect_redis(&url).await.unwrap_or_else(|e| {
+            panic!("redis at {url} unreachable ({e}) — start the test stack: `mfe infra start` with test.env loaded")
+        });
+        let name: &'static str = Box::leak(format!("kit-test-{}", uuid::Uuid::new_v4().simple()).into_boxed_str());
+        Cache::new(name, conn, Duration::from_secs(30), Metrics::new("kit-test"))
+    }
+
+    #[tokio::test]
+    async fn a_tagged_entry_is_served_until_its_tag_is_invalidated() {
+        let cache = cache().await;
+        let first = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        assert_eq!(first.body, None, "nothing stored yet");
+        cache.set_tagged("user:1", "page", first.version, r#"{"data":[]}"#).await;
+        let hit = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        assert_eq!(hit.body.as_deref(), Some(r#"{"data":[]}"#), "served as stored");
+
+        cache.invalidate_tags(&["user:1", "all"]).await;
+        let after = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        assert_eq!(after.body, None, "stale after the invalidation");
+        assert_eq!(after.version, first.version + 1);
+        cache.set_tagged("user:2", "page", 0, "other").await;
+        assert_eq!(
+            cache.get_tagged("user:2", "page").await.and_then(|l| l.body).as_deref(),
+            Some("other"),
+            "other tags are untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fill_read_before_a_concurrent_write_is_never_served() {
+        let cache = cache().await;
+        // A reader looks up (miss), then reads the database...
+        let seen = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        // ...while a writer commits and invalidates...
+        cache.invalidate_tags(&["user:1"]).await;
+        // ...and the reader fills with what it read before the write.
+        cache.set_tagged("user:1", "page", seen.version, "stale").await;
+        assert_eq!(cache.get_tagged("user:1", "page").await.expect("redis answers").body, None);
+    }
 }
