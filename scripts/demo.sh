@@ -2,9 +2,33 @@
 # `make demo`: the main job end to end on a fresh machine — the whole stack up, the legacy sample
 # data migrated into the per-service databases, then every probe through nginx. Prints one
 # summary table and leaves the stack running (`target/debug/mfe down` stops it).
+#
+#   scripts/demo.sh                      the default stack (.env, SPEC ports, runtime auto)
+#   scripts/demo.sh --env-file FILE      another stack: FILE's variables (ports, MFE_STATE_DIR,
+#                                        MFE_RUNTIME, COMPOSE_PROJECT_NAME, MFE_*_IMAGE) are
+#                                        exported first, e.g. docker/demo-docker.env; stop it with
+#                                        `target/debug/mfe --env-file FILE down`
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MFE_ROOT="$PWD"
+# The stack outlives this script: no descriptor it inherited (such as the lock of
+# `flock /tmp/bench.lock scripts/demo.sh`) may be passed on to the supervisor and services, or
+# the lock would be held until `mfe down`.
+for fd in 3 4 5 6 7 8 9; do eval "exec $fd>&-"; done
+
+ENV_FILE=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --env-file) ENV_FILE="${2:?--env-file needs a file}"; shift 2 ;;
+    --env-file=*) ENV_FILE="${1#--env-file=}"; shift ;;
+    *) echo "demo: unknown argument $1 (usage: scripts/demo.sh [--env-file FILE])" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$ENV_FILE" ]; then
+  [ -f "$ENV_FILE" ] || { echo "demo: env file $ENV_FILE not found" >&2; exit 2; }
+  set -a; . "$ENV_FILE"; set +a
+  echo "demo: environment from $ENV_FILE (runtime ${MFE_RUNTIME:-auto}, state ${MFE_STATE_DIR:-.mfe})"
+fi
 
 echo "demo: building"
 cargo build --workspace --quiet || { echo "demo: build failed"; exit 1; }
@@ -57,5 +81,9 @@ done
 echo
 "$MFE" status || failed=1
 echo
-echo "demo: the stack is still running — stop it with \`target/debug/mfe down\`"
+if [ -n "$ENV_FILE" ]; then
+  echo "demo: the stack is still running — stop it with \`target/debug/mfe --env-file $ENV_FILE down\`"
+else
+  echo "demo: the stack is still running — stop it with \`target/debug/mfe down\`"
+fi
 exit $failed
