@@ -18,6 +18,10 @@ cd "$(dirname "$0")/.."
 set -a; source ./test.env; set +a
 
 WS_CONNECTIONS=${WS_CONNECTIONS:-10000}
+# Fair comparison: nginx runs one worker process (worker_processes 1 below), so the gateway gets
+# one worker thread (GATEWAY_WORKERS=1: a single-threaded runtime, like one nginx event loop).
+# Override to compare other sizes, e.g. GATEWAY_WORKERS=0 (one per core, the production default).
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-1}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
 BACKEND_PORT=24100 GW_PORT=24101 NGINX_PORT=24102 BARE_PORT=24200
 TMP=$(mktemp -d /tmp/mfe-bench-gateway.XXXXXX)
@@ -68,7 +72,7 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/"
 env PORT=$GW_PORT GATEWAY_HOST=127.0.0.1 RUST_LOG=warn \
   AUTH_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PAYMENTS_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
   ADMIN_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PROFILE_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
-  WS_PING_INTERVAL_MS=60000 \
+  WS_PING_INTERVAL_MS=60000 GATEWAY_WORKERS=$GATEWAY_WORKERS \
   "$R/mfe-gateway" 2>"$TMP/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
 wait_http "http://127.0.0.1:$GW_PORT/health"
 
@@ -183,4 +187,19 @@ print(f"  added p95 at 2000 req/s: gateway {g-d:.3f} ms, nginx {n-d:.3f} ms  [ga
 print(f"  saturation: gateway {rg:.0f} req/s, nginx {rn:.0f} req/s = {rg/rn:.2f}×  [≥ 0.9×]")
 print(f"  CPU per request: gateway {cg:.1f} µs, nginx {cn:.1f} µs = {cg/cn:.2f}×  [≤ 1.2×]")
 PY
+python3 - "$TMP" "$GIB_GROWTH_MB" <<'PY'
+import json, sys
+tmp, gib = sys.argv[1], sys.argv[2]
+def load(name):
+    try:
+        return json.load(open(f"{tmp}/probe-{name}.json")).get("metrics", {})
+    except Exception:
+        return {}
+g, b = load("gateway"), load("bare")
+print(f"  1 GiB streamed each way: gateway RSS growth {gib} MiB  [flat]")
+print(f"  fan-out p95: gateway {g.get('latency_p95_ms')} ms, bare {b.get('latency_p95_ms')} ms  [gateway ≤ 100 ms]")
+gd, bd = g.get("deliveries_per_s") or 0, b.get("deliveries_per_s") or 0
+print(f"  deliveries/s: gateway {gd:.0f}, bare {bd:.0f} = {(gd / bd if bd else float('nan')):.2f}×  [≥ 0.8×]")
+PY
+echo "bench-gateway: gateway with GATEWAY_WORKERS=$GATEWAY_WORKERS (0 = one per core), nginx with 1 worker process"
 echo "bench-gateway: raw outputs in $TMP"
