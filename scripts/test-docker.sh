@@ -3,8 +3,8 @@
 # (mfedockertest, 35432-35436, 35672/35673, 36379, 30080/30443) beside the native test stack.
 #
 #   scripts/test-docker.sh            prepare, then run cli/tests/docker_*.rs
-#   scripts/test-docker.sh --prepare  only prepare: start dockerd if it is installed but not
-#                                     running (log /tmp/mfe-dockerd.log), build the local images
+#   scripts/test-docker.sh --prepare  only prepare: start dockerd (userland-proxy off) if it is
+#                                     installed but not running (log /tmp/mfe-dockerd.log), build the local images
 #                                     (mfe-local/*, offline, from Debian packages) if missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,10 @@ if ! answers; then
     command -v dockerd >/dev/null || { echo "test-docker: no Docker daemon answers and dockerd is not installed — apt-get install docker.io" >&2; exit 1; }
     [[ $EUID -eq 0 ]] || { echo "test-docker: no Docker daemon answers on $sock — start one as root (sudo dockerd &)" >&2; exit 1; }
     echo "test-docker: starting dockerd (log /tmp/mfe-dockerd.log)" >&2
-    nohup dockerd >/tmp/mfe-dockerd.log 2>&1 &
+    # Published ports by iptables, not one docker-proxy process per port: the userland proxy
+    # copies every byte between 127.0.0.1:<port> and the container (a single Redis connection:
+    # 0.26 ms a PING through it against 0.06 ms with iptables on this machine).
+    nohup dockerd --userland-proxy=false >/tmp/mfe-dockerd.log 2>&1 &
     echo $! >/tmp/mfe-dockerd.pid
     for _ in $(seq 1 60); do
         answers && break
