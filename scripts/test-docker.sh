@@ -17,8 +17,9 @@ if ! answers; then
     [[ $EUID -eq 0 ]] || { echo "test-docker: no Docker daemon answers on $sock — start one as root (sudo dockerd &)" >&2; exit 1; }
     echo "test-docker: starting dockerd (log /tmp/mfe-dockerd.log)" >&2
     # Published ports by iptables, not one docker-proxy process per port: the userland proxy
-    # copies every byte between 127.0.0.1:<port> and the container (a single Redis connection:
-    # 0.26 ms a PING through it against 0.06 ms with iptables on this machine).
+    # copies every byte between 127.0.0.1:<port> and the container. Measured here with one Redis
+    # connection: a PING through docker-proxy took 2.5× the round trip to the container's own
+    # address (0.26 against 0.11 ms), through iptables 1.2× (0.064 against 0.053 ms).
     nohup dockerd --userland-proxy=false >/tmp/mfe-dockerd.log 2>&1 &
     echo $! >/tmp/mfe-dockerd.pid
     for _ in $(seq 1 60); do
