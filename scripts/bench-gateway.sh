@@ -69,12 +69,15 @@ wait_http() {
 "$R/examples/bench_backend" "$BACKEND_PORT" 2>"$TMP/backend.log" & PIDS+=($!)
 wait_http "http://127.0.0.1:$BACKEND_PORT/"
 
-env PORT=$GW_PORT GATEWAY_HOST=127.0.0.1 RUST_LOG=warn \
-  AUTH_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PAYMENTS_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
-  ADMIN_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PROFILE_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
-  WS_PING_INTERVAL_MS=60000 GATEWAY_WORKERS=$GATEWAY_WORKERS \
-  "$R/mfe-gateway" 2>"$TMP/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
-wait_http "http://127.0.0.1:$GW_PORT/health"
+start_gateway() { # workers
+  env PORT=$GW_PORT GATEWAY_HOST=127.0.0.1 RUST_LOG=warn \
+    AUTH_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PAYMENTS_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
+    ADMIN_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT PROFILE_SERVICE_URL=http://127.0.0.1:$BACKEND_PORT \
+    WS_PING_INTERVAL_MS=60000 GATEWAY_WORKERS=$1 \
+    "$R/mfe-gateway" 2>>"$TMP/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
+  wait_http "http://127.0.0.1:$GW_PORT/health"
+}
+start_gateway "$GATEWAY_WORKERS"
 
 cat >"$TMP/nginx.conf" <<EOF
 worker_processes 1;
@@ -140,6 +143,10 @@ echo "bench-gateway: 1 GiB up + 1 GiB down through the gateway in ${GIB_SECONDS}
 kill "$NGINX_PID" 2>/dev/null || true
 
 # --- (b) WebSocket fan-out ----------------------------------------------------------------
+# The bare server runs tokio's default runtime (one worker per core); so does the gateway here
+# (WS_GATEWAY_WORKERS, default 0 = one per core), so both fan out with the same threads.
+kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true
+start_gateway "${WS_GATEWAY_WORKERS:-0}"
 ws_run() { # name ws-url pid probe-args...
   local name=$1 url=$2 pid=$3; shift 3
   local base; base=$(rss_kb "$pid")
@@ -201,5 +208,5 @@ print(f"  fan-out p95: gateway {g.get('latency_p95_ms')} ms, bare {b.get('latenc
 gd, bd = g.get("deliveries_per_s") or 0, b.get("deliveries_per_s") or 0
 print(f"  deliveries/s: gateway {gd:.0f}, bare {bd:.0f} = {(gd / bd if bd else float('nan')):.2f}×  [≥ 0.8×]")
 PY
-echo "bench-gateway: gateway with GATEWAY_WORKERS=$GATEWAY_WORKERS (0 = one per core), nginx with 1 worker process"
+echo "bench-gateway: (a) gateway with GATEWAY_WORKERS=$GATEWAY_WORKERS, nginx with 1 worker process; (b) gateway with GATEWAY_WORKERS=${WS_GATEWAY_WORKERS:-0} (0 = one per core)"
 echo "bench-gateway: raw outputs in $TMP"
