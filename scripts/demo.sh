@@ -62,13 +62,32 @@ sign_in_through_nginx() {
   echo "signed in through nginx as $EMAIL"
 }
 
+# `mfe test event-hub` restarts RabbitMQ; until the services have reconnected, their /health
+# fails and the gateway answers 503 for them. The next probe waits (at most 60 s) for the gateway
+# to route to the auth service again — a 401 on /me — instead of racing the recovery.
+auth_routed_again() {
+  local code
+  for _ in $(seq 1 120); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CA" "$BASE/api/auth/me")
+    [ "$code" = 503 ] || return 0
+    sleep 0.5
+  done
+  echo "demo: the gateway still answers 503 for the auth service after 60 s"
+  return 1
+}
+
+ws_probe_when_routed() {
+  auth_routed_again || return 1
+  "$MFE" ws probe "$@"
+}
+
 step "mfe up (infra, certificates, schemas, services, gateway)" "$MFE" up
 step "load the sample legacy (POC-2) data" "$MFE" fixtures load --dataset sample
 step "mfe migrate run (backup, migrate, export, import, validate)" "$MFE" migrate run
 step "sign up, sign in and /me through nginx" sign_in_through_nginx
 step "mfe test proxy (gateway and nginx)" "$MFE" test proxy --ca "$CA"
 step "mfe test event-hub" "$MFE" test event-hub
-step "mfe ws probe --trigger payment (through nginx)" "$MFE" ws probe --email "$EMAIL" --password "$PASSWORD" --trigger payment --ca "$CA" --url "wss://localhost:${HTTPS_PORT}/ws"
+step "mfe ws probe --trigger payment (through nginx)" ws_probe_when_routed --email "$EMAIL" --password "$PASSWORD" --trigger payment --ca "$CA" --url "wss://localhost:${HTTPS_PORT}/ws"
 
 echo
 printf '%-62s %-6s %s\n' "demo step" "result" "seconds"
