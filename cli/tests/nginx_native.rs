@@ -2,46 +2,13 @@
 //! real nginx on free ports in a temporary prefix, in front of a tiny HTTP upstream standing in
 //! for the gateway. Each test has its own nginx, so they run in parallel with everything else.
 
-use mfe::config::Config;
-use mfe::infra::nginx::prepare_native;
-use mfe::ssl::{generate, CertPaths};
+mod nginx_support;
+
+use nginx_support::Edge;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// One nginx instance with its prefix, ports and the CA its certificate chains to.
-struct Edge {
-    child: Child,
-    prefix: tempfile::TempDir,
-    http: u16,
-    https: u16,
-    ca: PathBuf,
-}
-
-impl Drop for Edge {
-    /// SIGTERM lets the master stop its workers (SIGKILL would orphan them, still listening).
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx_bin() -> PathBuf {
-    let bin = std::env::var("MFE_NGINX").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/sbin/nginx"));
-    assert!(bin.exists(), "nginx is needed by this test and was not found at {} — apt-get install nginx (scripts/install-deps.sh) or set MFE_NGINX", bin.display());
-    bin
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -98,60 +65,14 @@ fn serve(stream: TcpStream) {
     }
 }
 
-/// Renders the config for fresh ports, checks it with `nginx -t` and starts nginx.
-fn start_edge(gateway_port: u16) -> Edge {
-    let prefix = tempfile::tempdir().unwrap();
-    let ssl = CertPaths::in_dir(&prefix.path().join("ssl"));
-    generate(&ssl, 30, &[], false).unwrap();
-    let mut cfg = Config::from_env().unwrap();
-    cfg.root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    cfg.nginx_http_port = free_port();
-    cfg.nginx_https_port = free_port();
-    cfg.ssl_cert_path = ssl.cert.clone();
-    cfg.ssl_key_path = ssl.key.clone();
-    cfg.gateway_url = format!("http://127.0.0.1:{gateway_port}");
-    let conf = prepare_native(&cfg, prefix.path()).unwrap();
-
-    let bin = nginx_bin();
-    let test = Command::new(&bin).arg("-p").arg(prefix.path()).arg("-c").arg(&conf).arg("-t").output().unwrap();
-    assert!(test.status.success(), "nginx -t failed: {}", String::from_utf8_lossy(&test.stderr));
-
-    let child = Command::new(&bin)
-        .arg("-p")
-        .arg(prefix.path())
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let edge = Edge { child, prefix, http: cfg.nginx_http_port, https: cfg.nginx_https_port, ca: ssl.ca_cert };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", edge.https)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not listen on {} within 10 s: {}", edge.https, edge.error_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    edge
-}
-
 impl Edge {
     fn client(&self) -> reqwest::blocking::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
         reqwest::blocking::Client::builder()
-            .add_root_certificate(ca)
+            .add_root_certificate(self.ca_certificate())
             .redirect(reqwest::redirect::Policy::none())
             .resolve("localhost", ([127, 0, 0, 1], self.https).into())
             .build()
             .unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.https)
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.prefix.path().join("log/error.log")).unwrap_or_default()
     }
 
     fn s_client(&self, version_flag: &str) -> Output {
@@ -166,7 +87,7 @@ impl Edge {
 
 #[test]
 fn plain_http_is_redirected_permanently_to_https_on_the_https_port() {
-    let edge = start_edge(spawn_upstream());
+    let edge = Edge::start(spawn_upstream());
     let client = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let resp = client.get(format!("http://127.0.0.1:{}/api/auth/me?x=1", edge.http)).send().unwrap();
     assert_eq!(resp.status().as_u16(), 301);
@@ -176,7 +97,7 @@ fn plain_http_is_redirected_permanently_to_https_on_the_https_port() {
 
 #[test]
 fn tls_1_1_is_refused_while_tls_1_2_and_1_3_are_accepted() {
-    let edge = start_edge(spawn_upstream());
+    let edge = Edge::start(spawn_upstream());
     let old = edge.s_client("-tls1_1");
     let old_out = String::from_utf8_lossy(&old.stdout);
     assert!(!old.status.success(), "TLS 1.1 handshake succeeded:\n{old_out}");
@@ -195,7 +116,7 @@ fn tls_1_1_is_refused_while_tls_1_2_and_1_3_are_accepted() {
 
 #[test]
 fn responses_carry_the_security_headers_on_nginx_and_proxied_answers() {
-    let edge = start_edge(spawn_upstream());
+    let edge = Edge::start(spawn_upstream());
     let client = edge.client();
     for path in ["/health", "/api/payments/x"] {
         let resp = client.get(edge.url(path)).send().unwrap();
@@ -211,7 +132,7 @@ fn responses_carry_the_security_headers_on_nginx_and_proxied_answers() {
 
 #[test]
 fn the_eleventh_sign_in_request_within_a_minute_from_one_ip_gets_429() {
-    let edge = start_edge(spawn_upstream());
+    let edge = Edge::start(spawn_upstream());
     let client = edge.client();
     let statuses: Vec<u16> = (0..11)
         .map(|_| client.post(edge.url("/api/auth/signin")).body("{}").send().unwrap().status().as_u16())
@@ -224,7 +145,7 @@ fn the_eleventh_sign_in_request_within_a_minute_from_one_ip_gets_429() {
 
 #[test]
 fn health_is_answered_by_nginx_itself_even_when_the_gateway_is_down() {
-    let edge = start_edge(free_port());
+    let edge = Edge::start(free_port());
     let resp = edge.client().get(edge.url("/health")).send().unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body: serde_json::Value = resp.json().unwrap();
@@ -235,13 +156,12 @@ fn health_is_answered_by_nginx_itself_even_when_the_gateway_is_down() {
 
 #[test]
 fn the_access_log_of_a_websocket_request_leaves_out_its_token() {
-    let edge = start_edge(spawn_upstream());
+    let edge = Edge::start(spawn_upstream());
     let resp = edge.client().get(edge.url("/ws?token=SECRET-TOKEN-123")).send().unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let log_path = edge.prefix.path().join("log/access.log");
     let deadline = Instant::now() + Duration::from_secs(5);
     let log = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let log = edge.access_log();
         if log.contains("/ws") || Instant::now() > deadline {
             break log;
         }
@@ -253,7 +173,7 @@ fn the_access_log_of_a_websocket_request_leaves_out_its_token() {
 
 #[test]
 fn json_of_a_kilobyte_or_more_is_gzipped_and_small_json_is_not() {
-    let edge = start_edge(spawn_upstream());
+    let edge = Edge::start(spawn_upstream());
     let client = edge.client();
     let big = client.get(edge.url("/api/big")).header("accept-encoding", "gzip").send().unwrap();
     assert_eq!(big.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));

@@ -8,6 +8,9 @@
 //! Needs the test stack (PostgreSQL, RabbitMQ, Redis of `test.env`) and nginx (`/usr/sbin/nginx`
 //! or MFE_NGINX); builds the `auth-service` and `mfe-gateway` binaries with cargo if needed.
 
+mod nginx_support;
+
+use nginx_support::Edge;
 use std::{
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
@@ -96,80 +99,13 @@ impl Drop for Proc {
     }
 }
 
-/// nginx with the repository's configuration in a temporary prefix, on free ports, in front of
-/// the gateway on `gateway_port`; stopped with SIGTERM when dropped (so no worker outlives it).
-struct Edge {
-    child: Child,
-    _prefix: tempfile::TempDir,
-    https: u16,
-    ca: PathBuf,
-}
-
-impl Edge {
-    fn start(gateway_port: u16) -> Edge {
-        let bin = std::env::var("MFE_NGINX").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/sbin/nginx"));
-        assert!(
-            bin.exists(),
-            "this test needs nginx, not found at {} — apt-get install nginx or set MFE_NGINX",
-            bin.display()
-        );
-        let prefix = tempfile::tempdir().unwrap();
-        let ssl = mfe::ssl::CertPaths::in_dir(&prefix.path().join("ssl"));
-        mfe::ssl::generate(&ssl, 30, &[], false).expect("generate a dev CA and certificate");
-        let mut cfg = mfe::config::Config::from_env().expect("configuration from the environment");
-        cfg.root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        cfg.nginx_http_port = mfe_kit::testing::closed_port();
-        cfg.nginx_https_port = mfe_kit::testing::closed_port();
-        cfg.ssl_cert_path = ssl.cert.clone();
-        cfg.ssl_key_path = ssl.key.clone();
-        cfg.gateway_url = format!("http://127.0.0.1:{gateway_port}");
-        let conf = mfe::infra::nginx::prepare_native(&cfg, prefix.path()).expect("render the nginx configuration");
-        let child = Command::new(&bin)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let edge = Edge { child, _prefix: prefix, https: cfg.nginx_https_port, ca: ssl.ca_cert };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", edge.https)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {} within 10 s", edge.https);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        edge
-    }
-
-    /// A client trusting the dev CA, reaching `https://localhost:<port>` on loopback.
-    fn client(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
-        reqwest::Client::builder()
-            .add_root_certificate(ca)
-            .resolve("localhost", ([127, 0, 0, 1], self.https).into())
-            .build()
-            .unwrap()
-    }
-}
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A client of `edge` trusting its dev CA, reaching `https://localhost:<port>` on loopback.
+fn edge_client(edge: &Edge) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(edge.ca_certificate())
+        .resolve("localhost", ([127, 0, 0, 1], edge.https).into())
+        .build()
+        .unwrap()
 }
 
 /// Builds (if stale) and locates the service binaries.
@@ -339,9 +275,8 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
     let correlation = format!("abc-{}", uuid::Uuid::new_v4());
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
     let caller_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let response = edge
-        .client()
-        .post(format!("https://localhost:{}/api/auth/signup", edge.https))
+    let response = edge_client(&edge)
+        .post(edge.url("/api/auth/signup"))
         .header("x-correlation-id", &correlation)
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .json(&serde_json::json!({

@@ -179,17 +179,7 @@ impl Docker {
             if !self.compose.services.contains_key(c.name()) {
                 bail!("{} defines no service {c}", self.compose_path.display());
             }
-            if c == Component::Nginx && !(self.cfg.ssl_cert_path.is_file() && self.cfg.ssl_key_path.is_file()) {
-                if explicit {
-                    bail!(
-                        "nginx needs a certificate at {} — run `mfe ssl generate` first",
-                        self.cfg.ssl_cert_path.display()
-                    );
-                }
-                eprintln!(
-                    "nginx: skipped (no certificate at {} — run `mfe ssl generate`)",
-                    self.cfg.ssl_cert_path.display()
-                );
+            if c == Component::Nginx && !super::nginx::certificate_ready(&self.cfg, explicit)? {
                 continue;
             }
             wanted.push(c.name().to_string());

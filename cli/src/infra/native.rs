@@ -77,17 +77,7 @@ impl Native {
             if self.pid(c).is_some() {
                 continue;
             }
-            if c == Component::Nginx && !self.cfg.ssl_cert_path.is_file() {
-                if explicit {
-                    bail!(
-                        "nginx needs a certificate at {} — run `mfe ssl generate` first",
-                        self.cfg.ssl_cert_path.display()
-                    );
-                }
-                eprintln!(
-                    "nginx: skipped (no certificate at {} — run `mfe ssl generate`)",
-                    self.cfg.ssl_cert_path.display()
-                );
+            if c == Component::Nginx && !super::nginx::certificate_ready(&self.cfg, explicit)? {
                 continue;
             }
             to_start.push(c);

@@ -12,6 +12,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use url::Url;
 
+/// Whether nginx can start: its certificate and key exist. When they do not, nginx is an error if
+/// the user named it (`explicit`), else skipped with a note saying how to make them.
+pub fn certificate_ready(cfg: &Config, explicit: bool) -> anyhow::Result<bool> {
+    if cfg.ssl_cert_path.is_file() && cfg.ssl_key_path.is_file() {
+        return Ok(true);
+    }
+    if explicit {
+        bail!("nginx needs a certificate at {} — run `mfe ssl generate` first", cfg.ssl_cert_path.display());
+    }
+    eprintln!("nginx: skipped (no certificate at {} — run `mfe ssl generate`)", cfg.ssl_cert_path.display());
+    Ok(false)
+}
+
 /// The variables the templates use, with this run's values for the native runtime.
 pub fn native_vars(cfg: &Config) -> anyhow::Result<BTreeMap<&'static str, String>> {
     let gateway = Url::parse(&cfg.gateway_url).context("GATEWAY_URL is not a valid URL")?;
