@@ -129,10 +129,14 @@ impl Rooms {
     /// sockets got it. Sockets whose queue is full are told to close as slow clients.
     pub fn send(&self, rooms: &[String], message: &Utf8Bytes) -> usize {
         let map = self.inner.rooms.read().expect("rooms lock poisoned");
-        let mut seen: Option<HashSet<u64>> = (rooms.len() > 1).then(HashSet::new);
+        let targets: Vec<&Members> =
+            rooms.iter().filter_map(|room| map.get(room.as_str())).filter(|m| !m.is_empty()).collect();
+        // A socket can be in several target rooms only when several of them have members; the
+        // common case (a user's room while no admin is connected, or the broadcast room alone)
+        // skips the duplicate check entirely.
+        let mut seen: Option<HashSet<u64>> = (targets.len() > 1).then(HashSet::new);
         let mut delivered = 0;
-        for room in rooms {
-            let Some(members) = map.get(room.as_str()) else { continue };
+        for members in targets {
             for conn in members.values() {
                 if let Some(seen) = seen.as_mut() {
                     if !seen.insert(conn.id) {
