@@ -9,10 +9,13 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
+    sync::Mutex,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -26,10 +29,8 @@ use axum::{
     },
     response::{IntoResponse, Response},
 };
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 
 use crate::{
     config::Route,
@@ -86,20 +87,26 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 /// One upstream service: where it is and whether its last health check passed.
 struct Upstream {
     route: Route,
-    scheme: Scheme,
     authority: Authority,
     /// Cleared by a failed health check; requests then get 503 without trying the service.
     up: AtomicBool,
     histogram: prometheus::Histogram,
     /// `gateway_proxy_requests_total{route=..}` by status, resolved once per status seen.
     requests: RouteRequests,
+    /// The `Host` header of requests to this upstream (its authority).
+    host: HeaderValue,
+    /// Idle keep-alive connections (HTTP/1.1), most recently used last.
+    idle: Mutex<Vec<SendRequest<Body>>>,
+    connect_timeout: Duration,
 }
 
-/// The proxy: routes, pooled client, timeouts and metrics. Cheap to clone.
+/// Idle connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+
+/// The proxy: routes, pooled connections, timeouts and metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
     upstreams: Arc<[Arc<Upstream>]>,
-    client: Client<HttpConnector, Body>,
     timeout: Duration,
     metrics: GatewayMetrics,
 }
@@ -123,24 +130,21 @@ impl Proxy {
                 anyhow::bail!("the upstream URL of {} (`{}`) must be http://", route.name, route.upstream);
             }
             metrics.set_upstream_up(&route.name, true);
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|e| {
+                anyhow::anyhow!("the upstream URL of {} (`{}`) has an invalid host: {e}", route.name, route.upstream)
+            })?;
             upstreams.push(Arc::new(Upstream {
                 histogram: metrics.upstream_histogram(&route.name),
                 requests: metrics.route_requests(&route.name),
                 route: route.clone(),
-                scheme,
                 authority,
                 up: AtomicBool::new(true),
+                host,
+                idle: Mutex::new(Vec::new()),
+                connect_timeout,
             }));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Ok(Self { upstreams: upstreams.into(), client, timeout: upstream_timeout, metrics })
+        Ok(Self { upstreams: upstreams.into(), timeout: upstream_timeout, metrics })
     }
 
     /// Starts one background task per upstream polling `GET /health` every `interval` (the first
@@ -150,20 +154,16 @@ impl Proxy {
             .iter()
             .map(|upstream| {
                 let upstream = upstream.clone();
-                let client = self.client.clone();
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let check_timeout = interval.min(Duration::from_secs(2));
-                    let uri = Uri::builder()
-                        .scheme(upstream.scheme.clone())
-                        .authority(upstream.authority.clone())
-                        .path_and_query("/health")
-                        .build()
-                        .expect("scheme and authority were validated");
                     loop {
                         tokio::time::sleep(interval).await;
-                        let req = axum::http::Request::get(uri.clone()).body(Body::empty()).expect("valid request");
-                        let healthy = match tokio::time::timeout(check_timeout, client.request(req)).await {
+                        let req = axum::http::Request::get("/health")
+                            .header(header::HOST, upstream.host.clone())
+                            .body(Body::empty())
+                            .expect("valid request");
+                        let healthy = match tokio::time::timeout(check_timeout, upstream.send(req)).await {
                             Ok(Ok(resp)) => !resp.status().is_server_error(),
                             _ => false,
                         };
@@ -232,6 +232,7 @@ impl Proxy {
         let Some(upstream) = self.find(req.uri().path()) else {
             return Err((None, ProxyError::NoRoute { path: req.uri().path().to_string() }));
         };
+        let pooled: &'a Arc<Upstream> = upstream;
         let upstream: &'a Upstream = upstream;
         let name = upstream.route.name.as_str();
         if !upstream.up.load(Ordering::Relaxed) {
@@ -239,22 +240,19 @@ impl Proxy {
         }
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let (mut parts, body) = req.into_parts();
-        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| {
-                (Some(upstream), ProxyError::BadUpstream { route: name.to_string(), reason: e.to_string() })
-            })?;
+        // Origin-form on the wire (`GET /path?q HTTP/1.1` + `Host`), as RFC 9112 asks of a client.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(path_and_query);
+        }
         parts.version = axum::http::Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, peer, correlation_id);
+        parts.headers.insert(header::HOST, upstream.host.clone());
         mfe_kit::telemetry::inject_trace_context(&mut parts.headers);
         let upstream_req = axum::http::Request::from_parts(parts, body);
 
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await;
+        let result = tokio::time::timeout(self.timeout, pooled.send(upstream_req)).await;
         upstream.histogram.observe(started.elapsed().as_secs_f64());
         let response = match result {
             Err(_) => {
@@ -263,17 +261,146 @@ impl Proxy {
                     ProxyError::Timeout { route: name.to_string(), timeout_ms: self.timeout.as_millis() },
                 ))
             }
-            Ok(Err(e)) => {
-                return Err((
-                    Some(upstream),
-                    ProxyError::Connect { route: name.to_string(), reason: client_error_reason(&e) },
-                ))
-            }
+            Ok(Err(reason)) => return Err((Some(upstream), ProxyError::Connect { route: name.to_string(), reason })),
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok((upstream, Response::from_parts(parts, Body::new(body))))
+        Ok((upstream, Response::from_parts(parts, body)))
+    }
+}
+
+impl Upstream {
+    /// Sends `req` (origin-form URI, `Host` set) on an idle pooled connection, or on a new one;
+    /// the response body returns the connection to the pool once it has been read to the end.
+    /// A request refused by a pooled connection that the upstream closed meanwhile (before
+    /// anything was sent) is retried once on a fresh connection. `Err` is the reason, for 502.
+    async fn send(self: &Arc<Self>, req: axum::http::Request<Body>) -> Result<Response, String> {
+        let mut req = req;
+        if let Some(mut sender) = self.checkout().await {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.pooled_response(response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(error_reason(e.error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(req).await.map_err(|e| error_reason(&e))?;
+        Ok(self.pooled_response(response, sender))
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn checkout(&self) -> Option<SendRequest<Body>> {
+        loop {
+            let mut sender = self.idle.lock().expect("pool lock poisoned").pop()?;
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// A new HTTP/1.1 connection (no Nagle, TCP keep-alive), its I/O driven by its own task.
+    async fn connect(&self) -> Result<SendRequest<Body>, String> {
+        let addr = self.authority.as_str();
+        let port = self.authority.port_u16().unwrap_or(80);
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::time::timeout(self.connect_timeout, async {
+            let mut last = None;
+            for target in tokio::net::lookup_host((host, port)).await? {
+                let socket =
+                    if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.set_keepalive(true)?;
+                socket.set_nodelay(true)?;
+                match socket.connect(target).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+        })
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out after {} ms", self.connect_timeout.as_millis()))?
+        .map_err(|e: std::io::Error| e.to_string())?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| error_reason(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// The response with a body that gives `sender` back to the pool at its end.
+    fn pooled_response(
+        self: &Arc<Self>,
+        response: axum::http::Response<hyper::body::Incoming>,
+        sender: SendRequest<Body>,
+    ) -> Response {
+        let (parts, body) = response.into_parts();
+        let body = if http_body::Body::is_end_stream(&body) {
+            self.checkin(sender);
+            PooledBody { inner: body, give_back: None }
+        } else {
+            PooledBody { inner: body, give_back: Some((sender, self.clone())) }
+        };
+        Response::from_parts(parts, Body::new(body))
+    }
+
+    fn checkin(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+            idle.push(sender);
+        }
+    }
+}
+
+/// An upstream response body, streamed as it arrives; read to its end it returns its connection
+/// to the pool (dropped earlier, the connection is dropped with it and closes).
+struct PooledBody {
+    inner: hyper::body::Incoming,
+    give_back: Option<(SendRequest<Body>, Arc<Upstream>)>,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.give_back_connection(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back_connection(),
+            Poll::Ready(Some(Err(_))) => this.give_back = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl PooledBody {
+    fn give_back_connection(&mut self) {
+        if let Some((sender, upstream)) = self.give_back.take() {
+            upstream.checkin(sender);
+        }
     }
 }
 
@@ -387,7 +514,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The innermost cause of a client error, which names what actually failed (refused, reset).
-fn client_error_reason(e: &hyper_util::client::legacy::Error) -> String {
+fn error_reason(e: &hyper::Error) -> String {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
