@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::{extract::FromRef, routing::get, Router};
+use axum::{extract::FromRef, Router};
 use mfe_events::{service_link::ServiceLink, Subscription};
 use mfe_kit::{
-    config::{ConfigError, Service, ServiceConfig, ServiceUrls},
-    health::{health_handler, Health},
-    metrics::{metrics_handler, track_requests, Metrics},
+    config::{env_number, ConfigError, Service, ServiceConfig, ServiceUrls},
+    health::Health,
+    metrics::Metrics,
     JwtKeys,
 };
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -38,15 +38,6 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// `ADMIN_DB_POOL_SIZE` (default 8).
     pub db_pool_size: u32,
-}
-
-fn env_number(name: &str) -> Result<Option<u64>, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => {
-            v.trim().parse().map(Some).map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number")))
-        }
-        _ => Ok(None),
-    }
 }
 
 impl Settings {
@@ -99,15 +90,11 @@ impl FromRef<AppState> for Metrics {
     }
 }
 
-/// The service's router on `state`, with the kit's correlation-id and metrics layers.
+/// The service's router on `state`, with the kit's `/health`, `/metrics` and layers (request
+/// body limit, request metrics, correlation id).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(routes::router())
-        .route("/health", get(health_handler))
-        .route("/metrics", get(metrics_handler))
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track_requests))
-        .layer(axum::middleware::from_fn(mfe_kit::telemetry::correlation_id))
-        .with_state(state)
+    let (health, metrics) = (state.health.clone(), state.metrics.clone());
+    mfe_kit::server::with_common_routes(routes::router().with_state(state), health, metrics)
 }
 
 pub struct Application {
@@ -120,20 +107,13 @@ impl Application {
     /// Connects to admin_db (migrating it), starts the broker link and binds the listener (port 0: any).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let cfg = &settings.service;
-        let db = PgPoolOptions::new()
-            .max_connections(settings.db_pool_size)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&cfg.database_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "admin_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
-                    mfe_kit::env::redact_url_password(&cfg.database_url)
-                )
-            })?;
-        // The service owns its schema: apply pending migrations (a no-op when current; sqlx
-        // takes an advisory lock, so replicas starting together do not race).
-        crate::MIGRATOR.run(&db).await.context("admin_db: applying migrations/admin")?;
+        let db = mfe_kit::server::connect_and_migrate(
+            &cfg.database_url,
+            settings.db_pool_size,
+            &crate::MIGRATOR,
+            "admin_db",
+        )
+        .await?;
         let metrics = Metrics::new(Service::Admin.name());
         let subscription = Subscription {
             consumer: CONSUMER.to_string(),
@@ -166,9 +146,7 @@ impl Application {
             urls: cfg.urls.clone(),
             health_timeout: settings.health_timeout,
         };
-        let listener = TcpListener::bind((cfg.bind.as_str(), cfg.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{} — is the port taken? set PORT", cfg.bind, cfg.port))?;
+        let listener = mfe_kit::server::listen(&cfg.bind, cfg.port).await?;
         let port = listener.local_addr()?.port();
         Ok(Self { listener, port, state })
     }
@@ -185,8 +163,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let broker = self.state.broker.clone();
         tracing::info!(port = self.port, "admin service listening");
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(mfe_kit::shutdown::shutdown_signal())
+        mfe_kit::server::serve(self.listener, router(self.state), mfe_kit::shutdown::shutdown_signal())
             .await
             .context("admin service: the http server failed")?;
         broker.shutdown().await;

@@ -271,3 +271,21 @@ async fn users_are_listed_through_the_auth_service_and_its_outage_is_a_503() {
     assert!(body["error"]["message"].as_str().unwrap().contains("auth service"));
     down.teardown().await;
 }
+
+#[tokio::test]
+async fn a_config_body_over_the_kit_limit_is_refused_with_413_even_for_an_admin() {
+    let app = spawn_app().await;
+    let (_, admin) = app.user(Role::Admin);
+    let body = json!({"value": "x".repeat(mfe_kit::server::MAX_BODY_BYTES as usize + 1)});
+    let response = reqwest::Client::new()
+        .put(format!("{}/api/admin/config/fees.rate", app.address))
+        .bearer_auth(&admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
+    app.teardown().await;
+}

@@ -141,6 +141,16 @@ impl ServiceConfig {
     }
 }
 
+/// The whole number in the environment variable `name`, `None` when unset or blank.
+pub fn env_number(name: &str) -> Result<Option<u64>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map(Some).map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number")))
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! - [`health`]: `/health` checking the database, broker and Redis.
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
+//! - [`pagination`]: the keyset cursor of newest-first lists.
 //! - [`server`]: lazy pool, migrations that wait for the database, common routes and the
 //!   request body limit, serve loop.
 //! - [`run`]: the shared `main` of the service binaries (`.env`, tracing, serve, flush, exit code).
@@ -27,6 +28,7 @@ pub mod health;
 pub mod jwt;
 pub mod metrics;
 pub mod otel;
+pub mod pagination;
 pub mod run;
 pub mod sentry;
 pub mod server;

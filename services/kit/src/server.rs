@@ -85,7 +85,14 @@ pub fn with_common_routes(api: Router, health: Health, metrics: Metrics) -> Rout
     let ops = Router::new()
         .route("/health", get(health_handler).with_state(health))
         .route("/metrics", get(metrics_handler).with_state(metrics.clone()));
-    api.merge(ops)
+    with_common_layers(api.merge(ops), metrics)
+}
+
+/// The middleware of [`with_common_routes`] without its routes, for a service that serves its
+/// own `/health` and `/metrics` (payments adds business metrics to the page): the request body
+/// limit, the request metrics and the correlation id.
+pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
+    router
         // `limit_request_body` is the one limit; axum's own would answer 400 through `Json`.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(limit_request_body))
@@ -203,6 +210,58 @@ async fn drain(mut body: Body) {
 /// Binds `bind:port` (port 0 picks a free port).
 pub async fn bind(bind: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((bind, port)).await
+}
+
+/// [`bind`] for a service's start: the error says what to do about a taken port.
+pub async fn listen(bind_addr: &str, port: u16) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    bind(bind_addr, port)
+        .await
+        .with_context(|| format!("cannot listen on {bind_addr}:{port} — is the port taken? set PORT"))
+}
+
+/// How long a pooled connection may sit idle before [`connect_and_migrate`]'s pool checks it
+/// with a ping before handing it out.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// A pool of up to `size` connections to the database at `database_url`, connected now, with
+/// `migrator` applied: for a service that needs its database at start (payments, admin). The
+/// service owns its schema: applying pending migrations is a no-op when current, and sqlx takes
+/// an advisory lock, so replicas starting together do not race. `what` names the database in
+/// errors (`payments_db`). Connections idle for [`PING_AFTER_IDLE`] or longer are pinged before
+/// use (a dead one is replaced); busy ones are used without the extra round trip.
+pub async fn connect_and_migrate(
+    database_url: &str,
+    size: u32,
+    migrator: &'static Migrator,
+    what: &str,
+) -> anyhow::Result<PgPool> {
+    use anyhow::Context as _;
+    let pool = PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out: a round trip (and a wake-up of the
+        // database backend) before every query. Under load a connection was in use a moment
+        // ago; only one that sat idle is checked.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect(database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "{what} at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
+                crate::env::redact_url_password(database_url)
+            )
+        })?;
+    migrator.run(&pool).await.with_context(|| format!("{what}: applying its migrations"))?;
+    Ok(pool)
 }
 
 /// Serves `router` until `shutdown` resolves: stops accepting, lets in-flight requests finish.

@@ -1,5 +1,7 @@
 //! The HTTP API under `/api/payments/`: create, list, get, status change, history.
 
+use std::time::Instant;
+
 use axum::{
     extract::{rejection::QueryRejection, Path, Query, State},
     http::{header::CONTENT_TYPE, HeaderValue, StatusCode},
@@ -88,8 +90,16 @@ async fn create_payment(
     Json(body): Json<CreatePayment>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = body.validate(user.id())?;
-    let payment = store::create(&state.db, new, Some(correlation.0.clone())).await?;
+    let started = Instant::now();
+    let mut conn = state.db.acquire().await?;
+    let acquired = Instant::now();
+    let payment = store::create_on(&mut conn, new, Some(correlation.0.clone())).await?;
+    drop(conn);
+    let stored = Instant::now();
     state.after_write(&payment).await;
+    state.business.create_phase("acquire", acquired - started);
+    state.business.create_phase("db", stored - acquired);
+    state.business.create_phase("cache", stored.elapsed());
     state.business.payment_created(
         payment.payment_type.as_str(),
         payment.status.as_str(),

@@ -12,12 +12,12 @@ use axum::{
 };
 use mfe_events::service_link::ServiceLink;
 use mfe_kit::{
-    config::{ConfigError, Service, ServiceConfig},
+    config::{env_number, ConfigError, Service, ServiceConfig},
     health::{health_handler, Health},
-    metrics::{track_requests, Metrics},
+    metrics::Metrics,
     JwtKeys,
 };
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -42,15 +42,6 @@ pub struct Settings {
     pub list_cache_ttl: Duration,
     /// `PAYMENTS_DB_POOL_SIZE` (default 16): connections to payments_db.
     pub db_pool_size: u32,
-}
-
-fn env_number(name: &str) -> Result<Option<u64>, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => {
-            v.trim().parse().map(Some).map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number")))
-        }
-        _ => Ok(None),
-    }
 }
 
 impl Settings {
@@ -128,15 +119,16 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     (StatusCode::OK, [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
-/// The service's router on `state`, with the kit's correlation-id and metrics layers.
+/// The service's router on `state`, with the kit's layers (request body limit, request
+/// metrics, correlation id).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let metrics = state.metrics.clone();
+    let app = Router::new()
         .merge(routes::router())
         .route("/health", get(health_handler))
         .route("/metrics", get(metrics_handler))
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), track_requests))
-        .layer(axum::middleware::from_fn(mfe_kit::telemetry::correlation_id))
-        .with_state(state)
+        .with_state(state);
+    mfe_kit::server::with_common_layers(app, metrics)
 }
 
 /// A built service: bound, connected, ready to serve.
@@ -151,20 +143,13 @@ impl Application {
     /// (port 0 picks a free port; see [`Application::port`]).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let cfg = &settings.service;
-        let db = PgPoolOptions::new()
-            .max_connections(settings.db_pool_size)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&cfg.database_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "payments_db at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
-                    mfe_kit::env::redact_url_password(&cfg.database_url)
-                )
-            })?;
-        // The service owns its schema: apply pending migrations (a no-op when current; sqlx
-        // takes an advisory lock, so replicas starting together do not race).
-        crate::MIGRATOR.run(&db).await.context("payments_db: applying migrations/payments")?;
+        let db = mfe_kit::server::connect_and_migrate(
+            &cfg.database_url,
+            settings.db_pool_size,
+            &crate::MIGRATOR,
+            "payments_db",
+        )
+        .await?;
         let metrics = Metrics::new(Service::Payments.name());
         let redis = match mfe_kit::cache::connect_redis(&cfg.redis_url).await {
             Ok(conn) => Some(conn),
@@ -197,9 +182,7 @@ impl Application {
             broker,
             psp: settings.psp_step.map(Psp::new),
         };
-        let listener = TcpListener::bind((cfg.bind.as_str(), cfg.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{} — is the port taken? set PORT", cfg.bind, cfg.port))?;
+        let listener = mfe_kit::server::listen(&cfg.bind, cfg.port).await?;
         let port = listener.local_addr()?.port();
         Ok(Self { listener, port, state })
     }
@@ -217,8 +200,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let broker = self.state.broker.clone();
         tracing::info!(port = self.port, "payments service listening");
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(mfe_kit::shutdown::shutdown_signal())
+        mfe_kit::server::serve(self.listener, router(self.state), mfe_kit::shutdown::shutdown_signal())
             .await
             .context("payments service: the http server failed")?;
         broker.shutdown().await;

@@ -120,29 +120,8 @@ pub enum StatusChangeError {
     Database(#[from] sqlx::Error),
 }
 
-/// Where a page of a list starts: after the payment created at `created_at` with `id`
-/// (newest first). Sent to clients as the opaque `<epoch-millis>_<id>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: NaiveDateTime,
-    pub id: String,
-}
-
-impl Cursor {
-    pub fn after(payment: &Payment) -> Self {
-        Self { created_at: payment.created_at.naive_utc(), id: payment.id.clone() }
-    }
-
-    pub fn encode(&self) -> String {
-        format!("{}_{}", self.created_at.and_utc().timestamp_millis(), self.id)
-    }
-
-    pub fn decode(raw: &str) -> Option<Self> {
-        let (millis, id) = raw.split_once('_')?;
-        let created_at = DateTime::<Utc>::from_timestamp_millis(millis.parse().ok()?)?.naive_utc();
-        (!id.is_empty()).then(|| Self { created_at, id: id.to_string() })
-    }
-}
+/// Where a page of a list starts (newest first); the kit's keyset cursor.
+pub use mfe_kit::pagination::Cursor;
 
 /// Whose payments a list shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +195,15 @@ static CREATE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// event, all or nothing: one statement (a data-modifying `WITH`), so one round trip and one
 /// commit without `BEGIN`/`COMMIT`. The payment is built here, so the event is too.
 pub async fn create(pool: &PgPool, new: NewPayment, correlation_id: Option<String>) -> Result<Payment, sqlx::Error> {
+    create_on(&mut *pool.acquire().await?, new, correlation_id).await
+}
+
+/// [`create`] on a connection the caller holds (the handler times the pool's acquire apart).
+pub async fn create_on(
+    conn: &mut PgConnection,
+    new: NewPayment,
+    correlation_id: Option<String>,
+) -> Result<Payment, sqlx::Error> {
     let now = now_millis().and_utc();
     let payment = Payment {
         id: new_id(),
@@ -248,7 +236,7 @@ pub async fn create(pool: &PgPool, new: NewPayment, correlation_id: Option<Strin
         .bind(envelope.id)
         .bind(&envelope.event_type)
         .bind(service_link::stored_envelope(&envelope)?)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(payment)
 }
@@ -290,7 +278,7 @@ pub async fn list(
     let mut payments = rows.iter().map(Payment::from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if payments.len() as i64 > limit {
         payments.truncate(limit as usize);
-        payments.last().map(Cursor::after)
+        payments.last().map(|p| Cursor::after(p.created_at, &p.id))
     } else {
         None
     };
@@ -359,17 +347,4 @@ pub async fn transactions(pool: &PgPool, id: &str) -> Result<Vec<PaymentTransact
             })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cursor_survives_its_round_trip_through_text() {
-        let cursor = Cursor { created_at: now_millis(), id: "a1b2-c3".into() };
-        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        assert_eq!(Cursor::decode("garbage"), None);
-        assert_eq!(Cursor::decode("12_"), None);
-    }
 }

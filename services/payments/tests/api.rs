@@ -288,3 +288,19 @@ async fn the_psp_stub_completes_a_payment_when_configured_and_says_so_in_events(
     events.hub.close().await;
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_create_body_over_the_kit_limit_is_refused_with_413_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let (_, token) = app.user(Role::Customer);
+    let limit = mfe_kit::server::MAX_BODY_BYTES as usize;
+    // Valid JSON, but larger than the limit: the description alone is over it.
+    let body = json!({"amount": "1.00", "currency": "USD", "description": "x".repeat(limit + 1)});
+    let response = app.create_payment(&token, &body).await;
+    assert_eq!(response.status(), 413, "an oversized body is refused before it is parsed");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
+    let (ids, _) = app.list_ids(&token, "").await;
+    assert!(ids.is_empty(), "nothing was created from the refused body: {ids:?}");
+    app.teardown().await;
+}
