@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use admin_service::audit::AuditHandler;
 use common::{fresh_database, spawn_app, spawn_with, test_settings, token};
-use mfe_events::{handler_fn, Envelope, Handler, Hub, HubConfig, Subscription};
+use mfe_events::{Envelope, Handler, Hub, HubConfig};
 use mfe_kit::{JwtKeys, Role};
 use serde_json::{json, Value};
 
@@ -113,22 +113,7 @@ async fn a_redelivered_event_is_audited_once() {
 
 #[tokio::test]
 async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
-    let hub = Hub::connect(HubConfig::from_env().with_connection_name("admin-tests")).await.expect("test broker");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Envelope>::new()));
-    let sink = seen.clone();
-    let _sub = hub
-        .subscribe(
-            Subscription::exclusive("admin-test", &["admin.config.updated"]),
-            handler_fn(move |env: Envelope| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock().unwrap().push(env);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let recorder = mfe_kit::testing::EventRecorder::start("admin-test", &["admin.config.updated"]).await;
     let app = spawn_app().await;
     let (admin_id, admin) = app.user(Role::Admin);
     let key = format!("fees.rate-{}", uuid::Uuid::new_v4().simple());
@@ -149,7 +134,7 @@ async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
 
     // Both changes reach the bus...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mine = || seen.lock().unwrap().iter().filter(|e| e.data["key"] == key.as_str()).cloned().collect::<Vec<_>>();
+    let mine = || recorder.events().into_iter().filter(|e| e.data["key"] == key.as_str()).collect::<Vec<_>>();
     while mine().len() < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -166,7 +151,7 @@ async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
     assert!(rows.iter().all(|r| r["action"] == "admin.config.updated" && r["userId"] == admin_id.as_str()));
     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
     assert!(rows.iter().all(|r| ids.contains(&r["id"].as_str().unwrap().to_string())), "audit ids are event ids");
-    hub.close().await;
+    recorder.hub.close().await;
     app.teardown().await;
 }
 

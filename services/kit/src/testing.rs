@@ -48,3 +48,67 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }
+
+/// A fresh database (see [`fresh_database`]) on the server of the environment variable
+/// `var` (`PAYMENTS_DATABASE_URL`), migrated with `migrator`; returns its URL and its name.
+pub async fn fresh_migrated_database(var: &str, migrator: &sqlx::migrate::Migrator) -> (String, String) {
+    let url = fresh_database(&crate::env::get(var)).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    migrator.run(&pool).await.unwrap_or_else(|e| panic!("cannot migrate {url}: {e}"));
+    pool.close().await;
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    (url, name)
+}
+
+/// Drops database `name` on the server of the environment variable `var` (best effort: the
+/// server keeps running for other tests).
+pub async fn drop_database(var: &str, name: &str) {
+    let Ok(options) = crate::env::get(var).parse::<PgConnectOptions>() else { return };
+    if let Ok(mut admin) = options.database("postgres").connect().await {
+        let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).execute(&mut admin).await;
+        admin.close().await.ok();
+    }
+}
+
+/// Every event published on the shared exchange under `patterns`, collected from a private
+/// exclusive queue (gone when the hub closes), so a test never reads a shared queue. Other tests
+/// publish to the same exchange: callers filter by their own ids.
+pub struct EventRecorder {
+    pub hub: mfe_events::Hub,
+    events: std::sync::Arc<std::sync::Mutex<Vec<mfe_events::Envelope>>>,
+    _subscription: mfe_events::SubscriptionHandle,
+}
+
+impl EventRecorder {
+    /// Connects to the test stack's RabbitMQ as `consumer` and starts recording.
+    ///
+    /// # Panics
+    /// When the broker cannot be reached, with a message saying how to start it.
+    pub async fn start(consumer: &str, patterns: &[&str]) -> Self {
+        use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription};
+        let hub = Hub::connect(HubConfig::from_env().with_connection_name(consumer))
+            .await
+            .unwrap_or_else(|e| panic!("{e} — the test needs the test stack's RabbitMQ: {START_HINT}"));
+        let events: std::sync::Arc<std::sync::Mutex<Vec<Envelope>>> = Default::default();
+        let sink = events.clone();
+        let subscription = hub
+            .subscribe(
+                Subscription::exclusive(consumer, patterns),
+                handler_fn(move |env: Envelope| {
+                    let sink = sink.clone();
+                    async move {
+                        sink.lock().expect("event recorder lock").push(env);
+                        Ok(())
+                    }
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot subscribe a test queue for {patterns:?}: {e}"));
+        Self { hub, events, _subscription: subscription }
+    }
+
+    /// The events recorded so far, in arrival order.
+    pub fn events(&self) -> Vec<mfe_events::Envelope> {
+        self.events.lock().expect("event recorder lock").clone()
+    }
+}

@@ -8,34 +8,15 @@ use std::time::Duration;
 use admin_service::{AppState, Application, Settings};
 use mfe_kit::{JwtKeys, Role};
 use serde_json::Value;
-use sqlx::{migrate::Migrator, Connection, Executor, PgConnection, PgPool};
-
-fn on_database(url: &str, db: &str) -> String {
-    let mut url = url::Url::parse(url).expect("database URL is a valid URL");
-    url.set_path(db);
-    url.to_string()
-}
+use sqlx::{migrate::Migrator, PgPool};
 
 /// Creates a database named by a fresh UUID on the server of `$var` and runs `migrator`.
 pub async fn fresh_database(var: &str, migrator: &Migrator) -> (String, String) {
-    let base = mfe_kit::env::get(var);
-    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&on_database(&base, "postgres")).await.unwrap_or_else(|e| {
-        panic!("{var} server at {base}: {e} — start the test stack: `set -a; source test.env; set +a; mfe infra start`")
-    });
-    admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create the test database");
-    let url = on_database(&base, &name);
-    let pool = PgPool::connect(&url).await.expect("connect to the test database");
-    migrator.run(&pool).await.expect("migrate the test database");
-    pool.close().await;
-    (url, name)
+    mfe_kit::testing::fresh_migrated_database(var, migrator).await
 }
 
 pub async fn drop_database(var: &str, name: &str) {
-    let base = mfe_kit::env::get(var);
-    if let Ok(mut admin) = PgConnection::connect(&on_database(&base, "postgres")).await {
-        let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str()).await;
-    }
+    mfe_kit::testing::drop_database(var, name).await
 }
 
 /// A base URL nothing answers on (a port bound, then released).

@@ -3,16 +3,13 @@
 //! the real RabbitMQ and Redis. Tokens are minted with the shared `JWT_SECRET`.
 #![allow(dead_code)]
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription, SubscriptionHandle};
-use mfe_kit::{JwtKeys, Role};
+use mfe_events::{Envelope, Hub};
+use mfe_kit::{testing::EventRecorder, JwtKeys, Role};
 use payments_service::{AppState, Application, Settings};
 use serde_json::Value;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 
 pub struct TestApp {
     pub address: String,
@@ -23,28 +20,9 @@ pub struct TestApp {
     client: reqwest::Client,
 }
 
-fn server_url(database_url: &str, db: &str) -> String {
-    let mut url = url::Url::parse(database_url).expect("PAYMENTS_DATABASE_URL is a valid URL");
-    url.set_path(db);
-    url.to_string()
-}
-
 /// Creates and migrates a database named by a fresh UUID; returns its URL and name.
 pub async fn fresh_database() -> (String, String) {
-    let base = mfe_kit::env::get("PAYMENTS_DATABASE_URL");
-    let name = format!("test_payments_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&server_url(&base, "postgres")).await.unwrap_or_else(|e| {
-        panic!(
-            "payments test database server at {base}: {e} — start the test stack: \
-             `set -a; source test.env; set +a; mfe infra start`"
-        )
-    });
-    admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create the test database");
-    let url = server_url(&base, &name);
-    let pool = PgPool::connect(&url).await.expect("connect to the test database");
-    payments_service::MIGRATOR.run(&pool).await.expect("migrate the test database");
-    pool.close().await;
-    (url, name)
+    mfe_kit::testing::fresh_migrated_database("PAYMENTS_DATABASE_URL", &payments_service::MIGRATOR).await
 }
 
 /// Test settings: port 0, a fresh database, everything else from the environment.
@@ -177,49 +155,26 @@ impl TestApp {
 }
 
 pub async fn drop_database(name: &str) {
-    let base = mfe_kit::env::get("PAYMENTS_DATABASE_URL");
-    if let Ok(mut admin) = PgConnection::connect(&server_url(&base, "postgres")).await {
-        let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str()).await;
-    }
+    mfe_kit::testing::drop_database("PAYMENTS_DATABASE_URL", name).await
 }
 
 /// Every event published on the shared `events` exchange under `pattern`, collected from a
 /// private exclusive queue (gone when the hub closes), so the test never reads a shared queue.
 /// Other tests publish to the same exchange: callers filter by their own payment ids.
 pub struct EventLog {
-    pub events: Arc<Mutex<Vec<Envelope>>>,
+    recorder: EventRecorder,
     pub hub: Hub,
-    _sub: SubscriptionHandle,
 }
 
 impl EventLog {
     pub async fn start(pattern: &str) -> Self {
-        let hub = Hub::connect(HubConfig::from_env().with_connection_name("payments-tests")).await.unwrap_or_else(|e| {
-            panic!(
-                "{e} (the payments tests need the test stack's RabbitMQ: `set -a; source test.env; set +a; mfe infra start`)"
-            )
-        });
-        let events: Arc<Mutex<Vec<Envelope>>> = Arc::default();
-        let sink = events.clone();
-        let sub = hub
-            .subscribe(
-                Subscription::exclusive("payments-test", &[pattern]),
-                handler_fn(move |env: Envelope| {
-                    let sink = sink.clone();
-                    async move {
-                        sink.lock().unwrap().push(env);
-                        Ok(())
-                    }
-                }),
-            )
-            .await
-            .expect("subscribe a test queue");
-        Self { events, hub, _sub: sub }
+        let recorder = EventRecorder::start("payments-test", &[pattern]).await;
+        Self { hub: recorder.hub.clone(), recorder }
     }
 
     /// The events seen for payment `id`, in arrival order.
     pub fn for_payment(&self, payment_id: &str) -> Vec<Envelope> {
-        self.events.lock().unwrap().iter().filter(|e| e.data["paymentId"] == payment_id).cloned().collect()
+        self.recorder.events().into_iter().filter(|e| e.data["paymentId"] == payment_id).collect()
     }
 
     pub fn types_for(&self, payment_id: &str) -> Vec<String> {
