@@ -5,6 +5,11 @@
 #   GET  /api/payments  at 1000 req/s  goal p99 < 5 ms  (one user's first page, served from the Redis cache)
 # Prints p50/p99 and the achieved req/s. Traffic goes to 127.0.0.1 only; every run is bounded
 # in time (BENCH_SECONDS, default 10 s per phase) and so in count (rate x seconds).
+# Then, to say where a create's time goes: the service's own histograms of the whole POST and
+# of its phases (pool acquire, the one SQL statement, the cache invalidation), the database
+# server's checkpoints during the run, and a baseline: the same statement from pgbench at the
+# same fixed rate (synchronous commit, and once without it as a diagnostic). On this shared
+# 2-core machine the baseline's own p99 is the floor the service's create p99 sits on.
 #
 # Needs the test stack (`set -a; source test.env; set +a; mfe infra start`), psql and python3;
 # installs oha into /tmp/oha-bin when missing. BENCH_SKIP_BUILD=1 reuses an existing release binary.

@@ -162,10 +162,7 @@ impl Application {
     /// Serves until SIGTERM/Ctrl-C, then flushes the outbox and closes the broker connection.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let broker = self.state.broker.clone();
-        tracing::info!(port = self.port, "admin service listening");
-        mfe_kit::server::serve(self.listener, router(self.state), mfe_kit::shutdown::shutdown_signal())
-            .await
-            .context("admin service: the http server failed")?;
+        mfe_kit::server::serve_until_signal("admin", self.listener, router(self.state)).await?;
         broker.shutdown().await;
         Ok(())
     }

@@ -212,6 +212,17 @@ pub async fn bind(bind: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((bind, port)).await
 }
 
+/// Serves `router` on `listener` until SIGTERM/Ctrl-C (see [`crate::shutdown`]), letting
+/// in-flight requests finish; `service` names it in the log and the error.
+pub async fn serve_until_signal(service: &str, listener: TcpListener, router: Router) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    tracing::info!(port, "{service} service listening");
+    serve(listener, router, crate::shutdown::shutdown_signal())
+        .await
+        .with_context(|| format!("{service} service: the http server failed"))
+}
+
 /// [`bind`] for a service's start: the error says what to do about a taken port.
 pub async fn listen(bind_addr: &str, port: u16) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
