@@ -23,7 +23,8 @@ set +a
 seconds="${BENCH_SECONDS:-10}"
 create_rate="${BENCH_CREATE_RATE:-500}"
 list_rate="${BENCH_LIST_RATE:-1000}"
-port="${BENCH_PAYMENTS_PORT:-39302}"
+# Outside the ephemeral range (32768-60999), so a client's outgoing connection cannot hold it.
+port="${BENCH_PAYMENTS_PORT:-29302}"
 
 oha=/tmp/oha-bin/bin/oha
 if [ ! -x "$oha" ]; then
