@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Infrastructure start-up figures: the docker runtime (local images) beside its peer, the native
-# runtime, each on a project/state dir and ports of its own (37xxx docker, 38xxx native), cleaned
+# runtime, each on a project/state dir and ports of its own (21xxx docker, 22xxx native; below the ephemeral range), cleaned
 # afterwards. Prints seconds for: cold start (nothing exists), stop, warm start, restart rabbitmq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-docker.sh --prepare
 mfe=target/debug/mfe
 
-stack_env() { # $1 = runtime, $2 = port prefix (37 or 38)
+stack_env() { # $1 = runtime, $2 = port prefix (21 or 22)
     local p=$2 state=/tmp/mfe-bench-$1
     cat <<VARS
 MFE_RUNTIME=$1
@@ -41,7 +41,7 @@ seconds() { # runs "$@" bounded to 300 s, prints elapsed seconds
 }
 
 for runtime in docker native; do
-    prefix=$([[ $runtime == docker ]] && echo 37 || echo 38)
+    prefix=$([[ $runtime == docker ]] && echo 21 || echo 22)
     envfile=$(mktemp)
     stack_env "$runtime" "$prefix" >"$envfile"
     (

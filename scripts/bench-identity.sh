@@ -19,8 +19,8 @@ set +a
 seconds="${BENCH_SECONDS:-10}"
 sat_seconds="${BENCH_SAT_SECONDS:-5}"
 rate="${BENCH_RATE:-1000}"
-auth_port="${BENCH_AUTH_PORT:-39401}"
-profile_port="${BENCH_PROFILE_PORT:-39404}"
+auth_port="${BENCH_AUTH_PORT:-29401}"
+profile_port="${BENCH_PROFILE_PORT:-29404}"
 
 oha=/tmp/oha-bin/bin/oha
 if [ ! -x "$oha" ]; then

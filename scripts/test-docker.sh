@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Docker runtime's tests against a real daemon, on a project and ports of their own
-# (mfedockertest, 35432-35436, 35672/35673, 36379, 30080/30443) beside the native test stack.
+# (mfedockertest, 28432-28436, 28672/28673, 28379, 30080/30443) beside the native test stack.
 #
 #   scripts/test-docker.sh            prepare, then run cli/tests/docker_*.rs
 #   scripts/test-docker.sh --prepare  only prepare: start dockerd (userland-proxy off) if it is

@@ -1,5 +1,5 @@
 //! `mfe infra --runtime docker` against a real Docker daemon: a project of its own
-//! (`mfedockertest*`) on ports of its own (35432-35436, 35672/35673, 36379, 30080/30443), so it
+//! (`mfedockertest*`) on ports of its own (28432-28436, 28672/28673, 28379, 30080/30443), so it
 //! never touches the native test stack or a developer's stack.
 //!
 //! Needs a running dockerd and the local images: `scripts/test-docker.sh --prepare` provides both
@@ -19,19 +19,19 @@ fn stack_env(project: &str) -> HashMap<String, String> {
         ("MFE_STATE_DIR", state.clone()),
         ("MFE_RUNTIME", "docker".into()),
         ("COMPOSE_PROJECT_NAME", project.into()),
-        ("AUTH_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35432/auth_db".into()),
-        ("PAYMENTS_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35433/payments_db".into()),
-        ("ADMIN_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35434/admin_db".into()),
-        ("PROFILE_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35435/profile_db".into()),
-        ("LEGACY_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:35436/mfe_poc2".into()),
-        ("RABBITMQ_URL", "amqp://admin:admin@127.0.0.1:35672/%2f".into()),
-        ("RABBITMQ_MANAGEMENT_PORT", "35673".into()),
-        ("REDIS_URL", "redis://127.0.0.1:36379".into()),
+        ("AUTH_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:28432/auth_db".into()),
+        ("PAYMENTS_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:28433/payments_db".into()),
+        ("ADMIN_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:28434/admin_db".into()),
+        ("PROFILE_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:28435/profile_db".into()),
+        ("LEGACY_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:28436/mfe_poc2".into()),
+        ("RABBITMQ_URL", "amqp://admin:admin@127.0.0.1:28672/%2f".into()),
+        ("RABBITMQ_MANAGEMENT_PORT", "28673".into()),
+        ("REDIS_URL", "redis://127.0.0.1:28379".into()),
         ("NGINX_HTTP_PORT", "30080".into()),
         ("NGINX_HTTPS_PORT", "30443".into()),
         ("SSL_CERT_PATH", format!("{state}/ssl/self-signed.crt")),
         ("SSL_KEY_PATH", format!("{state}/ssl/self-signed.key")),
-        ("GATEWAY_URL", "http://127.0.0.1:33000".into()),
+        ("GATEWAY_URL", "http://127.0.0.1:28000".into()),
         ("MFE_ROOT", concat!(env!("CARGO_MANIFEST_DIR"), "/..").into()),
     ]
     .into_iter()
@@ -145,13 +145,13 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     let status: serde_json::Value = serde_json::from_str(&ok(&env, &["--json", "infra", "status"])).unwrap();
     assert_eq!(status["passed"], true, "{status:#}");
     let expected_ports = [
-        ("auth_db", "35432"),
-        ("payments_db", "35433"),
-        ("admin_db", "35434"),
-        ("profile_db", "35435"),
-        ("legacy_db", "35436"),
-        ("rabbitmq", "35672,35673"),
-        ("redis", "36379"),
+        ("auth_db", "28432"),
+        ("payments_db", "28433"),
+        ("admin_db", "28434"),
+        ("profile_db", "28435"),
+        ("legacy_db", "28436"),
+        ("rabbitmq", "28672,28673"),
+        ("redis", "28379"),
         ("nginx", "30443,30080"),
     ];
     for (name, ports) in expected_ports {
@@ -162,7 +162,7 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     }
 
     for (port, db) in
-        [(35432, "auth_db"), (35433, "payments_db"), (35434, "admin_db"), (35435, "profile_db"), (35436, "mfe_poc2")]
+        [(28432, "auth_db"), (28433, "payments_db"), (28434, "admin_db"), (28435, "profile_db"), (28436, "mfe_poc2")]
     {
         assert_eq!(psql(port, db, "SELECT current_database()"), db);
     }
@@ -173,7 +173,7 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&health.stdout), "200", "nginx container /health");
     let queues: serde_json::Value = management()
-        .get("http://127.0.0.1:35673/api/queues/%2f")
+        .get("http://127.0.0.1:28673/api/queues/%2f")
         .basic_auth("admin", Some("admin"))
         .send()
         .unwrap()
@@ -185,7 +185,7 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     );
 
     // RabbitMQ restart keeps a durable queue.
-    let queue_url = "http://127.0.0.1:35673/api/queues/%2f/mfe-docker-test-durable";
+    let queue_url = "http://127.0.0.1:28673/api/queues/%2f/mfe-docker-test-durable";
     let put = management()
         .put(queue_url)
         .basic_auth("admin", Some("admin"))
@@ -200,14 +200,14 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     assert_eq!(after.status().as_u16(), 200, "the durable queue survives a restart");
 
     // Stop then start keeps database rows (named volumes).
-    psql(35432, "auth_db", "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')");
+    psql(28432, "auth_db", "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')");
     ok(&env, &["infra", "stop"]);
     let stopped: serde_json::Value = serde_json::from_slice(&mfe(&env, &["--json", "infra", "status"]).stdout).unwrap();
     assert_eq!(stopped["passed"], false, "a stopped stack is not healthy");
     let t2 = Instant::now();
     ok(&env, &["infra", "start"]);
     eprintln!("figure: docker start (warm, existing containers) {:.1} s", t2.elapsed().as_secs_f64());
-    assert_eq!(psql(35432, "auth_db", "SELECT v FROM kept"), "still here");
+    assert_eq!(psql(28432, "auth_db", "SELECT v FROM kept"), "still here");
 
     ok(&env, &["infra", "clean", "--yes"]);
     assert_eq!(
@@ -223,7 +223,7 @@ fn a_missing_unpullable_image_is_one_clear_line_and_creates_nothing() {
     let mut env = stack_env(project);
     let docker = require_docker(&env);
     env.insert("MFE_REDIS_IMAGE".into(), "mfe-local/no-such-image:0".into());
-    env.insert("REDIS_URL".into(), "redis://127.0.0.1:36380".into());
+    env.insert("REDIS_URL".into(), "redis://127.0.0.1:28380".into());
     let out = mfe(&env, &["infra", "start", "redis"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

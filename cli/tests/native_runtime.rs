@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// Ports of this test's private stack: far from the default (543x) and `make test` (2543x) ones.
-const BASE: u16 = 41000;
+// Below the kernel's ephemeral range (32768-60999): a client socket there can hold a port we bind.
+const BASE: u16 = 31000;
 
 struct Stack {
     state_dir: PathBuf,
