@@ -8,6 +8,11 @@
 #                                        MFE_RUNTIME, COMPOSE_PROJECT_NAME, MFE_*_IMAGE) are
 #                                        exported first, e.g. docker/demo-docker.env; stop it with
 #                                        `target/debug/mfe --env-file FILE down`
+#   scripts/demo.sh --keep-data          keep the previous demo's data. By default the demo starts
+#                                        from an empty stack (its state dir or compose volumes are
+#                                        removed first): the previous run's sign-ups and payments
+#                                        live only in the split databases, so validating the
+#                                        legacy → split migration again would rightly fail.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MFE_ROOT="$PWD"
@@ -17,11 +22,13 @@ export MFE_ROOT="$PWD"
 for fd in 3 4 5 6 7 8 9; do eval "exec $fd>&-"; done
 
 ENV_FILE=""
+KEEP_DATA=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --env-file) ENV_FILE="${2:?--env-file needs a file}"; shift 2 ;;
     --env-file=*) ENV_FILE="${1#--env-file=}"; shift ;;
-    *) echo "demo: unknown argument $1 (usage: scripts/demo.sh [--env-file FILE])" >&2; exit 2 ;;
+    --keep-data) KEEP_DATA=1; shift ;;
+    *) echo "demo: unknown argument $1 (usage: scripts/demo.sh [--env-file FILE] [--keep-data])" >&2; exit 2 ;;
   esac
 done
 if [ -n "$ENV_FILE" ]; then
@@ -33,6 +40,11 @@ fi
 echo "demo: building"
 cargo build --workspace --quiet || { echo "demo: build failed"; exit 1; }
 MFE="$PWD/target/debug/mfe"
+if [ "$KEEP_DATA" = 0 ]; then
+  echo "demo: starting from an empty stack — the previous demo stack is stopped and its data removed (--keep-data keeps it)"
+  "$MFE" down >/dev/null 2>&1 || true
+  "$MFE" infra clean --yes || { echo "demo: could not remove the previous stack's data (see above)"; exit 1; }
+fi
 HTTPS_PORT="${NGINX_HTTPS_PORT:-443}"
 BASE="https://localhost:${HTTPS_PORT}"
 EMAIL="demo-$(date +%s)@example.com"
