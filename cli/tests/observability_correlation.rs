@@ -79,16 +79,9 @@ impl Proc {
 
     /// SIGTERM, then waits (bounded) for a graceful exit.
     fn terminate(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !nginx_support::terminate(&mut self.child, Duration::from_secs(20)) {
+            panic!("{} did not stop within 20 s of SIGTERM; logs:\n{}", self.name, self.logs());
         }
-        panic!("{} did not stop within 20 s of SIGTERM; logs:\n{}", self.name, self.logs());
     }
 }
 
