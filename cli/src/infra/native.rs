@@ -206,6 +206,10 @@ impl Native {
         let conf = dir.join("run/rabbitmq.conf");
         let definitions = self.cfg.root.join("rabbitmq/definitions.json");
         anyhow::ensure!(definitions.is_file(), "rabbitmq definitions missing at {}", definitions.display());
+        // Settings and VM flags both runtimes share (docker-compose.yml mounts the same files).
+        let shared_conf = self.cfg.root.join("rabbitmq/broker.conf");
+        let env_file = self.cfg.root.join("rabbitmq/rabbitmq-env.conf");
+        anyhow::ensure!(env_file.is_file(), "rabbitmq environment file missing at {}", env_file.display());
         fs::write(
             &conf,
             format!(
@@ -216,10 +220,13 @@ impl Native {
                  load_definitions = {defs}\n\
                  log.file.level = info\n\
                  log.console = false\n\
-                 disk_free_limit.absolute = 50MB\n",
+                 disk_free_limit.absolute = 50MB\n\
+                 {shared}",
                 amqp = self.cfg.rabbitmq_port,
                 mgmt = self.cfg.rabbitmq_management_port,
-                defs = definitions.display()
+                defs = definitions.display(),
+                shared = fs::read_to_string(&shared_conf)
+                    .with_context(|| format!("cannot read broker settings {}", shared_conf.display()))?
             ),
         )?;
         fs::write(dir.join("run/enabled_plugins"), "[rabbitmq_management].\n")?;
@@ -234,7 +241,8 @@ impl Native {
             .env("RABBITMQ_MNESIA_BASE", dir.join("data"))
             .env("RABBITMQ_LOG_BASE", dir.join("log"))
             .env("RABBITMQ_LOGS", self.log_path(Component::Rabbitmq))
-            .env("RABBITMQ_PID_FILE", dir.join("run/rabbit.pid"));
+            .env("RABBITMQ_PID_FILE", dir.join("run/rabbit.pid"))
+            .env("RABBITMQ_CONF_ENV_FILE", &env_file);
         spawn_detached(cmd, dir, &self.log_path(Component::Rabbitmq).with_file_name("stdout.log"))
     }
 

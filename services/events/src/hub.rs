@@ -16,9 +16,10 @@ use lapin::options::{
 };
 use lapin::protocol::basic::AMQPProperties;
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, DeliveryTag, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Mutex};
@@ -130,6 +131,9 @@ impl Hub {
 
     /// The confirm-mode channel of the current connection, opened on first use.
     async fn publish_channel(&self) -> Result<Channel, HubError> {
+        if let Some(ch) = self.current_publish_channel() {
+            return Ok(ch);
+        }
         let link = self.wait_link(self.inner.cfg.publish_timeout).await?;
         let mut slot = self.inner.publisher.lock().await;
         if let Some((generation, ch)) = slot.as_ref() {
@@ -145,9 +149,23 @@ impl Hub {
         Ok(ch)
     }
 
+    /// The publish channel when it is open on the live connection, without waiting: the path
+    /// of every publish but the first after a (re)connect.
+    fn current_publish_channel(&self) -> Option<Channel> {
+        let link = self.inner.link.borrow();
+        let link = link.as_ref().filter(|l| l.conn.status().connected())?;
+        let slot = self.inner.publisher.try_lock().ok()?;
+        let (generation, ch) = slot.as_ref()?;
+        (*generation == link.generation && ch.status().connected()).then(|| ch.clone())
+    }
+
     /// Publishes one event (persistent, JSON) and returns once the broker confirmed it.
     pub async fn publish(&self, env: &Envelope) -> Result<(), HubError> {
-        self.publish_batch(std::slice::from_ref(env)).await.pop().unwrap_or(Ok(()))
+        let ch = self.publish_channel().await?;
+        let payload = serde_json::to_vec(env).map_err(|source| HubError::Encode { id: env.id, source })?;
+        let (exchange, rk) = (self.inner.cfg.exchange.as_str(), env.event_type.as_str());
+        let confirm = send(&ch, exchange, rk, &payload, envelope_properties(env)).await?;
+        await_confirm(confirm, exchange, rk, self.inner.cfg.publish_timeout).await
     }
 
     /// Publishes several events in order with their confirms in flight together, then waits
@@ -325,7 +343,12 @@ async fn await_confirm(
 async fn try_connect(cfg: &HubConfig) -> Result<Connection, HubError> {
     let mut reasons = Vec::new();
     for url in &cfg.urls {
-        let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.as_str().into());
+        // lapin's internal tasks and socket readiness on the caller's tokio runtime instead of
+        // a second executor and reactor of its own: fewer threads to hand each frame across.
+        let props = ConnectionProperties::default()
+            .with_connection_name(cfg.connection_name.as_str().into())
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
         match tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props)).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => reasons.push(format!("{}: {e}", redact(url))),
@@ -485,13 +508,22 @@ async fn run_consumer<H: Handler>(
     if let Some(tx) = ready.take() {
         let _ = tx.send(Ok(()));
     }
+    let mut acks = Acks::new(ch.clone(), cfg.prefetch);
     loop {
-        let next = tokio::select! {
-            _ = cancel.cancelled() => {
-                let _ = ch.close(200, "consumer cancelled").await;
-                return Ok(());
+        // Take the next delivery if one is already waiting; otherwise settle the acks held so
+        // far before waiting, so an idle consumer never sits on handled messages.
+        let next = match consumer.next().now_or_never() {
+            Some(d) if !cancel.is_cancelled() => d,
+            _ => {
+                acks.flush()?;
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        let _ = ch.close(200, "consumer cancelled").await;
+                        return Ok(());
+                    }
+                    d = consumer.next() => d,
+                }
             }
-            d = consumer.next() => d,
         };
         let delivery = match next {
             None => return Err(HubError::NotConnected { waited_ms: 0 }),
@@ -500,20 +532,72 @@ async fn run_consumer<H: Handler>(
         };
         tokio::select! {
             _ = cancel.cancelled() => {
-                // A consumer stopped mid-message: the unacked delivery goes back to the queue.
+                // A consumer stopped mid-message: the unacked delivery goes back to the queue,
+                // the ones handled before it are acked.
+                let _ = acks.flush();
                 let _ = ch.close(200, "consumer cancelled").await;
                 return Ok(());
             }
-            r = process(hub, sub, handler, delivery) => r?,
+            r = process(hub, sub, handler, delivery, &mut acks) => r?,
         }
     }
 }
 
-/// Sends the ack without waiting for lapin to report the socket write (a round trip through
-/// its I/O thread per message would cap a consumer near 1 000 msg/s). A lost ack only means a
-/// redelivery, which idempotent consumers absorb.
-fn ack(d: &Delivery) -> Result<(), HubError> {
-    match d.acker.ack(BasicAckOptions::default()).now_or_never() {
+/// The acks of handled deliveries, coalesced: one `basic.ack` with `multiple` set for the
+/// newest of up to a quarter of the prefetch window, sent when the batch is full or no further
+/// delivery is waiting. A delivery is still acked only after its handler succeeded; a crash
+/// before the flush redelivers at most one batch, which idempotent consumers absorb.
+///
+/// While a failed delivery is being moved to a retry queue or the DLQ its original stays
+/// unacked, so no `multiple` ack may cover it: the batch is flushed before the move starts and
+/// acks go out one by one until every move has settled.
+struct Acks {
+    ch: Channel,
+    newest: Option<DeliveryTag>,
+    held: u16,
+    limit: u16,
+    moving: Arc<AtomicUsize>,
+}
+
+impl Acks {
+    fn new(ch: Channel, prefetch: u16) -> Self {
+        Acks { ch, newest: None, held: 0, limit: (prefetch / 4).max(1), moving: Arc::default() }
+    }
+
+    /// The handler of this delivery succeeded.
+    fn handled(&mut self, tag: DeliveryTag) -> Result<(), HubError> {
+        if self.moving.load(Ordering::Acquire) > 0 {
+            self.flush()?;
+            return send_ack(&self.ch, tag, false);
+        }
+        self.newest = Some(tag);
+        self.held += 1;
+        if self.held >= self.limit {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Acks every held delivery now.
+    fn flush(&mut self) -> Result<(), HubError> {
+        let multiple = self.held > 1;
+        self.held = 0;
+        match self.newest.take() {
+            Some(tag) => send_ack(&self.ch, tag, multiple),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Queues the ack on the channel without waiting for lapin to report the socket write (a round
+/// trip through its I/O thread per message would cap a consumer near 1 000 msg/s). A lost ack
+/// only means a redelivery, which idempotent consumers absorb.
+///
+/// Through the channel, not the delivery's `Acker`: the channel queues the frame before
+/// returning, in call order, while an `Acker` hands it to a task of lapin's, so two acks could
+/// overtake each other, and a `multiple` ack overtaken by an older single one fails the channel.
+fn send_ack(ch: &Channel, tag: DeliveryTag, multiple: bool) -> Result<(), HubError> {
+    match ch.basic_ack(tag, BasicAckOptions { multiple }).now_or_never() {
         Some(Err(e)) => Err(HubError::Amqp { what: "acknowledging a delivery".into(), source: e }),
         _ => Ok(()),
     }
@@ -550,7 +634,13 @@ pub fn attempt_of(delivery: &Delivery) -> u32 {
 /// Handles one delivery: ack on success; on failure republish to the retry queue of the
 /// next delay or to the DLQ, and ack the original only once the broker confirmed the copy
 /// (awaited in the background so the consumer goes on with its next deliveries).
-async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Delivery) -> Result<(), HubError> {
+async fn process<H: Handler>(
+    hub: &Hub,
+    sub: &Subscription,
+    handler: &H,
+    d: Delivery,
+    acks: &mut Acks,
+) -> Result<(), HubError> {
     let cfg = &hub.inner.cfg;
     let attempt = attempt_of(&d);
     let outcome = match serde_json::from_slice::<Envelope>(&d.data) {
@@ -566,9 +656,13 @@ async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Deli
         }
     };
     let failure = match outcome {
-        Ok(()) => return ack(&d),
+        Ok(()) => return acks.handled(d.delivery_tag),
         Err(e) => e,
     };
+    // No `multiple` ack may cover this delivery while it moves (see [`Acks`]).
+    acks.flush()?;
+    let (moving, ch) = (acks.moving.clone(), acks.ch.clone());
+    moving.fetch_add(1, Ordering::AcqRel);
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     if !headers.inner().contains_key(H_ORIGINAL_ROUTING_KEY) {
         headers.insert(H_ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(LongString::from(d.routing_key.as_str())));
@@ -606,13 +700,12 @@ async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Deli
             Err(e) => Err(e),
         };
         let settled = match moved {
-            Ok(()) => ack(&d),
+            Ok(()) => send_ack(&ch, d.delivery_tag, false),
             Err(e) => {
                 // Not moved on: hand it back so it is redelivered (after a pause, to avoid a hot loop).
                 warn!(%consumer, "moving a failed event to {routing_key:?} failed, requeueing it: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                d.acker
-                    .nack(BasicNackOptions { requeue: true, multiple: false })
+                ch.basic_nack(d.delivery_tag, BasicNackOptions { requeue: true, multiple: false })
                     .await
                     .map_err(HubError::amqp("requeueing a delivery"))
             }
@@ -621,6 +714,7 @@ async fn process<H: Handler>(hub: &Hub, sub: &Subscription, handler: &H, d: Deli
             // The channel is gone: the broker redelivers the original to the resumed consumer.
             debug!(%consumer, "settling a failed event after moving it: {e}");
         }
+        moving.fetch_sub(1, Ordering::AcqRel);
     });
     Ok(())
 }

@@ -214,3 +214,66 @@ async fn a_fatal_handler_error_goes_straight_to_the_dead_letter_queue() {
     h.cancel().await;
     cleanup(&hub, &[sub]).await;
 }
+
+// Several worker threads, as in the services: lapin's own tasks may run in any order there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_acks_settle_every_handled_event_once_even_with_retries_in_between() {
+    let p = prefix();
+    let mut cfg = hub_config(&p);
+    cfg.prefetch = 20; // acks go out in batches of up to 5
+    let hub = connect(cfg).await;
+    let sub = Subscription::durable("acks", &["payments.#"]).isolated(&p);
+    let handled = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let failed_once = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let (h, f) = (handled.clone(), failed_once.clone());
+    let handle = hub
+        .subscribe(
+            sub.clone(),
+            handler_fn(move |env: Envelope| {
+                let (h, f) = (h.clone(), f.clone());
+                async move {
+                    let seq = env.data["seq"].as_u64().unwrap();
+                    // Every 7th event fails once, so moves to the retry queue interleave with
+                    // batched acks of the others.
+                    if seq.is_multiple_of(7) && f.lock().unwrap().insert(seq) {
+                        return Err(HandlerError::retry("fails once"));
+                    }
+                    h.lock().unwrap().push(seq);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    let envs: Vec<Envelope> = (0..300u64)
+        .map(|seq| Envelope::new(types::PAYMENTS_PAYMENT_CREATED, "payments-service", serde_json::json!({"seq": seq})))
+        .collect();
+    for r in hub.publish_batch(&envs).await {
+        r.expect("confirmed publish");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || handled.lock().unwrap().len() >= 300).await,
+        "handled {} of 300",
+        handled.lock().unwrap().len()
+    );
+    // Let any stray redelivery (a channel failed by a bad ack would bring them all back) arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.cancel().await;
+    let mut seen = handled.lock().unwrap().clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 300, "every event handled");
+    assert_eq!(handled.lock().unwrap().len(), 300, "no event handled twice: no ack was lost or refused");
+    // Cancelling closed the consumer's channel: anything left unacked would be back in the queue.
+    let ch = hub.channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            &sub.queue,
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .expect("the queue exists");
+    assert_eq!(q.message_count(), 0, "every handled event was acked");
+    cleanup(&hub, &[sub]).await;
+}
