@@ -107,10 +107,31 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 # on the same server forces one): each flushes the server's dirty pages beside our commits.
 checkpoints() { psql -qtA "$server_url/postgres" -c "SELECT checkpoints_req || ' requested, ' || checkpoints_timed || ' timed' FROM pg_stat_bgwriter"; }
 checkpoints_before="$(checkpoints)"
+# CPU of every process taking part in a create, read from /proc around the create phase: the
+# service, the database server (postmaster and its backends), the broker the outbox relay feeds,
+# Redis (cache invalidation) and oha itself, to say where the machine's two cores go.
+pg_pid="$(head -1 "$(psql -qtA "$server_url/postgres" -c 'SHOW data_directory')/postmaster.pid" 2>/dev/null || true)"
+cpu_ticks() { # total utime+stime of the given pids and their children
+  local total=0 p
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q"; done); do
+    [ -r "/proc/$p/stat" ] && total=$(( total + $(cut -d')' -f2- "/proc/$p/stat" | awk '{print $12 + $13}') ))
+  done
+  echo "$total"
+}
+declare -A cpu_pids=(
+  [payments-service]="$pid"
+  [postgresql]="$pg_pid"
+  [rabbitmq]="$(pgrep -f beam.smp | head -1)"
+  [redis]="$(pgrep -x redis-server | head -1)"
+)
+declare -A cpu_before
+for k in "${!cpu_pids[@]}"; do cpu_before[$k]=$(cpu_ticks ${cpu_pids[$k]}); done
 echo "bench-business: POST $base at $create_rate req/s for ${seconds}s" >&2
-"$oha" --no-tui --output-format json --latency-correction -q "$create_rate" -z "${seconds}s" -m POST \
+/usr/bin/time -f "%U %S" -o /tmp/bench-business-oha-cpu.txt "$oha" --no-tui --output-format json --latency-correction -q "$create_rate" -z "${seconds}s" -m POST \
   -T application/json -H "Authorization: Bearer $token" \
   -d '{"amount":"12.3400","currency":"EUR","type":"instant","description":"bench"}' "$base" >/tmp/bench-business-create.json
+declare -A cpu_after
+for k in "${!cpu_pids[@]}"; do cpu_after[$k]=$(cpu_ticks ${cpu_pids[$k]}); done
 curl -fsS "http://127.0.0.1:$port/metrics" >/tmp/bench-business-create-metrics.txt || true
 checkpoints_after="$(checkpoints)"
 echo "bench-business: GET $base at $list_rate req/s for ${seconds}s" >&2
@@ -122,6 +143,14 @@ echo "=== business services (payments-service release, test stack, $(nproc) core
 report "payments create (POST)" "$create_rate" 10 /tmp/bench-business-create.json
 report "payments list (GET)" "$list_rate" 5 /tmp/bench-business-list.json
 echo "  database server checkpoints (counters before -> after the create phase): $checkpoints_before -> $checkpoints_after"
+hz=$(getconf CLK_TCK)
+creates=$(python3 -c "import json; print(json.load(open('/tmp/bench-business-create.json'))['summary']['successRate'] * $create_rate * $seconds)")
+split=""
+for k in payments-service postgresql rabbitmq redis; do
+  split+="$k $(python3 -c "print('%.1f' % ((${cpu_after[$k]} - ${cpu_before[$k]}) / $hz * 1e6 / max($creates, 1)))") µs, "
+done
+split+="oha $(python3 -c "u, s = map(float, open('/tmp/bench-business-oha-cpu.txt').read().split()[-2:]); print('%.1f' % ((u + s) * 1e6 / max($creates, 1)))") µs"
+echo "  CPU per create (whole create phase, $(nproc) cores): $split"
 # Inside the service (its own histograms, warm-up included): the whole POST as the service timed
 # it, and its phases. A tail seen by oha but not here was spent outside the handler.
 python3 - /tmp/bench-business-create-metrics.txt <<'PY'

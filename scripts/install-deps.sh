@@ -18,6 +18,11 @@ have dockerd || need+=(docker.io)
 have debootstrap || need+=(debootstrap)
 have python3 || need+=(python3)
 id postgres >/dev/null 2>&1 || need+=(postgresql)
+# Benchmarks (`make bench`): load generators, peers and meters.
+have wrk || need+=(wrk)
+have /usr/bin/time || need+=(time)
+have pgcopydb || need+=(pgcopydb)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-deps: every system package is present"

@@ -515,7 +515,7 @@ async fn run_consumer<H: Handler>(
         let next = match consumer.next().now_or_never() {
             Some(d) if !cancel.is_cancelled() => d,
             _ => {
-                acks.flush()?;
+                acks.flush().await?;
                 tokio::select! {
                     _ = cancel.cancelled() => {
                         let _ = ch.close(200, "consumer cancelled").await;
@@ -534,7 +534,7 @@ async fn run_consumer<H: Handler>(
             _ = cancel.cancelled() => {
                 // A consumer stopped mid-message: the unacked delivery goes back to the queue,
                 // the ones handled before it are acked.
-                let _ = acks.flush();
+                let _ = acks.flush_now();
                 let _ = ch.close(200, "consumer cancelled").await;
                 return Ok(());
             }
@@ -549,42 +549,78 @@ async fn run_consumer<H: Handler>(
 /// before the flush redelivers at most one batch, which idempotent consumers absorb.
 ///
 /// While a failed delivery is being moved to a retry queue or the DLQ its original stays
-/// unacked, so no `multiple` ack may cover it: the batch is flushed before the move starts and
-/// acks go out one by one until every move has settled.
+/// unacked, so no `multiple` ack may cover it: a flush waits until every move has settled its
+/// original (acked once the broker confirmed the copy, or handed back).
 struct Acks {
     ch: Channel,
     newest: Option<DeliveryTag>,
     held: u16,
     limit: u16,
-    moving: Arc<AtomicUsize>,
+    moves: Arc<Moves>,
+}
+
+/// Moves of failed deliveries still in flight on one consumer channel.
+#[derive(Default)]
+struct Moves {
+    count: AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Moves {
+    fn start(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called once the move's original is acked or handed back (the frame already queued).
+    fn finish(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    async fn all_settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Acks {
     fn new(ch: Channel, prefetch: u16) -> Self {
-        Acks { ch, newest: None, held: 0, limit: (prefetch / 4).max(1), moving: Arc::default() }
+        Acks { ch, newest: None, held: 0, limit: (prefetch / 4).max(1), moves: Arc::default() }
     }
 
     /// The handler of this delivery succeeded.
-    fn handled(&mut self, tag: DeliveryTag) -> Result<(), HubError> {
-        if self.moving.load(Ordering::Acquire) > 0 {
-            self.flush()?;
-            return send_ack(&self.ch, tag, false);
-        }
+    async fn handled(&mut self, tag: DeliveryTag) -> Result<(), HubError> {
         self.newest = Some(tag);
         self.held += 1;
         if self.held >= self.limit {
-            self.flush()?;
+            self.flush().await?;
         }
         Ok(())
     }
 
-    /// Acks every held delivery now.
-    fn flush(&mut self) -> Result<(), HubError> {
+    /// Acks every held delivery, once no older delivery is still moving.
+    async fn flush(&mut self) -> Result<(), HubError> {
+        if self.newest.is_some() {
+            self.moves.all_settled().await;
+        }
+        self.flush_now()
+    }
+
+    /// Acks every held delivery if that is safe right away; else leaves them to redelivery.
+    fn flush_now(&mut self) -> Result<(), HubError> {
         let multiple = self.held > 1;
         self.held = 0;
         match self.newest.take() {
-            Some(tag) => send_ack(&self.ch, tag, multiple),
-            None => Ok(()),
+            Some(tag) if self.moves.count.load(Ordering::Acquire) == 0 => send_ack(&self.ch, tag, multiple),
+            _ => Ok(()),
         }
     }
 }
@@ -656,13 +692,12 @@ async fn process<H: Handler>(
         }
     };
     let failure = match outcome {
-        Ok(()) => return acks.handled(d.delivery_tag),
+        Ok(()) => return acks.handled(d.delivery_tag).await,
         Err(e) => e,
     };
     // No `multiple` ack may cover this delivery while it moves (see [`Acks`]).
-    acks.flush()?;
-    let (moving, ch) = (acks.moving.clone(), acks.ch.clone());
-    moving.fetch_add(1, Ordering::AcqRel);
+    let (moves, ch) = (acks.moves.clone(), acks.ch.clone());
+    moves.start();
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     if !headers.inner().contains_key(H_ORIGINAL_ROUTING_KEY) {
         headers.insert(H_ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(LongString::from(d.routing_key.as_str())));
@@ -714,7 +749,7 @@ async fn process<H: Handler>(
             // The channel is gone: the broker redelivers the original to the resumed consumer.
             debug!(%consumer, "settling a failed event after moving it: {e}");
         }
-        moving.fetch_sub(1, Ordering::AcqRel);
+        moves.finish();
     });
     Ok(())
 }
