@@ -18,6 +18,9 @@ cd "$(dirname "$0")/.."
 set -a; source ./test.env; set +a
 
 WS_CONNECTIONS=${WS_CONNECTIONS:-10000}
+# BENCH_PARTS=a runs only the HTTP proxy part, BENCH_PARTS=b only the WebSocket part (default: ab).
+BENCH_PARTS=${BENCH_PARTS:-ab}
+part() { [[ $BENCH_PARTS == *$1* ]]; }
 # Fair comparison: nginx runs one worker process (worker_processes 1 below), so the gateway gets
 # one worker thread (GATEWAY_WORKERS=1: a single-threaded runtime, like one nginx event loop).
 # Override to compare other sizes, e.g. GATEWAY_WORKERS=0 (one per core, the production default).
@@ -104,8 +107,10 @@ nginx -p "$TMP" -c "$TMP/nginx.conf" -g 'daemon off;' & NGINX_PID=$!; PIDS+=($NG
 wait_http "http://127.0.0.1:$NGINX_PORT/api/auth/x"
 NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 
-# --- (a) fixed rate and saturation --------------------------------------------------------
 declare -A P95 RPS CPU_US
+GIB_GROWTH_MB=-
+if part a; then
+# --- (a) fixed rate and saturation --------------------------------------------------------
 run_target() { # name url pids...
   local name=$1 url=$2; shift 2
   "$OHA" -z "${LOAD_SECONDS}s" -q 2000 -c 50 --latency-correction --no-tui --output-format json "$url" >"$TMP/oha-$name.json"
@@ -142,6 +147,9 @@ echo "bench-gateway: 1 GiB up + 1 GiB down through the gateway in ${GIB_SECONDS}
 
 kill "$NGINX_PID" 2>/dev/null || true
 
+fi
+
+if part b; then
 # --- (b) WebSocket fan-out ----------------------------------------------------------------
 # The bare server runs tokio's default runtime (one worker per core); so does the gateway here
 # (WS_GATEWAY_WORKERS, default 0 = one per core), so both fan out with the same threads.
@@ -185,8 +193,10 @@ kill "$GW_PID" 2>/dev/null || true
 sleep 0.5
 ws_run bare "ws://127.0.0.1:$BARE_PORT/ws" "$BARE_PID" --user-id bare --trigger payment --api-url "http://127.0.0.1:$BARE_PORT"
 
+fi
+
 # --- summary ----------------------------------------------------------------------------------
-python3 - "${P95[direct]}" "${P95[gateway]}" "${P95[nginx]}" "${RPS[gateway]}" "${RPS[nginx]}" "${CPU_US[gateway]}" "${CPU_US[nginx]}" <<'PY'
+part a && python3 - "${P95[direct]}" "${P95[gateway]}" "${P95[nginx]}" "${RPS[gateway]}" "${RPS[nginx]}" "${CPU_US[gateway]}" "${CPU_US[nginx]}" <<'PY'
 import sys
 d, g, n, rg, rn, cg, cn = map(float, sys.argv[1:])
 print("bench-gateway: summary (goal in brackets)")
@@ -194,16 +204,19 @@ print(f"  added p95 at 2000 req/s: gateway {g-d:.3f} ms, nginx {n-d:.3f} ms  [ga
 print(f"  saturation: gateway {rg:.0f} req/s, nginx {rn:.0f} req/s = {rg/rn:.2f}×  [≥ 0.9×]")
 print(f"  CPU per request: gateway {cg:.1f} µs, nginx {cn:.1f} µs = {cg/cn:.2f}×  [≤ 1.2×]")
 PY
-python3 - "$TMP" "$GIB_GROWTH_MB" <<'PY'
+python3 - "$TMP" "$GIB_GROWTH_MB" "$BENCH_PARTS" <<'PY'
 import json, sys
-tmp, gib = sys.argv[1], sys.argv[2]
+tmp, gib, parts = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(name):
     try:
         return json.load(open(f"{tmp}/probe-{name}.json")).get("metrics", {})
     except Exception:
         return {}
 g, b = load("gateway"), load("bare")
-print(f"  1 GiB streamed each way: gateway RSS growth {gib} MiB  [flat]")
+if "a" in parts:
+    print(f"  1 GiB streamed each way: gateway RSS growth {gib} MiB  [flat]")
+if "b" not in parts:
+    sys.exit(0)
 print(f"  fan-out p95: gateway {g.get('latency_p95_ms')} ms, bare {b.get('latency_p95_ms')} ms  [gateway ≤ 100 ms]")
 gd, bd = g.get("deliveries_per_s") or 0, b.get("deliveries_per_s") or 0
 print(f"  deliveries/s: gateway {gd:.0f}, bare {bd:.0f} = {(gd / bd if bd else float('nan')):.2f}×  [≥ 0.8×]")

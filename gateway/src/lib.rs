@@ -16,12 +16,13 @@ pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod server;
 pub mod ws;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::{
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::header::CONTENT_TYPE,
     response::{IntoResponse, Response},
     routing::get,
@@ -55,7 +56,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn proxy_handler(State(state): State<AppState>, req: Request) -> Response {
-    state.proxy.forward(req).await
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    state.proxy.forward(req, peer).await
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -125,19 +127,15 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops the background tasks.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            // Small proxied requests must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let proxy = self.state.proxy.clone();
+        server::serve(self.listener, router(self.state), proxy, shutdown).await;
         for task in self.health_tasks {
             task.abort();
         }
         if let Some(bridge) = self.bridge {
             bridge.stop().await;
         }
-        result.map_err(|e| anyhow::anyhow!("gateway server failed: {e}"))
+        Ok(())
     }
 
     /// Serves until SIGTERM or Ctrl-C.

@@ -200,3 +200,29 @@ async fn metrics_count_requests_per_route_and_status_and_time_the_upstream() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_shutdown_lets_the_request_in_flight_finish_then_stops_accepting() {
+    let upstream = spawn_upstream().await;
+    let app = mfe_gateway::Application::build(config(&upstream.url)).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = client();
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{base}/api/auth/slow?ms=300"));
+        async move { client.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let answered = in_flight.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(answered.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server returns once its connections are done")
+        .unwrap()
+        .unwrap();
+    assert!(client.get(format!("{base}/health")).send().await.is_err(), "nothing listens any more");
+}
