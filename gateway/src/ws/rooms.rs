@@ -14,7 +14,8 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, Notify};
+use futures::task::AtomicWaker;
+use tokio::sync::mpsc;
 
 use crate::metrics::GatewayMetrics;
 
@@ -33,14 +34,17 @@ pub struct Conn {
     tx: mpsc::Sender<Utf8Bytes>,
     /// Non-zero once someone asked the socket to close; the value is the close code.
     close_code: AtomicU16,
-    closed: Notify,
+    /// The socket's task, woken by [`Conn::close`]. One waiter only (the socket's own task):
+    /// cheaper to poll than a `Notify`, whose waiter list sits behind a mutex, and the socket
+    /// polls it once per message it forwards.
+    closed: AtomicWaker,
 }
 
 impl Conn {
     /// Asks the socket to close with `code`; the first request wins.
     pub fn close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.closed.notify_one();
+            self.closed.wake();
         }
     }
 
@@ -52,12 +56,19 @@ impl Conn {
         }
     }
 
-    /// Resolves once [`Conn::close`] was called (at once if it already was).
-    pub async fn closing(&self) {
-        if self.close_requested().is_some() {
-            return;
-        }
-        self.closed.notified().await;
+    /// Resolves once [`Conn::close`] was called (at once if it already was). Only the socket's
+    /// own task may wait on it.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.close_requested().is_some() {
+                return std::task::Poll::Ready(());
+            }
+            self.closed.register(cx.waker());
+            match self.close_requested() {
+                Some(_) => std::task::Poll::Ready(()),
+                None => std::task::Poll::Pending,
+            }
+        })
     }
 }
 
@@ -103,7 +114,7 @@ impl Rooms {
             device_id: device_id.map(Into::into),
             tx,
             close_code: AtomicU16::new(0),
-            closed: Notify::new(),
+            closed: AtomicWaker::new(),
         });
         let mut map = self.inner.rooms.write().expect("rooms lock poisoned");
         for room in rooms {

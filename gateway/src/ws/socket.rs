@@ -2,10 +2,19 @@
 //! heartbeat, the queue of room messages and the close. Generic over the sink and stream halves
 //! so tests drive it with channels and a paused clock instead of a network.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Wake, Waker},
+    time::Duration,
+};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{task::AtomicWaker, Sink, SinkExt, Stream, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::rooms::Conn;
@@ -38,7 +47,7 @@ pub enum Ended {
 /// client pings and keeps the heartbeat.
 pub async fn serve<Tx, Rx, E>(
     mut sink: Tx,
-    mut stream: Rx,
+    stream: Rx,
     conn: &Conn,
     mut queue: mpsc::Receiver<Utf8Bytes>,
     ack: Utf8Bytes,
@@ -54,6 +63,7 @@ where
     // remove 10 000 timers and waiters).
     let closing = conn.closing();
     tokio::pin!(closing);
+    let mut stream = PolledWhenWoken::new(stream);
     if send(&mut sink, closing.as_mut(), Message::Text(ack)).await.is_err() {
         return finish(&mut sink, conn, &mut queue).await;
     }
@@ -102,6 +112,59 @@ where
                 next_ping = Instant::now() + heartbeat.ping_interval;
             }
         }
+    }
+}
+
+/// A stream polled only after it woke its task (and once at the start). The socket's loop
+/// wakes for every queued message; polling the WebSocket's read side each time costs a lock, a
+/// waker registration and a zeroed read buffer before the read finds nothing, about as much CPU
+/// as forwarding the message itself.
+struct PolledWhenWoken<S> {
+    inner: S,
+    flag: Arc<WakeFlag>,
+    /// Wakes `flag`; the waker the inner stream registers.
+    waker: Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<S> PolledWhenWoken<S> {
+    fn new(inner: S) -> Self {
+        let flag = Arc::new(WakeFlag { woken: AtomicBool::new(true), task: AtomicWaker::new() });
+        Self { inner, waker: Waker::from(flag.clone()), flag }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for PolledWhenWoken<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        // Registered before the flag is read: a wake-up in between is seen by the swap.
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut this.inner).poll_next(&mut Context::from_waker(&this.waker));
+        if polled.is_ready() {
+            // More frames may be buffered already; the next poll must look.
+            this.flag.woken.store(true, Ordering::Release);
+        }
+        polled
     }
 }
 
