@@ -253,6 +253,27 @@ PY
   # Diagnostic only (the service always commits synchronously): the share of the commit flush.
   baseline "  same, sync commit off" "-c synchronous_commit=off"
 fi
+# The disk under the database: 8 KiB writes, each followed by fdatasync (what a WAL flush at
+# commit does), at the same rate, in the database server's data directory.
+python3 - "$(psql -qtA "$server_url/postgres" -c 'SHOW data_directory')" "$create_rate" <<'PY' || true
+import os, sys, time
+path, rate = os.path.join(sys.argv[1], "..", "bench-business-fsync.tmp"), float(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+lat, start, n = [], time.time(), int(rate * 5)
+try:
+    for i in range(n):
+        t = time.perf_counter()
+        os.pwrite(fd, b"x" * 8192, (i % 1000) * 8192)
+        os.fdatasync(fd)
+        lat.append((time.perf_counter() - t) * 1000)
+        time.sleep(max(0.0, start + (i + 1) / rate - time.time()))
+finally:
+    os.close(fd)
+    os.unlink(path)
+lat.sort()
+print(f"disk: fdatasync of 8 KiB  at {rate:>6.0f} /s     done     {n:>8d}         "
+      f"p50 {lat[n // 2]:6.2f} ms  p99 {lat[int(n * 0.99)]:6.2f} ms  max {lat[-1]:.2f} ms")
+PY
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  load average after the baseline: $load_end"
 pending="$(psql -qtA "$server_url/$db" -c "SELECT count(*) FROM event_outbox WHERE published_at IS NULL")"
