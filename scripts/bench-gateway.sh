@@ -3,9 +3,9 @@
 #
 # (a) HTTP proxy: one tiny backend, reached directly, through our gateway and through nginx's
 #     own proxy_pass (one worker, keepalive upstream), in the same run:
-#     - oha at a fixed 2000 req/s → p95; added p95 = proxy p95 - direct p95
+#     - oha at a fixed 2000 req/s → p95; added p95 = proxy p95 - direct p95 (medians over rounds)
 #     - wrk at saturation → req/s, and CPU µs per request of the proxy process (/proc/<pid>/stat);
-#       gateway and nginx alternate for BENCH_ROUNDS rounds (default 3), medians reported
+#       direct, gateway and nginx alternate for BENCH_ROUNDS rounds (default 3), medians reported
 #     - a 1 GiB streamed upload and download through the gateway → gateway RSS growth
 # (b) WebSocket: `mfe ws probe --connections N` against the gateway (events from the test
 #     stack's RabbitMQ) and against a bare broadcast server built on the same WebSocket crate:
@@ -112,14 +112,15 @@ declare -A P95 RPS CPU_US
 GIB_GROWTH_MB=-
 if part a; then
 # --- (a) fixed rate and saturation --------------------------------------------------------
-# The machine is shared, so one saturation run per proxy can land on a busy or a quiet moment:
-# the wrk runs alternate gateway / nginx for BENCH_ROUNDS rounds and each figure is its median.
+# The machine is shared, so one run per target can land on a busy or a quiet moment: the runs
+# alternate direct / gateway / nginx for BENCH_ROUNDS rounds and each figure is its median.
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
-declare -A RPS_ALL CPU_ALL
-fixed_rate() { # name url
-  "$OHA" -z "${LOAD_SECONDS}s" -q 2000 -c 50 --latency-correction --no-tui --output-format json "$2" >"$TMP/oha-$1.json"
-  P95[$1]=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('%.3f' % (d['latencyPercentiles']['p95']*1000))" "$TMP/oha-$1.json")
-  echo "bench-gateway: $1: p95 ${P95[$1]} ms at 2000 req/s"
+declare -A RPS_ALL CPU_ALL P95_ALL
+fixed_rate() { # name round url
+  "$OHA" -z "${LOAD_SECONDS}s" -q 2000 -c 50 --latency-correction --no-tui --output-format json "$3" >"$TMP/oha-$1-$2.json"
+  local p95; p95=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('%.3f' % (d['latencyPercentiles']['p95']*1000))" "$TMP/oha-$1-$2.json")
+  P95_ALL[$1]+="$p95 "
+  echo "bench-gateway: $1 round $2: p95 $p95 ms at 2000 req/s (load $(cut -d' ' -f1 /proc/loadavg))"
 }
 saturation() { # name round url pids...
   local name=$1 round=$2 url=$3; shift 3
@@ -133,23 +134,23 @@ saturation() { # name round url pids...
   RPS_ALL[$name]+="$rps "; CPU_ALL[$name]+="$cpu "
   echo "bench-gateway: $name round $round: $rps req/s at saturation; $cpu µs CPU/request (load $(cut -d' ' -f1 /proc/loadavg))"
 }
-median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:] if x != '-']; print(('%.1f' if any(x % 1 for x in v) else '%.0f') % statistics.median(v) if v else '-')" "$@"; }
+median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:] if x != '-']; print(('%.3f' if any(x % 1 for x in v) else '%.0f') % statistics.median(v) if v else '-')" "$@"; }
 DIRECT_URL="http://127.0.0.1:$BACKEND_PORT/api/auth/ping"
 GW_URL="http://127.0.0.1:$GW_PORT/api/auth/ping"
 NGINX_URL="http://127.0.0.1:$NGINX_PORT/api/auth/ping"
-fixed_rate direct "$DIRECT_URL"
-fixed_rate gateway "$GW_URL"
-fixed_rate nginx "$NGINX_URL"
 saturation direct 1 "$DIRECT_URL"
 for round in $(seq 1 "$BENCH_ROUNDS"); do
+  fixed_rate direct "$round" "$DIRECT_URL"
+  fixed_rate gateway "$round" "$GW_URL"
+  fixed_rate nginx "$round" "$NGINX_URL"
   saturation gateway "$round" "$GW_URL" "$GW_PID"
   # shellcheck disable=SC2086
   saturation nginx "$round" "$NGINX_URL" $NGINX_PIDS
 done
 for name in direct gateway nginx; do
   # shellcheck disable=SC2086
-  RPS[$name]=$(median ${RPS_ALL[$name]}); CPU_US[$name]=$(median ${CPU_ALL[$name]})
-  echo "bench-gateway: $name: p95 ${P95[$name]} ms at 2000 req/s; ${RPS[$name]} req/s at saturation; ${CPU_US[$name]} µs CPU/request (medians of: ${RPS_ALL[$name]% }; ${CPU_ALL[$name]% })"
+  P95[$name]=$(median ${P95_ALL[$name]}); RPS[$name]=$(median ${RPS_ALL[$name]}); CPU_US[$name]=$(median ${CPU_ALL[$name]})
+  echo "bench-gateway: $name: p95 ${P95[$name]} ms at 2000 req/s; ${RPS[$name]} req/s at saturation; ${CPU_US[$name]} µs CPU/request (medians of: ${P95_ALL[$name]% }; ${RPS_ALL[$name]% }; ${CPU_ALL[$name]% })"
 done
 
 # 1 GiB each way through the gateway, sampling its RSS.
@@ -240,5 +241,5 @@ print(f"  fan-out p95: gateway {g.get('latency_p95_ms')} ms, bare {b.get('latenc
 gd, bd = g.get("deliveries_per_s") or 0, b.get("deliveries_per_s") or 0
 print(f"  deliveries/s: gateway {gd:.0f}, bare {bd:.0f} = {(gd / bd if bd else float('nan')):.2f}×  [≥ 0.8×]")
 PY
-echo "bench-gateway: (a) gateway with GATEWAY_WORKERS=$GATEWAY_WORKERS, nginx with 1 worker process, saturation figures the median of ${BENCH_ROUNDS:-1} alternating rounds; (b) gateway with GATEWAY_WORKERS=${WS_GATEWAY_WORKERS:-0} (0 = one per core)"
+echo "bench-gateway: (a) gateway with GATEWAY_WORKERS=$GATEWAY_WORKERS, nginx with 1 worker process, each figure the median of ${BENCH_ROUNDS:-1} alternating rounds; (b) gateway with GATEWAY_WORKERS=${WS_GATEWAY_WORKERS:-0} (0 = one per core)"
 echo "bench-gateway: raw outputs in $TMP"
