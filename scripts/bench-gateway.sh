@@ -134,7 +134,7 @@ saturation() { # name round url pids...
   RPS_ALL[$name]+="$rps "; CPU_ALL[$name]+="$cpu "
   echo "bench-gateway: $name round $round: $rps req/s at saturation; $cpu µs CPU/request (load $(cut -d' ' -f1 /proc/loadavg))"
 }
-median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:] if x != '-']; print(('%.3f' if any(x % 1 for x in v) else '%.0f') % statistics.median(v) if v else '-')" "$@"; }
+median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:] if x != '-']; print('%g' % statistics.median(v) if v else '-')" "$@"; }
 DIRECT_URL="http://127.0.0.1:$BACKEND_PORT/api/auth/ping"
 GW_URL="http://127.0.0.1:$GW_PORT/api/auth/ping"
 NGINX_URL="http://127.0.0.1:$NGINX_PORT/api/auth/ping"
