@@ -18,6 +18,7 @@ use lapin::protocol::basic::AMQPProperties;
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, DeliveryTag, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -629,13 +630,26 @@ impl Acks {
 /// trip through its I/O thread per message would cap a consumer near 1 000 msg/s). A lost ack
 /// only means a redelivery, which idempotent consumers absorb.
 ///
-/// Through the channel, not the delivery's `Acker`: the channel queues the frame before
-/// returning, in call order, while an `Acker` hands it to a task of lapin's, so two acks could
+/// Through the channel, not the delivery's `Acker`: the channel queues the frame during the
+/// first poll, in call order, while an `Acker` hands it to a task of lapin's, so two acks could
 /// overtake each other, and a `multiple` ack overtaken by an older single one fails the channel.
+/// The rest of the call (lapin's report of the write) finishes in a task of its own: a dropped
+/// call would make lapin's I/O thread log a warning for every ack.
 fn send_ack(ch: &Channel, tag: DeliveryTag, multiple: bool) -> Result<(), HubError> {
-    match ch.basic_ack(tag, BasicAckOptions { multiple }).now_or_never() {
-        Some(Err(e)) => Err(HubError::Amqp { what: "acknowledging a delivery".into(), source: e }),
-        _ => Ok(()),
+    let ch = ch.clone();
+    let mut call = Box::pin(async move { ch.basic_ack(tag, BasicAckOptions { multiple }).await });
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    match call.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(e)) => Err(HubError::Amqp { what: "acknowledging a delivery".into(), source: e }),
+        std::task::Poll::Ready(Ok(())) => Ok(()),
+        std::task::Poll::Pending => {
+            tokio::spawn(async move {
+                if let Err(e) = call.await {
+                    debug!("an ack was queued but not written (the broker redelivers): {e}");
+                }
+            });
+            Ok(())
+        }
     }
 }
 
