@@ -344,12 +344,7 @@ async fn await_confirm(
 async fn try_connect(cfg: &HubConfig) -> Result<Connection, HubError> {
     let mut reasons = Vec::new();
     for url in &cfg.urls {
-        // lapin's internal tasks and socket readiness on the caller's tokio runtime instead of
-        // a second executor and reactor of its own: fewer threads to hand each frame across.
-        let props = ConnectionProperties::default()
-            .with_connection_name(cfg.connection_name.as_str().into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
+        let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.as_str().into());
         match tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props)).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => reasons.push(format!("{}: {e}", redact(url))),
