@@ -71,24 +71,66 @@ impl Cache {
 pub struct TaggedLookup {
     pub version: u64,
     pub body: Option<String>,
+    /// A write of the tag is in flight ([`Cache::begin_tagged_write`]): what the caller reads
+    /// now may predate it, so it must not fill the entry.
+    pub writing: bool,
 }
 
+/// How long a write announced by [`Cache::begin_tagged_write`] keeps the tag's entries unfillable
+/// when its writer never ends it (a crashed process): the cost of a lost end is a tag served
+/// from the database for this long, never a stale entry.
+pub const TAGGED_WRITE_GUARD: Duration = Duration::from_secs(60);
+
+/// Ends one announced write of some tags: `KEYS` are pairs of a tag's count of writes in flight
+/// and its version, `ARGV[1]` the version's lifetime. A count is deleted when it reaches zero, so
+/// a count that expired meanwhile never goes negative and hides a later write.
+const END_TAGGED_WRITE: &str = r"
+for i = 1, #KEYS, 2 do
+  if redis.call('DECR', KEYS[i]) <= 0 then redis.call('DEL', KEYS[i]) end
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+end
+return 0
+";
+
 /// Tagged entries: text bodies (e.g. serialised responses) stored under a tag such as
-/// `user:<id>`, all invalidated at once by [`Cache::invalidate_tags`] without scanning keys.
+/// `user:<id>`, all invalidated at once without scanning keys.
 ///
 /// Each tag has a version counter; an entry is stored as `<version>\n<body>` and counts only
-/// while its version is the tag's current one. A read is one round trip (`MGET` of the version
-/// and the entry); an invalidation is one pipeline of `INCR`s (and `EXPIRE`s). A reader that
-/// fills an entry after a concurrent write stamps it with the version it read *before*
-/// querying, so the entry is already stale and never served. Keys carry the tag in braces
-/// (`{tag}`), so a tag's version and entries share a Redis Cluster slot.
+/// while its version is the tag's current one. A read is one round trip (`MGET` of the version,
+/// the count of writes in flight and the entry). A reader that fills an entry stamps it with the
+/// version it read *before* querying, so an entry filled across a write is already stale.
+///
+/// A writer invalidates in one of two ways:
+/// - after its commit, [`Cache::invalidate_tags`] (one round trip before it answers);
+/// - around it, when it knows its tags before writing: [`Cache::begin_tagged_write`] bumps the
+///   versions and marks the tags as being written, concurrently with the database write, and
+///   [`Cache::end_tagged_write`] bumps them again after the commit, off the answer's path. While
+///   a tag is being written nobody fills it, so a page read before the commit cannot be stored
+///   at a version that is current after the answer. The answer waits for the database and the
+///   begin, whichever is slower, instead of the database and then Redis.
+///
+/// Keys carry the tag in braces (`{tag}`), so a tag's keys share a Redis Cluster slot (the
+/// begin and end of a write of several tags are one call each: on a cluster they would be one
+/// per tag).
 impl Cache {
     fn tag_version_key(&self, tag: &str) -> String {
         format!("{}:{{{tag}}}:version", self.name)
     }
 
+    fn tag_writing_key(&self, tag: &str) -> String {
+        format!("{}:{{{tag}}}:writing", self.name)
+    }
+
     fn tagged_key(&self, tag: &str, key: &str) -> String {
         format!("{}:{{{tag}}}:{key}", self.name)
+    }
+
+    /// How long a tag's version lives: it outlives every entry stamped with it (twice the TTL,
+    /// renewed by each bump), so a version that expired and restarts from 0 meets no old entry
+    /// stamped 0.
+    fn version_lifetime(&self) -> i64 {
+        (self.ttl.as_secs().max(1) * 2) as i64
     }
 
     /// The current version of `tag` and the body of `key` if it was stored at that version
@@ -96,17 +138,18 @@ impl Cache {
     /// fills the cache.
     pub async fn get_tagged(&self, tag: &str, key: &str) -> Option<TaggedLookup> {
         let mut conn = self.conn.clone();
-        let raw: Result<(Option<u64>, Option<String>), _> =
-            conn.mget(&[self.tag_version_key(tag), self.tagged_key(tag, key)]).await;
-        let (version, stored) = match raw {
-            Ok((v, stored)) => (v.unwrap_or(0), stored),
+        let raw: Result<(Option<u64>, Option<i64>, Option<String>), _> = conn
+            .mget(&[self.tag_version_key(tag), self.tag_writing_key(tag), self.tagged_key(tag, key)])
+            .await;
+        let (version, writing, stored) = match raw {
+            Ok((v, writing, stored)) => (v.unwrap_or(0), writing.unwrap_or(0) > 0, stored),
             Err(e) => {
                 tracing::warn!(cache = self.name, error = %e, "redis mget failed; treating as a miss");
                 self.metrics.cache_miss(self.name);
                 return None;
             }
         };
-        let body = stored.and_then(|s| {
+        let body = stored.filter(|_| !writing).and_then(|s| {
             let (stamp, body) = s.split_once('\n')?;
             (stamp.parse::<u64>().ok()? == version).then(|| body.to_string())
         });
@@ -114,11 +157,11 @@ impl Cache {
             Some(_) => self.metrics.cache_hit(self.name),
             None => self.metrics.cache_miss(self.name),
         }
-        Some(TaggedLookup { version, body })
+        Some(TaggedLookup { version, body, writing })
     }
 
     /// Stores `body` under `key` of `tag` as of `version` (the one [`Cache::get_tagged`] gave
-    /// before the data was read), for the cache's TTL.
+    /// before the data was read, with no write in flight), for the cache's TTL.
     pub async fn set_tagged(&self, tag: &str, key: &str, version: u64, body: &str) {
         let mut conn = self.conn.clone();
         let value = format!("{version}\n{body}");
@@ -128,20 +171,55 @@ impl Cache {
         }
     }
 
-    /// Makes every entry of `tags` stale, in one round trip. A failure is logged as an error:
-    /// the entries then live until their TTL.
+    /// Makes every entry of `tags` stale, in one round trip (after the write committed). A
+    /// failure is logged as an error: the entries then live until their TTL.
     pub async fn invalidate_tags(&self, tags: &[&str]) {
-        // A version outlives every entry stamped with it (twice the TTL, renewed by each bump),
-        // so a version that expired and restarts from 0 meets no old entry stamped 0.
-        let keep = (self.ttl.as_secs().max(1) * 2) as i64;
         let mut pipe = redis::pipe();
         for tag in tags {
             let key = self.tag_version_key(tag);
-            pipe.incr(&key, 1).ignore().expire(&key, keep).ignore();
+            pipe.incr(&key, 1).ignore().expire(&key, self.version_lifetime()).ignore();
         }
         let mut conn = self.conn.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             tracing::error!(cache = self.name, error = %e, ?tags, "cannot invalidate cached entries; they may be stale until their ttl");
+        }
+    }
+
+    /// Announces a write of `tags`, to run concurrently with it: every entry is stale and none
+    /// is filled until [`Cache::end_tagged_write`] (or [`TAGGED_WRITE_GUARD`]). One atomic round
+    /// trip (`MULTI`), so no reader sees a new version without the write mark. A failure is
+    /// logged as an error: the entries then live until their TTL.
+    pub async fn begin_tagged_write(&self, tags: &[&str]) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for tag in tags {
+            let (version, writing) = (self.tag_version_key(tag), self.tag_writing_key(tag));
+            pipe.incr(&version, 1).ignore().expire(&version, self.version_lifetime()).ignore();
+            pipe.incr(&writing, 1).ignore().expire(&writing, TAGGED_WRITE_GUARD.as_secs() as i64).ignore();
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::error!(cache = self.name, error = %e, ?tags, "cannot invalidate cached entries; they may be stale until their ttl");
+        }
+    }
+
+    /// Ends a write announced by [`Cache::begin_tagged_write`], after it committed (or failed):
+    /// the versions move on again, past any entry read before the commit, and the tags can be
+    /// filled once no other write of them is in flight. One round trip, which the writer need
+    /// not wait for before answering.
+    pub async fn end_tagged_write(&self, tags: &[&str]) {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(END_TAGGED_WRITE));
+        let mut invocation = SCRIPT.prepare_invoke();
+        for tag in tags {
+            invocation.key(self.tag_writing_key(tag)).key(self.tag_version_key(tag));
+        }
+        invocation.arg(self.version_lifetime());
+        let mut conn = self.conn.clone();
+        // EVALSHA, loading the script first when this Redis has not seen it.
+        let result = invocation.invoke_async::<()>(&mut conn).await;
+        if let Err(e) = result {
+            tracing::error!(cache = self.name, error = %e, ?tags, "cannot end a tagged write; the tags are served from the source until the write guard expires");
         }
     }
 }
@@ -203,5 +281,44 @@ mod tests {
         // ...and the reader fills with what it read before the write.
         cache.set_tagged("user:1", "page", seen.version, "stale").await;
         assert_eq!(cache.get_tagged("user:1", "page").await.expect("redis answers").body, None);
+    }
+
+    #[tokio::test]
+    async fn a_page_read_while_a_write_is_in_flight_is_never_filled_nor_served_after_it() {
+        let cache = cache().await;
+        let before = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        cache.set_tagged("user:1", "page", before.version, "old").await;
+        // A writer announces its write (concurrently with its database write)...
+        cache.begin_tagged_write(&["user:1", "all"]).await;
+        // ...a reader then finds no entry and is told not to fill...
+        let during = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        assert_eq!(during.body, None, "the entry from before the write is stale at once");
+        assert!(during.writing, "the tag is marked as being written");
+        // ...and if it filled anyway with what it read before the commit, the end of the write
+        // makes that entry stale too.
+        cache.set_tagged("user:1", "page", during.version, "read before the commit").await;
+        cache.end_tagged_write(&["user:1", "all"]).await;
+        let after = cache.get_tagged("user:1", "page").await.expect("redis answers");
+        assert_eq!(after.body, None);
+        assert!(!after.writing, "the write is over");
+        assert_eq!(after.version, before.version + 2, "bumped at the begin and at the end");
+        cache.set_tagged("user:1", "page", after.version, "new").await;
+        assert_eq!(cache.get_tagged("user:1", "page").await.and_then(|l| l.body).as_deref(), Some("new"));
+    }
+
+    #[tokio::test]
+    async fn overlapping_writes_keep_the_tag_unfillable_until_the_last_one_ends() {
+        let cache = cache().await;
+        cache.begin_tagged_write(&["user:1"]).await;
+        cache.begin_tagged_write(&["user:1"]).await;
+        cache.end_tagged_write(&["user:1"]).await;
+        assert!(cache.get_tagged("user:1", "page").await.expect("redis answers").writing, "one write still in flight");
+        cache.end_tagged_write(&["user:1"]).await;
+        assert!(!cache.get_tagged("user:1", "page").await.expect("redis answers").writing);
+        // An end without its begin (the mark expired meanwhile) leaves no negative count that
+        // would hide the next write.
+        cache.end_tagged_write(&["user:1"]).await;
+        cache.begin_tagged_write(&["user:1"]).await;
+        assert!(cache.get_tagged("user:1", "page").await.expect("redis answers").writing);
     }
 }

@@ -3,11 +3,15 @@
 //!
 //! A list page is cached under the viewer's tag (`user:<id>`, or `all` for admins) and a key
 //! naming the cursor and the limit. Every write bumps the tags of the sender, the recipient and
-//! `all`, so every page showing the payment is stale at once. A hit is one Redis round trip and
-//! sends the stored JSON as it is: a page is serialised once, when it is filled. Redis is a cache
-//! only: any failure is a miss, never an error.
+//! `all`, so every page showing the payment is stale at once; a create does it beside its
+//! database write ([`PageWrite`]), so Redis is not one more round trip before the answer. A hit
+//! is one Redis round trip and sends the stored JSON as it is: a page is serialised once, when it
+//! is filled. Redis is a cache only: any failure is a miss, never an error.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use mfe_kit::{
     cache::{Cache, TaggedLookup},
@@ -65,7 +69,9 @@ impl ListCache {
         let key = format!("c{}:l{limit}", cursor.unwrap_or("-"));
         match self.pages.get_tagged(&tag, &key).await {
             Some(TaggedLookup { body: Some(body), .. }) => Ok(body),
-            Some(TaggedLookup { version, body: None }) => Err(Some(PageSlot { tag, key, version })),
+            // A write of this list is in flight: read the database, fill nothing.
+            Some(TaggedLookup { writing: true, .. }) => Err(None),
+            Some(TaggedLookup { version, body: None, .. }) => Err(Some(PageSlot { tag, key, version })),
             None => Err(None),
         }
     }
@@ -75,14 +81,61 @@ impl ListCache {
         self.pages.set_tagged(&slot.tag, &slot.key, slot.version, json).await
     }
 
-    /// Makes every cached page showing `payment` stale: its sender's, its recipient's and the
-    /// admins' `all` list (one round trip).
-    pub async fn invalidate(&self, payment: &Payment) {
-        let mut tags = vec![self.tag(&Scope::User(payment.sender_id.clone())), self.tag(&Scope::All)];
-        if let Some(r) = &payment.recipient_id {
-            tags.push(self.tag(&Scope::User(r.clone())));
+    /// The tags of every page that can show a payment from `sender` to `recipient`: the
+    /// sender's, the recipient's and the admins' `all` list.
+    fn tags_of(&self, sender: &str, recipient: Option<&str>) -> Vec<String> {
+        let mut tags = vec![self.tag(&Scope::User(sender.to_string())), self.tag(&Scope::All)];
+        if let Some(r) = recipient {
+            tags.push(self.tag(&Scope::User(r.to_string())));
         }
-        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        self.pages.invalidate_tags(&tags).await
+        tags
+    }
+
+    /// Makes every cached page showing `payment` stale, after its write committed (one round
+    /// trip).
+    pub async fn invalidate(&self, payment: &Payment) {
+        let tags = self.tags_of(&payment.sender_id, payment.recipient_id.as_deref());
+        self.pages.invalidate_tags(&tags.iter().map(String::as_str).collect::<Vec<_>>()).await
+    }
+
+    /// The pages a write of a payment from `sender` to `recipient` makes stale, for a writer that
+    /// knows them before writing (a create): [`PageWrite::begin`] runs beside the database write
+    /// and dropping the [`PageWrite`] ends it after, off the answer's path (see [`mfe_kit::cache::Cache`]).
+    pub fn write_of(&self, sender: &str, recipient: Option<&str>) -> PageWrite {
+        PageWrite { pages: self.pages.clone(), tags: self.tags_of(sender, recipient), began: AtomicBool::new(false) }
+    }
+}
+
+/// A write of some list pages in flight; see [`ListCache::write_of`]. Dropping it after
+/// [`PageWrite::begin`] ends the write in a task of its own, also when the request was dropped
+/// midway (the client went away).
+pub struct PageWrite {
+    pages: Cache,
+    tags: Vec<String>,
+    began: AtomicBool,
+}
+
+impl PageWrite {
+    fn tags(&self) -> Vec<&str> {
+        self.tags.iter().map(String::as_str).collect()
+    }
+
+    /// Makes the pages stale and unfillable until the write is dropped; call it concurrently
+    /// with the database write.
+    pub async fn begin(&self) {
+        self.began.store(true, Ordering::Relaxed);
+        self.pages.begin_tagged_write(&self.tags()).await
+    }
+}
+
+impl Drop for PageWrite {
+    /// After the write committed or failed: the pages move on and can be filled again.
+    fn drop(&mut self) {
+        if self.began.load(Ordering::Relaxed) {
+            let (pages, tags) = (self.pages.clone(), std::mem::take(&mut self.tags));
+            tokio::spawn(async move {
+                pages.end_tagged_write(&tags.iter().map(String::as_str).collect::<Vec<_>>()).await
+            });
+        }
     }
 }

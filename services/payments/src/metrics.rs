@@ -53,7 +53,8 @@ impl BusinessMetrics {
         self.status_changes.with_label_values(&[status]).inc();
     }
 
-    /// Records that the `phase` of a create (`db`, `cache`) took `elapsed`.
+    /// Records that the `phase` of a create (`acquire`, `db`, and `cache`, which runs beside the
+    /// other two) took `elapsed`.
     pub fn create_phase(&self, phase: &str, elapsed: Duration) {
         self.create_phases.with_label_values(&[phase]).observe(elapsed.as_secs_f64());
     }

@@ -90,16 +90,29 @@ async fn create_payment(
     Json(body): Json<CreatePayment>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = body.validate(user.id())?;
+    // The list pages showing the payment go stale in Redis while the database writes it, not
+    // after: the answer waits for the slower of the two instead of both in turn.
+    let pages = state.cache.as_ref().map(|c| c.write_of(&new.sender_id, new.recipient_id.as_deref()));
     let started = Instant::now();
-    let mut conn = state.db.acquire().await?;
-    let acquired = Instant::now();
-    let payment = store::create_on(&mut conn, new, Some(correlation.0.clone())).await?;
-    drop(conn);
-    let stored = Instant::now();
-    state.after_write(&payment).await;
+    let write = async {
+        let mut conn = state.db.acquire().await?;
+        let acquired = Instant::now();
+        let payment = store::create_on(&mut conn, new, Some(correlation.0.clone())).await?;
+        Ok::<_, sqlx::Error>((acquired, acquired.elapsed(), payment))
+    };
+    let invalidate = async {
+        if let Some(pages) = &pages {
+            pages.begin().await;
+        }
+        started.elapsed()
+    };
+    let (written, cache_time) = tokio::join!(write, invalidate);
+    drop(pages);
+    let (acquired, db_time, payment) = written?;
+    state.broker.notify();
     state.business.create_phase("acquire", acquired - started);
-    state.business.create_phase("db", stored - acquired);
-    state.business.create_phase("cache", stored.elapsed());
+    state.business.create_phase("db", db_time);
+    state.business.create_phase("cache", cache_time);
     state.business.payment_created(
         payment.payment_type.as_str(),
         payment.status.as_str(),
