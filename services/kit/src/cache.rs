@@ -138,9 +138,8 @@ impl Cache {
     /// fills the cache.
     pub async fn get_tagged(&self, tag: &str, key: &str) -> Option<TaggedLookup> {
         let mut conn = self.conn.clone();
-        let raw: Result<(Option<u64>, Option<i64>, Option<String>), _> = conn
-            .mget(&[self.tag_version_key(tag), self.tag_writing_key(tag), self.tagged_key(tag, key)])
-            .await;
+        let raw: Result<(Option<u64>, Option<i64>, Option<String>), _> =
+            conn.mget(&[self.tag_version_key(tag), self.tag_writing_key(tag), self.tagged_key(tag, key)]).await;
         let (version, writing, stored) = match raw {
             Ok((v, writing, stored)) => (v.unwrap_or(0), writing.unwrap_or(0) > 0, stored),
             Err(e) => {

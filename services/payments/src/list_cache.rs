@@ -133,9 +133,9 @@ impl Drop for PageWrite {
     fn drop(&mut self) {
         if self.began.load(Ordering::Relaxed) {
             let (pages, tags) = (self.pages.clone(), std::mem::take(&mut self.tags));
-            tokio::spawn(async move {
-                pages.end_tagged_write(&tags.iter().map(String::as_str).collect::<Vec<_>>()).await
-            });
+            tokio::spawn(
+                async move { pages.end_tagged_write(&tags.iter().map(String::as_str).collect::<Vec<_>>()).await },
+            );
         }
     }
 }
