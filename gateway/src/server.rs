@@ -16,6 +16,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::
 use axum::{body::Body, extract::ConnectInfo, response::Response, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
 use crate::proxy::Proxy;
@@ -69,11 +70,10 @@ pub async fn serve(
     let shared = Arc::new(Shared { router, proxy });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
-    // Dropped at shutdown: every connection task sees `closed()` and shuts down gracefully.
-    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
-    let signal_tx = Arc::new(signal_tx);
-    // Each connection task holds a receiver; `closed()` resolves when the last one ends.
-    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    // Cancelled at shutdown: every connection then shuts down gracefully; the tracker says when
+    // the last one has ended.
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -90,34 +90,25 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let service = Frontend { shared: shared.clone(), peer };
         let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
-        let signal_tx = signal_tx.clone();
-        let close_rx = close_rx.clone();
-        tokio::spawn(async move {
+        let stopping = stopping.clone();
+        connections.spawn(async move {
             tokio::pin!(conn);
-            let signalled = signal_tx.closed();
-            tokio::pin!(signalled);
-            let mut shutting_down = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::trace!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = &mut signalled, if !shutting_down => {
-                        shutting_down = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
                 }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended with an error");
             }
-            drop(close_rx);
         });
     }
-    drop(signal_rx);
-    drop(close_rx);
     drop(listener);
-    close_tx.closed().await;
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 /// Accept errors other than a client giving up (e.g. out of file descriptors) pause the loop

@@ -172,30 +172,36 @@ impl Cache {
 
     /// Makes every entry of `tags` stale, in one round trip (after the write committed). A
     /// failure is logged as an error: the entries then live until their TTL.
-    pub async fn invalidate_tags(&self, tags: &[&str]) {
+    pub async fn invalidate_tags<T: AsRef<str> + std::fmt::Debug>(&self, tags: &[T]) {
         let mut pipe = redis::pipe();
-        for tag in tags {
-            let key = self.tag_version_key(tag);
-            pipe.incr(&key, 1).ignore().expire(&key, self.version_lifetime()).ignore();
-        }
-        let mut conn = self.conn.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::error!(cache = self.name, error = %e, ?tags, "cannot invalidate cached entries; they may be stale until their ttl");
-        }
+        self.bump_versions(&mut pipe, tags);
+        self.send_invalidation(pipe, tags).await
     }
 
     /// Announces a write of `tags`, to run concurrently with it: every entry is stale and none
     /// is filled until [`Cache::end_tagged_write`] (or [`TAGGED_WRITE_GUARD`]). One atomic round
     /// trip (`MULTI`), so no reader sees a new version without the write mark. A failure is
     /// logged as an error: the entries then live until their TTL.
-    pub async fn begin_tagged_write(&self, tags: &[&str]) {
+    pub async fn begin_tagged_write<T: AsRef<str> + std::fmt::Debug>(&self, tags: &[T]) {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        self.bump_versions(&mut pipe, tags);
         for tag in tags {
-            let (version, writing) = (self.tag_version_key(tag), self.tag_writing_key(tag));
-            pipe.incr(&version, 1).ignore().expire(&version, self.version_lifetime()).ignore();
+            let writing = self.tag_writing_key(tag.as_ref());
             pipe.incr(&writing, 1).ignore().expire(&writing, TAGGED_WRITE_GUARD.as_secs() as i64).ignore();
         }
+        self.send_invalidation(pipe, tags).await
+    }
+
+    /// Adds to `pipe` the bump of each tag's version (and the renewal of its lifetime).
+    fn bump_versions<T: AsRef<str>>(&self, pipe: &mut redis::Pipeline, tags: &[T]) {
+        for tag in tags {
+            let key = self.tag_version_key(tag.as_ref());
+            pipe.incr(&key, 1).ignore().expire(&key, self.version_lifetime()).ignore();
+        }
+    }
+
+    async fn send_invalidation<T: std::fmt::Debug>(&self, pipe: redis::Pipeline, tags: &[T]) {
         let mut conn = self.conn.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             tracing::error!(cache = self.name, error = %e, ?tags, "cannot invalidate cached entries; they may be stale until their ttl");
@@ -206,12 +212,12 @@ impl Cache {
     /// the versions move on again, past any entry read before the commit, and the tags can be
     /// filled once no other write of them is in flight. One round trip, which the writer need
     /// not wait for before answering.
-    pub async fn end_tagged_write(&self, tags: &[&str]) {
+    pub async fn end_tagged_write<T: AsRef<str> + std::fmt::Debug>(&self, tags: &[T]) {
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(END_TAGGED_WRITE));
         let mut invocation = SCRIPT.prepare_invoke();
         for tag in tags {
-            invocation.key(self.tag_writing_key(tag)).key(self.tag_version_key(tag));
+            invocation.key(self.tag_writing_key(tag.as_ref())).key(self.tag_version_key(tag.as_ref()));
         }
         invocation.arg(self.version_lifetime());
         let mut conn = self.conn.clone();

@@ -8,10 +8,7 @@
 //! is one Redis round trip and sends the stored JSON as it is: a page is serialised once, when it
 //! is filled. Redis is a cache only: any failure is a miss, never an error.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{future::Future, time::Duration};
 
 use mfe_kit::{
     cache::{Cache, TaggedLookup},
@@ -95,47 +92,40 @@ impl ListCache {
     /// trip).
     pub async fn invalidate(&self, payment: &Payment) {
         let tags = self.tags_of(&payment.sender_id, payment.recipient_id.as_deref());
-        self.pages.invalidate_tags(&tags.iter().map(String::as_str).collect::<Vec<_>>()).await
+        self.pages.invalidate_tags(&tags).await
     }
 
-    /// The pages a write of a payment from `sender` to `recipient` makes stale, for a writer that
-    /// knows them before writing (a create): [`PageWrite::begin`] runs beside the database write
-    /// and dropping the [`PageWrite`] ends it after, off the answer's path (see [`mfe_kit::cache::Cache`]).
-    pub fn write_of(&self, sender: &str, recipient: Option<&str>) -> PageWrite {
-        PageWrite { pages: self.pages.clone(), tags: self.tags_of(sender, recipient), began: AtomicBool::new(false) }
+    /// Makes the pages that can show a payment from `sender` to `recipient` stale and
+    /// unfillable, for a writer that knows them before writing (a create): run it beside the
+    /// database write, and drop the [`PageWrite`] it gives after the commit (see
+    /// [`mfe_kit::cache::Cache`]). The tags are taken now, so the future borrows nothing.
+    pub fn begin_write(
+        &self,
+        sender: &str,
+        recipient: Option<&str>,
+    ) -> impl Future<Output = PageWrite> + Send + 'static {
+        let (pages, tags) = (self.pages.clone(), self.tags_of(sender, recipient));
+        async move {
+            // Made before the begin is sent: a request dropped midway still ends its write.
+            let write = PageWrite { pages, tags };
+            write.pages.begin_tagged_write(&write.tags).await;
+            write
+        }
     }
 }
 
-/// A write of some list pages in flight; see [`ListCache::write_of`]. Dropping it after
-/// [`PageWrite::begin`] ends the write in a task of its own, also when the request was dropped
-/// midway (the client went away).
+/// A write of some list pages in flight; see [`ListCache::begin_write`]. Dropping it ends the
+/// write in a task of its own, off the answer's path, also when the request was dropped midway
+/// (the client went away).
 pub struct PageWrite {
     pages: Cache,
     tags: Vec<String>,
-    began: AtomicBool,
-}
-
-impl PageWrite {
-    fn tags(&self) -> Vec<&str> {
-        self.tags.iter().map(String::as_str).collect()
-    }
-
-    /// Makes the pages stale and unfillable until the write is dropped; call it concurrently
-    /// with the database write.
-    pub async fn begin(&self) {
-        self.began.store(true, Ordering::Relaxed);
-        self.pages.begin_tagged_write(&self.tags()).await
-    }
 }
 
 impl Drop for PageWrite {
     /// After the write committed or failed: the pages move on and can be filled again.
     fn drop(&mut self) {
-        if self.began.load(Ordering::Relaxed) {
-            let (pages, tags) = (self.pages.clone(), std::mem::take(&mut self.tags));
-            tokio::spawn(
-                async move { pages.end_tagged_write(&tags.iter().map(String::as_str).collect::<Vec<_>>()).await },
-            );
-        }
+        let (pages, tags) = (self.pages.clone(), std::mem::take(&mut self.tags));
+        tokio::spawn(async move { pages.end_tagged_write(&tags).await });
     }
 }

@@ -92,7 +92,7 @@ async fn create_payment(
     let new = body.validate(user.id())?;
     // The list pages showing the payment go stale in Redis while the database writes it, not
     // after: the answer waits for the slower of the two instead of both in turn.
-    let pages = state.cache.as_ref().map(|c| c.write_of(&new.sender_id, new.recipient_id.as_deref()));
+    let begin = state.cache.as_ref().map(|c| c.begin_write(&new.sender_id, new.recipient_id.as_deref()));
     let started = Instant::now();
     let write = async {
         let mut conn = state.db.acquire().await?;
@@ -101,12 +101,13 @@ async fn create_payment(
         Ok::<_, sqlx::Error>((acquired, acquired.elapsed(), payment))
     };
     let invalidate = async {
-        if let Some(pages) = &pages {
-            pages.begin().await;
-        }
-        started.elapsed()
+        let pages = match begin {
+            Some(begin) => Some(begin.await),
+            None => None,
+        };
+        (pages, started.elapsed())
     };
-    let (written, cache_time) = tokio::join!(write, invalidate);
+    let (written, (pages, cache_time)) = tokio::join!(write, invalidate);
     drop(pages);
     let (acquired, db_time, payment) = written?;
     state.broker.notify();
