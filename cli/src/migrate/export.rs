@@ -23,8 +23,31 @@ use tokio::io::AsyncWriteExt;
 /// Tables copied at once (each on its own connection sharing the snapshot).
 const EXPORT_WORKERS: usize = 3;
 
-/// Exports the tables of `services` into `out`; returns the manifest written and the step figures.
+/// The snapshot each exported table is read from.
+#[derive(Debug, Clone, Copy)]
+pub enum Snapshots<'a> {
+    /// The export opens one REPEATABLE READ transaction, exports its snapshot and every table
+    /// adopts it (the offline path).
+    Own,
+    /// Each service's tables adopt the snapshot given for that service, exported by someone who
+    /// keeps it alive for the whole export (the online path: a replication slot's
+    /// `EXPORT_SNAPSHOT`, one slot per service).
+    PerService(&'a [(DbService, String)]),
+}
+
+/// Exports the tables of `services` into `out` from one snapshot of its own; returns the
+/// manifest written and the step figures.
 pub async fn export(cfg: &Config, services: &[DbService], out: &Path) -> anyhow::Result<(Manifest, StepStats)> {
+    export_from(cfg, services, out, Snapshots::Own).await
+}
+
+/// Exports the tables of `services` into `out`, each read from the snapshot `snapshots` names.
+pub async fn export_from(
+    cfg: &Config,
+    services: &[DbService],
+    out: &Path,
+    snapshots: Snapshots<'_>,
+) -> anyhow::Result<(Manifest, StepStats)> {
     let started = Instant::now();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create the export directory {}", out.display()))?;
     // An old manifest must not vouch for files this export is about to replace.
@@ -40,7 +63,7 @@ pub async fn export(cfg: &Config, services: &[DbService], out: &Path) -> anyhow:
         .execute(&mut *coordinator)
         .await
         .context("legacy_db: cannot start the export transaction")?;
-    let (snapshot_id, snapshot_time, server_version): (String, String, String) = sqlx::query_as(
+    let (own_snapshot, snapshot_time, server_version): (String, String, String) = sqlx::query_as(
         "SELECT pg_export_snapshot(), \
                 to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
                 current_setting('server_version')",
@@ -48,11 +71,26 @@ pub async fn export(cfg: &Config, services: &[DbService], out: &Path) -> anyhow:
     .fetch_one(&mut *coordinator)
     .await
     .context("legacy_db: cannot export a snapshot")?;
+    let snapshot_of = |db: DbService| -> anyhow::Result<String> {
+        match snapshots {
+            Snapshots::Own => Ok(own_snapshot.clone()),
+            Snapshots::PerService(list) => list
+                .iter()
+                .find(|(s, _)| *s == db)
+                .map(|(_, id)| id.clone())
+                .with_context(|| format!("export: no snapshot given for {}", db.name())),
+        }
+    };
 
     let progress = Progress::bytes("export", None);
     let specs = tables::tables_of(services);
-    let mut entries: Vec<TableEntry> = futures::stream::iter(specs.iter().copied())
-        .map(|spec| export_table(&legacy, spec, &snapshot_id, out, &progress))
+    let jobs =
+        specs.iter().map(|&spec| snapshot_of(spec.service).map(|id| (spec, id))).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut entries: Vec<TableEntry> = futures::stream::iter(jobs)
+        .map(|(spec, snapshot_id)| {
+            let (legacy, out, progress) = (&legacy, out, &progress);
+            async move { export_table(legacy, spec, &snapshot_id, out, progress).await }
+        })
         .buffer_unordered(EXPORT_WORKERS)
         .try_collect()
         .await?;
@@ -62,6 +100,12 @@ pub async fn export(cfg: &Config, services: &[DbService], out: &Path) -> anyhow:
     drop(coordinator);
     legacy.close().await;
 
+    let snapshot_id = match snapshots {
+        Snapshots::Own => own_snapshot,
+        Snapshots::PerService(list) => {
+            list.iter().map(|(db, id)| format!("{}={id}", db.name())).collect::<Vec<_>>().join(",")
+        }
+    };
     entries.sort_by_key(|e| tables::TABLES.iter().position(|t| t.name == e.table));
     let manifest = Manifest {
         format: FORMAT.into(),

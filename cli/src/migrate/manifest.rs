@@ -33,7 +33,8 @@ pub struct Source {
     pub server_version: String,
     /// Start of the REPEATABLE READ transaction all tables were read in (server clock, UTC).
     pub snapshot_time: String,
-    /// The exported snapshot id the parallel readers shared.
+    /// The exported snapshot id the parallel readers shared (`service=id,...` when each service
+    /// was read from the snapshot of its own replication slot).
     pub snapshot_id: String,
 }
 
