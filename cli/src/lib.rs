@@ -133,17 +133,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Sets up `tracing` on stderr; `RUST_LOG` wins over `-v`.
-pub fn init_logging(verbose: u8) {
-    // lapin logs every connection drop at ERROR; the hub reports them once, in our own words.
-    let default = match verbose {
-        0 => "warn,lapin=off,pinky_swear=off,sqlx=error",
+/// The log filter of a run without RUST_LOG, by the number of `-v`.
+///
+/// A normal run prints `mfe`'s own lines and tables and nothing from the libraries below it
+/// except their errors: the event hub's reconnect warnings during the broker restart of
+/// `mfe test event-hub`, its dead-lettering warning in the retry check, sqlx's slow-statement
+/// warnings — each is an expected step the suite or command reports itself, in its own words.
+/// `-v` shows the libraries' warnings and information, `-vv` debug, `-vvv` trace.
+///
+/// EnvFilter matches targets by string prefix, so `mfe=info` would also match the workspace
+/// libraries `mfe_events`, `mfe_kit` and `mfe_gateway` (which `mfe test` and `mfe ws` run in
+/// process): they are named again at the library level. lapin logs every connection drop at
+/// ERROR and pinky_swear every dropped promise, both also reported by the hub: off unless asked.
+pub fn default_log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "error,mfe=info,mfe_events=error,mfe_kit=error,mfe_gateway=error,lapin=off,pinky_swear=off",
         1 => "info,lapin=warn,pinky_swear=off,sqlx=warn",
         2 => "debug",
         _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    }
+}
+
+/// The filter of this run: `rust_log` (the RUST_LOG variable) when it is set and valid, else
+/// [`default_log_filter`].
+pub fn log_filter(verbose: u8, rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    rust_log
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_log_filter(verbose)))
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` wins over `-v`.
+pub fn init_logging(verbose: u8) {
+    let filter = log_filter(verbose, std::env::var("RUST_LOG").ok().as_deref());
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
@@ -165,4 +187,80 @@ pub fn error_line(e: &anyhow::Error) -> String {
 /// The error a command returns for a group that a later issue builds; one line, exit 1.
 pub fn not_built(what: &str) -> anyhow::Error {
     anyhow::anyhow!("`mfe {what}` is not built yet in this version of mfe")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// A writer collecting what the subscriber prints.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The messages that get through the filter of `-v`×`verbose` (and RUST_LOG) among one
+    /// event from each kind of source `mfe` runs in process.
+    fn shown(verbose: u8, rust_log: Option<&str>) -> Vec<&'static str> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(super::log_filter(verbose, rust_log))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "mfe::hub_test", "mfe-info");
+            tracing::warn!(target: "mfe_events::hub", "hub-reconnect-warn");
+            tracing::info!(target: "mfe_events::hub", "hub-info");
+            tracing::error!(target: "mfe_events::service_link", "hub-error");
+            tracing::error!(target: "lapin::io_loop", "lapin-error");
+            tracing::warn!(target: "sqlx::query", "sqlx-slow-warn");
+            tracing::error!(target: "sqlx::pool", "sqlx-error");
+            tracing::debug!(target: "mfe_kit::cache", "kit-debug");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        [
+            "mfe-info",
+            "hub-reconnect-warn",
+            "hub-info",
+            "hub-error",
+            "lapin-error",
+            "sqlx-slow-warn",
+            "sqlx-error",
+            "kit-debug",
+        ]
+        .into_iter()
+        .filter(|m| text.contains(m))
+        .collect()
+    }
+
+    #[test]
+    fn a_normal_run_shows_mfe_and_library_errors_but_no_library_warnings() {
+        assert_eq!(shown(0, None), ["mfe-info", "hub-error", "sqlx-error"]);
+    }
+
+    #[test]
+    fn one_v_shows_library_warnings_and_information_and_two_show_debug() {
+        assert_eq!(
+            shown(1, None),
+            ["mfe-info", "hub-reconnect-warn", "hub-info", "hub-error", "lapin-error", "sqlx-slow-warn", "sqlx-error"]
+        );
+        assert!(shown(2, None).contains(&"kit-debug"));
+    }
+
+    #[test]
+    fn rust_log_overrides_the_verbosity_and_an_empty_one_does_not() {
+        assert_eq!(shown(0, Some("mfe_events=warn")), ["hub-reconnect-warn", "hub-error"]);
+        assert_eq!(shown(2, Some("off")), Vec::<&str>::new());
+        assert_eq!(shown(0, Some(" ")), shown(0, None));
+    }
 }
