@@ -9,7 +9,11 @@
 //!
 //! [`build_images`] makes local stand-ins for the official images from Debian packages
 //! (scripts/build-images.sh) and loads them through the API, for machines without a registry.
+//! `start` runs them by itself when an official image is absent and cannot be pulled (rules in
+//! [`super::choice`]), and says so in one line: the stand-ins exist only for that case, so
+//! asking for four MFE_*_IMAGE variables on top of `make images` was a step to forget.
 
+use super::choice::{self, ImageChoice, ImageFacts};
 use super::compose::{parse_duration_ns, ComposeFile, PortMapping, Service, VolumeMount};
 use crate::config::{Component, Config};
 use crate::infra::{health, ports, ComponentStatus};
@@ -61,6 +65,8 @@ struct Observed {
     health: Option<HealthStatusEnum>,
     exit_code: i64,
     config_hash: String,
+    /// The image name the container was created from.
+    image: Option<String>,
 }
 
 /// The variables docker-compose.yml leaves open, set from this run's configuration so the
@@ -161,8 +167,10 @@ impl Docker {
             Err(e) => return Err(anyhow::anyhow!("cannot inspect container {name}: {}", docker_message(&e))),
         };
         let state = info.state.unwrap_or_default();
-        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let config = info.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
         Ok(Some(Observed {
+            image: config.image,
             id: info.id.unwrap_or(name),
             running: state.running.unwrap_or(false),
             state: state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
@@ -188,10 +196,23 @@ impl Docker {
 
         // Preflight: every image present (pulled if possible) and every port free, before
         // anything is created.
-        let mut plan = Vec::new();
+        let mut observed_all = Vec::new();
         for name in &order {
-            let svc = self.service(name)?;
-            let observed = self.observe(name).await?;
+            observed_all.push(self.observe(name).await?);
+        }
+        let containers: Vec<Option<String>> =
+            observed_all.iter().map(|o| o.as_ref().and_then(|o| o.image.clone())).collect();
+        let choices = self.image_choices(&order, &containers).await?;
+        let mut plan = Vec::new();
+        let mut created_with = Vec::new();
+        for ((name, observed), chosen) in order.iter().zip(observed_all).zip(choices) {
+            // The service as it will run: with the image chosen, which the config hash covers,
+            // so a container made from the local stand-in is kept while that choice holds.
+            let mut svc = self.service(name)?.clone();
+            if let Some(image) = chosen.image() {
+                svc.image = image.to_string();
+            }
+            let svc = &svc;
             let hash = Self::config_hash(svc);
             let action = match &observed {
                 Some(o) if o.config_hash == hash && o.running => Action::Keep,
@@ -223,16 +244,26 @@ impl Docker {
                 }
             }
             if matches!(action, Action::Create | Action::Recreate) {
+                if let Some(missing) = choice::missing_images(std::slice::from_ref(&chosen)) {
+                    bail!("{name} cannot start: {missing}");
+                }
+                created_with.push(chosen);
+            }
+            plan.push((name.clone(), action, hash, svc.clone()));
+        }
+        if !created_with.is_empty() {
+            eprintln!("{}", choice::describe_images(&created_with));
+        }
+        for (name, action, _, svc) in &plan {
+            if matches!(action, Action::Create | Action::Recreate) {
                 self.ensure_image(name, &svc.image).await?;
             }
-            plan.push((name.clone(), action, hash));
         }
 
         self.ensure_network_and_volumes().await?;
         let mut started: Vec<String> = Vec::new();
         let result = async {
-            for (name, action, hash) in &plan {
-                let svc = self.service(name)?;
+            for (name, action, hash, svc) in &plan {
                 for (dep, healthy) in svc.depends_on.services() {
                     if healthy {
                         self.wait_healthy(&dep, Duration::from_secs(180)).await?;
@@ -257,7 +288,7 @@ impl Docker {
                     .map_err(|e| anyhow::anyhow!("cannot start container {cname}: {}", docker_message(&e)))?;
                 started.push(name.clone());
             }
-            for (name, _, _) in &plan {
+            for (name, _, _, _) in &plan {
                 let t0 = Instant::now();
                 self.wait_healthy(name, Duration::from_secs(180)).await?;
                 if let Ok(c) = Component::parse(name) {
@@ -285,6 +316,117 @@ impl Docker {
         self.compose_path.parent().unwrap_or(Path::new("."))
     }
 
+    /// Whether `image` is present locally, asked once per image.
+    async fn image_present(&self, image: &str, known: &mut HashMap<String, bool>) -> anyhow::Result<bool> {
+        if let Some(&p) = known.get(image) {
+            return Ok(p);
+        }
+        let present = match self.api.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => bail!("cannot inspect image {image}: {}", docker_message(&e)),
+        };
+        known.insert(image.to_string(), present);
+        Ok(present)
+    }
+
+    /// Whether the registry answers for `image` (its manifest, nothing downloaded). 5 s at most:
+    /// a registry behind a dropping firewall would otherwise hang every start; here, offline,
+    /// the daemon's DNS lookup fails in 30 ms.
+    async fn registry_answers(&self, image: &str) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.api.inspect_registry_image(image, None)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(docker_message(&e)),
+            Err(_) => Err("the registry did not answer within 5 s".into()),
+        }
+    }
+
+    /// The image each of `services` runs ([`choice::choose_image`]), in order; `containers`
+    /// holds the image of each one's existing container.
+    async fn image_choices(
+        &self,
+        services: &[String],
+        containers: &[Option<String>],
+    ) -> anyhow::Result<Vec<ImageChoice>> {
+        let mut present = HashMap::new();
+        let mut facts = Vec::new();
+        for (name, container_image) in services.iter().zip(containers) {
+            let svc = self.service(name)?;
+            let local = local_image_for(name);
+            let explicit = local.is_some_and(|l| std::env::var(l.env_var).is_ok_and(|v| !v.trim().is_empty()));
+            let named_present = self.image_present(&svc.image, &mut present).await?;
+            let local_present = match local {
+                Some(l) => self.image_present(l.tag, &mut present).await?,
+                None => false,
+            };
+            facts.push(ImageFacts {
+                named: svc.image.clone(),
+                explicit,
+                named_present,
+                local: local.map(|l| l.tag.to_string()),
+                local_present,
+                container_image: container_image.clone(),
+                pullable: None,
+            });
+        }
+        let mut ask: Vec<String> = Vec::new();
+        for f in &facts {
+            if choice::choose_image(f) == ImageChoice::AskRegistry && !ask.contains(&f.named) {
+                ask.push(f.named.clone());
+            }
+        }
+        let answers = futures::future::join_all(ask.iter().map(|image| self.registry_answers(image))).await;
+        let answers: HashMap<String, Result<(), String>> = ask.into_iter().zip(answers).collect();
+        Ok(facts
+            .into_iter()
+            .map(|mut f| {
+                f.pullable = answers.get(&f.named).cloned();
+                choice::choose_image(&f)
+            })
+            .collect())
+    }
+
+    /// For runtime `auto`: `Err` saying which images are missing when some component of the
+    /// stack could not get one.
+    pub async fn stack_images(&self) -> anyhow::Result<Result<(), String>> {
+        let names: Vec<String> = Component::ALL
+            .iter()
+            .map(|c| c.name().to_string())
+            .filter(|n| self.compose.services.contains_key(n))
+            .collect();
+        let mut containers = Vec::new();
+        for n in &names {
+            containers.push(self.observe(n).await?.and_then(|o| o.image));
+        }
+        let choices = self.image_choices(&names, &containers).await?;
+        Ok(match choice::missing_images(&choices) {
+            Some(missing) => Err(missing),
+            None => Ok(()),
+        })
+    }
+
+    /// `(a container of the project runs, the project has containers or volumes)`.
+    pub async fn project_state(&self) -> anyhow::Result<(bool, bool)> {
+        let filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_PROJECT}={}", self.project)])]);
+        let containers = self
+            .api
+            .list_containers(Some(ListContainersOptions { all: true, filters: filter.clone(), ..Default::default() }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list containers: {}", docker_message(&e)))?;
+        let running = containers.iter().any(|c| c.state.as_deref() == Some("running"));
+        let volumes = self
+            .api
+            .list_volumes(Some(ListVolumesOptions { filters: filter }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list volumes: {}", docker_message(&e)))?;
+        let has_data = !containers.is_empty() || !volumes.volumes.unwrap_or_default().is_empty();
+        Ok((running, has_data))
+    }
+
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
     /// Makes sure `image` exists locally, pulling it with per-layer progress when it does not.
     async fn ensure_image(&self, service: &str, image: &str) -> anyhow::Result<()> {
         match self.api.inspect_image(image).await {
@@ -308,9 +450,9 @@ impl Docker {
                 Err(e) => {
                     bars.clear().ok();
                     bail!(
-                        "image {image} for {service} is not available locally and cannot be pulled ({}) — build local \
-                         images with `mfe infra build-images` (or `make images`) and select them with MFE_*_IMAGE \
-                         (e.g. MFE_POSTGRES_IMAGE=mfe-local/postgres:15)",
+                        "image {image} for {service} is not available locally and cannot be pulled ({}) — build the \
+                         local images with `make images` (used when the official ones cannot be pulled) or set \
+                         MFE_*_IMAGE to an image that is present",
                         docker_message(&e)
                     );
                 }
@@ -743,6 +885,14 @@ const LOCAL_IMAGES: [LocalImage; 4] = [
     },
 ];
 
+/// The local stand-in of `make images` for a compose service: the postgres one for every
+/// database, else the one named like the service.
+fn local_image_for(service: &str) -> Option<&'static LocalImage> {
+    let is_db = Component::parse(service).is_ok_and(|c| c.db_service().is_some());
+    let repo = format!("mfe-local/{}:", if is_db { "postgres" } else { service });
+    LOCAL_IMAGES.iter().find(|l| l.tag.starts_with(&repo))
+}
+
 /// `mfe infra build-images`: the Debian root filesystem (scripts/build-images.sh, cached), then
 /// one `docker load` stream holding every local image over that one layer.
 pub async fn build_images(ctx: &Ctx, args: BuildImagesArgs) -> anyhow::Result<()> {
@@ -838,7 +988,10 @@ pub async fn build_images(ctx: &Ctx, args: BuildImagesArgs) -> anyhow::Result<()
 }
 
 fn print_selection() {
-    eprintln!("select them with:");
+    eprintln!(
+        "`mfe infra start --runtime docker` runs them where the official images are absent and cannot be pulled; \
+         to run them in every case set:"
+    );
     for img in &LOCAL_IMAGES {
         println!("{}={}", img.env_var, img.tag);
     }
@@ -904,6 +1057,16 @@ fn tar_header(name: &str, size: u64, kind: u8) -> [u8; 512] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_component_has_a_local_stand_in() {
+        for c in Component::ALL {
+            let local = local_image_for(c.name()).unwrap_or_else(|| panic!("{c} has no local image"));
+            let kind = if c.db_service().is_some() { "postgres" } else { c.name() };
+            assert!(local.tag.starts_with(&format!("mfe-local/{kind}:")), "{c}: {}", local.tag);
+        }
+        assert!(local_image_for("prometheus").is_none());
+    }
 
     #[test]
     fn a_tar_header_has_a_checksum_tar_accepts() {

@@ -4,8 +4,10 @@
 //! - [`docker`]: containers through the Docker API (bollard), defined by docker-compose.yml.
 //!
 //! Both publish the same ports on localhost, so [`health`] probes them the same way and the
-//! rest of `mfe` never needs to know which runtime runs the stack.
+//! rest of `mfe` never needs to know which runtime runs the stack. Which runtime `auto` picks,
+//! and which image a docker service runs, is decided in [`choice`].
 
+pub mod choice;
 pub mod compose;
 pub mod docker;
 pub mod health;
@@ -111,27 +113,21 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// Resolves `--runtime` / MFE_RUNTIME; `auto` picks docker when a daemon answers and says so.
+    /// Resolves `--runtime` / MFE_RUNTIME; `auto` picks the runtime that runs, holds the data or
+    /// can start the stack ([`choice::choose_runtime`]) and says which and why in one line.
     pub async fn select(ctx: &Ctx, wanted: Option<RuntimeKind>) -> anyhow::Result<Runtime> {
         let kind = wanted.unwrap_or(ctx.config.runtime);
         match kind {
             RuntimeKind::Native => Ok(Runtime::Native(native::Native::new(&ctx.config))),
             RuntimeKind::Docker => Ok(Runtime::Docker(docker::Docker::connect(&ctx.config).await?)),
             RuntimeKind::Auto => {
-                if let Some(state) = native::Native::new(&ctx.config).any_running() {
-                    eprintln!("runtime: native ({state} is running from {})", ctx.config.state_dir.display());
-                    return Ok(Runtime::Native(native::Native::new(&ctx.config)));
-                }
-                match docker::Docker::connect(&ctx.config).await {
-                    Ok(d) => {
-                        eprintln!("runtime: docker (a Docker daemon answered)");
-                        Ok(Runtime::Docker(d))
-                    }
-                    Err(e) => {
-                        eprintln!("runtime: native (no Docker daemon: {})", crate::error_line(&e));
-                        Ok(Runtime::Native(native::Native::new(&ctx.config)))
-                    }
-                }
+                let (facts, docker) = observe_runtimes(ctx, false).await?;
+                let (kind, why) = choice::choose_runtime(&facts);
+                eprintln!("runtime: {} ({why})", kind_name(kind));
+                Ok(match (kind, docker) {
+                    (RuntimeKind::Docker, Some(d)) => Runtime::Docker(d),
+                    _ => Runtime::Native(native::Native::new(&ctx.config)),
+                })
             }
         }
     }
@@ -184,6 +180,95 @@ impl Runtime {
     }
 }
 
+fn kind_name(kind: RuntimeKind) -> &'static str {
+    match kind {
+        RuntimeKind::Docker => "docker",
+        RuntimeKind::Native => "native",
+        RuntimeKind::Auto => "auto",
+    }
+}
+
+/// What runtime `auto` needs to know of both runtimes, and the connected daemon if one answers.
+///
+/// To start (`for_clean` false) the search stops at a running native component, and asks for
+/// the images only when the choice depends on them (nothing runs or holds data), which saves
+/// the registry probe. To clean, both sides are always looked at.
+async fn observe_runtimes(
+    ctx: &Ctx,
+    for_clean: bool,
+) -> anyhow::Result<(choice::RuntimeFacts, Option<docker::Docker>)> {
+    let native = native::Native::new(&ctx.config);
+    let mut facts = choice::RuntimeFacts {
+        state_dir: ctx.config.state_dir.display().to_string(),
+        native_running: native.any_running().map(str::to_string),
+        native_data: native.has_data(),
+        docker: Err(String::new()),
+    };
+    if facts.native_running.is_some() && !for_clean {
+        return Ok((facts, None));
+    }
+    let d = match docker::Docker::connect(&ctx.config).await {
+        Ok(d) => d,
+        Err(e) => {
+            facts.docker = Err(crate::error_line(&e));
+            return Ok((facts, None));
+        }
+    };
+    let (running, has_data) = d.project_state().await?;
+    let images =
+        if !for_clean && !running && !has_data && !facts.native_data { d.stack_images().await? } else { Ok(()) };
+    facts.docker = Ok(choice::DockerFacts { project: d.project().to_string(), running, has_data, images });
+    Ok((facts, Some(d)))
+}
+
+/// `infra clean --yes`: with an explicit runtime, that one; under `auto`, every runtime that
+/// runs something or holds data for this configuration ([`choice::clean_targets`]).
+async fn clean(ctx: &Ctx, wanted: Option<RuntimeKind>) -> anyhow::Result<()> {
+    let kind = wanted.unwrap_or(ctx.config.runtime);
+    if kind != RuntimeKind::Auto {
+        let rt = Runtime::select(ctx, Some(kind)).await?;
+        rt.clean().await?;
+        eprintln!("cleaned: every component stopped and its data removed ({} runtime)", rt.name());
+        return Ok(());
+    }
+    let (facts, docker) = observe_runtimes(ctx, true).await?;
+    clean_these(ctx, &facts, docker).await
+}
+
+async fn clean_these(ctx: &Ctx, facts: &choice::RuntimeFacts, docker: Option<docker::Docker>) -> anyhow::Result<()> {
+    let targets = choice::clean_targets(facts);
+    let project = facts.docker.as_ref().map(|d| d.project.clone()).unwrap_or_else(|_| ctx.config.project.clone());
+    if targets.is_empty() {
+        eprintln!("cleaned: nothing to remove (no native data in {}, no docker project {project})", facts.state_dir);
+        return Ok(());
+    }
+    if targets.len() == 2 {
+        eprintln!(
+            "runtime: native and docker (both hold data: {} and docker project {project}; cleaning both)",
+            facts.state_dir
+        );
+    } else {
+        let (what, where_) = match targets[0] {
+            RuntimeKind::Docker => ("docker", format!("docker project {project}")),
+            _ => ("native", facts.state_dir.clone()),
+        };
+        eprintln!("runtime: {what} (the only one holding data: {where_})");
+    }
+    let mut docker = docker;
+    for kind in targets {
+        let rt = match kind {
+            RuntimeKind::Docker => match docker.take() {
+                Some(d) => Runtime::Docker(d),
+                None => Runtime::Docker(docker::Docker::connect(&ctx.config).await?),
+            },
+            _ => Runtime::Native(native::Native::new(&ctx.config)),
+        };
+        rt.clean().await?;
+        eprintln!("cleaned: every component stopped and its data removed ({} runtime)", rt.name());
+    }
+    Ok(())
+}
+
 /// Builds the status report of `comps` on `rt`.
 pub async fn status_report(rt: &Runtime, comps: &[Component]) -> anyhow::Result<Report> {
     let mut report = Report::new("infra status");
@@ -229,10 +314,7 @@ pub async fn run(ctx: &Ctx, args: InfraArgs) -> anyhow::Result<()> {
                 yes,
                 "`mfe infra clean` deletes all infrastructure data — run it again with --yes to confirm"
             );
-            let rt = Runtime::select(ctx, runtime.runtime).await?;
-            rt.clean().await?;
-            eprintln!("cleaned: every component stopped and its data removed ({} runtime)", rt.name());
-            Ok(())
+            clean(ctx, runtime.runtime).await
         }
         InfraCommand::Ui => {
             let url = format!("http://127.0.0.1:{}/", ctx.config.rabbitmq_management_port);

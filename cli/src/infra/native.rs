@@ -55,6 +55,11 @@ impl Native {
         Component::ALL.iter().find(|c| self.pid(**c).is_some()).map(|c| c.name())
     }
 
+    /// The state dir holds something of this runtime (data a later start would bring back).
+    pub fn has_data(&self) -> bool {
+        fs::read_dir(&self.base).is_ok_and(|mut d| d.next().is_some())
+    }
+
     /// The pid of our process for `c`, when it is alive.
     pub fn pid(&self, c: Component) -> Option<u32> {
         let pid_file = match c.db_service() {
