@@ -3,8 +3,9 @@
 //! never touches the native test stack or a developer's stack.
 //!
 //! Needs a running dockerd and the local images: `scripts/test-docker.sh --prepare` provides both
-//! (make test calls it). Images default to the local stand-ins (mfe-local/*); set MFE_*_IMAGE to
-//! use others.
+//! (make test calls it). No MFE_*_IMAGE is set: `mfe` itself runs the local stand-ins (mfe-local/*)
+//! where the official images are absent and cannot be pulled, which these tests check; set
+//! MFE_*_IMAGE in the environment to run others.
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
@@ -37,21 +38,28 @@ fn stack_env(project: &str) -> HashMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    for (var, local) in [
-        ("MFE_POSTGRES_IMAGE", "mfe-local/postgres:15"),
-        ("MFE_RABBITMQ_IMAGE", "mfe-local/rabbitmq:3-management"),
-        ("MFE_REDIS_IMAGE", "mfe-local/redis:7"),
-        ("MFE_NGINX_IMAGE", "mfe-local/nginx:1.22"),
-    ] {
-        env.insert(var.into(), std::env::var(var).unwrap_or_else(|_| local.into()));
+    for var in IMAGE_VARS {
+        if let Ok(image) = std::env::var(var) {
+            env.insert(var.into(), image);
+        }
     }
     env
 }
 
+const IMAGE_VARS: [&str; 4] = ["MFE_POSTGRES_IMAGE", "MFE_RABBITMQ_IMAGE", "MFE_REDIS_IMAGE", "MFE_NGINX_IMAGE"];
+
+/// The local stand-in of each MFE_*_IMAGE variable.
+const LOCAL_IMAGES: [&str; 4] =
+    ["mfe-local/postgres:15", "mfe-local/rabbitmq:3-management", "mfe-local/redis:7", "mfe-local/nginx:1.22"];
+
 fn mfe(env: &HashMap<String, String>, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mfe"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mfe"));
+    for var in IMAGE_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
         .env_remove("DOCKER_HOST")
+        .env_remove("RUST_LOG")
         .envs(env)
         .current_dir(std::env::temp_dir())
         .output()
@@ -59,6 +67,10 @@ fn mfe(env: &HashMap<String, String>, args: &[&str]) -> Output {
 }
 
 fn ok(env: &HashMap<String, String>, args: &[&str]) -> String {
+    String::from_utf8_lossy(&ok_output(env, args).stdout).to_string()
+}
+
+fn ok_output(env: &HashMap<String, String>, args: &[&str]) -> Output {
     let out = mfe(env, args);
     assert!(
         out.status.success(),
@@ -67,7 +79,7 @@ fn ok(env: &HashMap<String, String>, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    out
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -85,8 +97,8 @@ fn require_docker(env: &HashMap<String, String>) -> bollard::Docker {
         "no Docker daemon answers on /var/run/docker.sock — run `scripts/test-docker.sh --prepare` \
          (starts dockerd and builds the local images) before these tests",
     );
-    for var in ["MFE_POSTGRES_IMAGE", "MFE_RABBITMQ_IMAGE", "MFE_REDIS_IMAGE", "MFE_NGINX_IMAGE"] {
-        let image = &env[var];
+    for (var, local) in IMAGE_VARS.iter().zip(LOCAL_IMAGES) {
+        let image = env.get(*var).map(String::as_str).unwrap_or(local);
         let found = rt().block_on(docker.inspect_image(image)).is_ok();
         assert!(found, "image {image} is missing — build the local images with `mfe infra build-images` (or scripts/test-docker.sh --prepare)");
     }
@@ -139,8 +151,18 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     ok(&env, &["ssl", "generate", "--force"]);
 
     let t0 = Instant::now();
-    ok(&env, &["infra", "start"]);
-    eprintln!("figure: docker start (cold, local images) {:.1} s", t0.elapsed().as_secs_f64());
+    let started = ok_output(&env, &["infra", "start"]);
+    eprintln!("figure: docker start (cold) {:.1} s", t0.elapsed().as_secs_f64());
+    // No MFE_*_IMAGE: one line says which images run and why; where the official image is
+    // absent (and, offline, cannot be pulled) that is the local stand-in.
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    let image_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("images: ")).collect();
+    assert_eq!(image_lines.len(), 1, "{stderr}");
+    if !env.contains_key("MFE_POSTGRES_IMAGE") && rt().block_on(docker.inspect_image("postgres:15")).is_err() {
+        let pullable = rt().block_on(docker.inspect_registry_image("postgres:15", None)).is_ok();
+        let expected = if pullable { "postgres:15 (to be pulled" } else { "mfe-local/postgres:15" };
+        assert!(image_lines[0].contains(expected), "{}", image_lines[0]);
+    }
 
     let status: serde_json::Value = serde_json::from_str(&ok(&env, &["--json", "infra", "status"])).unwrap();
     assert_eq!(status["passed"], true, "{status:#}");
@@ -205,16 +227,58 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     let stopped: serde_json::Value = serde_json::from_slice(&mfe(&env, &["--json", "infra", "status"]).stdout).unwrap();
     assert_eq!(stopped["passed"], false, "a stopped stack is not healthy");
     let t2 = Instant::now();
-    ok(&env, &["infra", "start"]);
+    let warm = ok_output(&env, &["infra", "start"]);
     eprintln!("figure: docker start (warm, existing containers) {:.1} s", t2.elapsed().as_secs_f64());
     assert_eq!(psql(28432, "auth_db", "SELECT v FROM kept"), "still here");
+    let warm = String::from_utf8_lossy(&warm.stderr);
+    assert!(!warm.contains("recreating"), "the containers keep their images: {warm}");
 
-    ok(&env, &["infra", "clean", "--yes"]);
+    // Both runtimes hold data (the docker volumes, a native Redis that ran on the same port):
+    // clean under auto removes both and says so, so no old data comes back at the next start.
+    ok(&env, &["infra", "stop"]);
+    ok(&env, &["infra", "start", "redis", "--runtime", "native"]);
+    ok(&env, &["infra", "stop", "redis", "--runtime", "native"]);
+    let native_dir = std::path::Path::new(&env["MFE_STATE_DIR"]).join("native");
+    assert!(native_dir.join("redis").is_dir(), "native redis left its data");
+    let mut auto = env.clone();
+    auto.insert("MFE_RUNTIME".into(), "auto".into());
+    let cleaned = String::from_utf8_lossy(&ok_output(&auto, &["infra", "clean", "--yes"]).stderr).to_string();
+    assert!(cleaned.contains("cleaning both"), "{cleaned}");
+    assert!(!native_dir.exists(), "the native data is removed: {cleaned}");
     assert_eq!(
         leftovers(&docker, PROJECT),
         Vec::<String>::new(),
         "clean --yes removes containers, volumes and network"
     );
+}
+
+#[test]
+fn with_a_daemon_answering_auto_follows_the_native_data_and_clean_removes_it() {
+    let project = "mfedockertestnative";
+    let mut env = stack_env(project);
+    let docker = require_docker(&env);
+    env.insert("MFE_RUNTIME".into(), "auto".into());
+    env.insert("REDIS_URL".into(), "redis://127.0.0.1:28381".into());
+    let native_dir = std::path::Path::new(&env["MFE_STATE_DIR"]).join("native");
+    let _ = std::fs::remove_dir_all(&env["MFE_STATE_DIR"]);
+    assert_eq!(leftovers(&docker, project), Vec::<String>::new(), "the project starts empty");
+
+    ok(&env, &["infra", "start", "redis", "--runtime", "native"]);
+    ok(&env, &["infra", "stop", "redis", "--runtime", "native"]);
+    assert!(native_dir.join("redis/data").is_dir(), "native redis left its data");
+
+    // Nothing runs, the daemon answers, only the native state dir holds data: auto is native.
+    let status = mfe(&env, &["infra", "status"]);
+    let first = String::from_utf8_lossy(&status.stderr).lines().next().unwrap_or_default().to_string();
+    assert!(first.starts_with("runtime: native (its data is in "), "{first}");
+
+    let cleaned = String::from_utf8_lossy(&ok_output(&env, &["infra", "clean", "--yes"]).stderr).to_string();
+    assert!(cleaned.contains("cleaned: every component stopped and its data removed (native runtime)"), "{cleaned}");
+    assert!(!native_dir.exists(), "the native data is removed: {cleaned}");
+    assert_eq!(leftovers(&docker, project), Vec::<String>::new(), "nothing created on the docker side");
+    let again = String::from_utf8_lossy(&ok_output(&env, &["infra", "clean", "--yes"]).stderr).to_string();
+    assert!(again.contains("nothing to remove"), "{again}");
+    let _ = std::fs::remove_dir_all(&env["MFE_STATE_DIR"]);
 }
 
 #[test]
@@ -228,7 +292,7 @@ fn a_missing_unpullable_image_is_one_clear_line_and_creates_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.trim().lines().last().unwrap_or_default();
-    assert!(last.contains("mfe-local/no-such-image:0") && last.contains("mfe infra build-images"), "{stderr}");
+    assert!(last.contains("mfe-local/no-such-image:0") && last.contains("make images"), "{stderr}");
     assert_eq!(leftovers(&docker, project), Vec::<String>::new(), "nothing half-created");
 }
 
