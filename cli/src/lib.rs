@@ -45,7 +45,7 @@ pub struct GlobalArgs {
     /// Read environment variables from this file instead of `./.env`.
     #[arg(long, global = true, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
-    /// More log output (-v info, -vv debug, -vvv trace).
+    /// More log output: -v the libraries' warnings and info, -vv debug, -vvv trace (RUST_LOG wins).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

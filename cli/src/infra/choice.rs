@@ -167,7 +167,11 @@ pub fn missing_images(choices: &[ImageChoice]) -> Option<String> {
     if officials.is_empty() {
         return None;
     }
-    let locals = if locals.is_empty() { String::new() } else { format!(" nor the local image {}", locals.join(", ")) };
+    let locals = match locals.len() {
+        0 => String::new(),
+        1 => format!(" nor the local image {}", locals[0]),
+        _ => format!(" nor the local images {}", locals.join(", ")),
+    };
     let verb = if officials.len() == 1 { "is" } else { "are" };
     Some(format!(
         "neither {}{locals} {verb} present and no registry answers ({reason}) — run `make images` for the docker runtime",
