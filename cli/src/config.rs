@@ -164,7 +164,8 @@ impl fmt::Display for DbService {
 /// Which infrastructure runtime to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {
-    /// docker when a daemon answers, native otherwise.
+    /// The runtime that runs, else the one holding data, else docker when every image can be had
+    /// (official, pulled or `make images`), else native.
     Auto,
     /// Containers through the Docker API (bollard).
     Docker,
