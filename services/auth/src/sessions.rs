@@ -8,7 +8,7 @@
 //! unchanged: the legacy columns of `refresh_tokens` must stay byte-identical to the legacy
 //! database (the validation checksums compare them, and the online migration streams the raw
 //! legacy `token` column into auth_db by logical replication, which a rewrite would fight).
-//! So a presented token is looked up ([`find_token`]) as `token = sha256hex(presented)` — every
+//! So a presented token is looked up (`find_token`) as `token = sha256hex(presented)` — every
 //! token auth issued — or as `token = presented`, but the raw form **only on rows with
 //! `family_id IS NULL`**, which only migrated rows are (every token auth issues has a family).
 //! A stored hash can therefore never be replayed as if it were a raw token.
@@ -16,7 +16,7 @@
 //! The first refresh of a migrated token rotates it like any other: `rotated_at` is stamped on
 //! it, its `family_id` stays NULL (so the raw lookup still finds it) and the successor — hashed
 //! like every token auth issues — gets the migrated token's id as its family, which is how
-//! [`revoke_family`] already treats a NULL family (a family of one, keyed by the token id).
+//! `revoke_family` already treats a NULL family (a family of one, keyed by the token id).
 //! Presenting the migrated token again is a reuse: the family (the migrated row and every
 //! successor) is revoked and the caller gets 401. Logout finds migrated tokens the same way.
 //!
