@@ -74,6 +74,29 @@ sign_in_through_nginx() {
   echo "signed in through nginx as $EMAIL"
 }
 
+# Users and sessions of POC-2 keep working after the migration (fixtures/README.md): a sample
+# user whose POC-2 password hash is bcrypt signs in (auth rehashes it to argon2id), and the
+# sample's live POC-2 refresh token refreshes once; its second use is refused as a reuse.
+MIGRATED_EMAIL="user06+customer@example.com"
+MIGRATED_PASSWORD="Password123!"
+MIGRATED_REFRESH_TOKEN="462dfd0e24a602437cc76d4442a7a883fa7bd9b0c16f4a22e8f2029244a30ff2"
+migrated_user_through_nginx() {
+  local body code
+  body=$(curl -s --cacert "$CA" --fail-with-body -X POST "$BASE/api/auth/signin" -H 'content-type: application/json' \
+    -d "{\"email\":\"$MIGRATED_EMAIL\",\"password\":\"$MIGRATED_PASSWORD\"}") \
+    || { echo "demo: the migrated bcrypt user $MIGRATED_EMAIL cannot sign in: $body"; return 1; }
+  echo "signed in through nginx as $MIGRATED_EMAIL (POC-2 bcrypt hash)"
+  body=$(curl -s --cacert "$CA" --fail-with-body -X POST "$BASE/api/auth/refresh" -H 'content-type: application/json' \
+    -d "{\"refreshToken\":\"$MIGRATED_REFRESH_TOKEN\"}") \
+    || { echo "demo: the migrated POC-2 refresh token does not refresh: $body"; return 1; }
+  python3 -c 'import json,sys; assert json.load(sys.stdin)["refreshToken"]' <<<"$body" || return 1
+  echo "refreshed the migrated POC-2 refresh token through nginx"
+  code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CA" -X POST "$BASE/api/auth/refresh" \
+    -H 'content-type: application/json' -d "{\"refreshToken\":\"$MIGRATED_REFRESH_TOKEN\"}")
+  [ "$code" = 401 ] || { echo "demo: a second use of the migrated token answered $code, not 401"; return 1; }
+  echo "its second use is refused (401, reuse)"
+}
+
 # `mfe test event-hub` restarts RabbitMQ; until the services have reconnected, their /health
 # fails and the gateway answers 503 for them. The next probe waits (at most 60 s) for the gateway
 # to route to the auth service again — a 401 on /me — instead of racing the recovery.
@@ -96,6 +119,7 @@ ws_probe_when_routed() {
 step "mfe up (infra, certificates, schemas, services, gateway)" "$MFE" up
 step "load the sample legacy (POC-2) data" "$MFE" fixtures load --dataset sample
 step "mfe migrate run (backup, migrate, export, import, validate)" "$MFE" migrate run
+step "migrated POC-2 users: bcrypt sign-in, refresh token (nginx)" migrated_user_through_nginx
 step "sign up, sign in and /me through nginx" sign_in_through_nginx
 step "mfe test proxy (gateway and nginx)" "$MFE" test proxy --ca "$CA"
 step "mfe test event-hub" "$MFE" test event-hub

@@ -5,9 +5,9 @@
 //! - [`Application`]: builds the state (pool, Redis, event hub, outbox relay), binds the
 //!   listener and serves; `port()` / `run_until_stopped()` so tests bind port 0.
 //! - [`users`]: signup, signin, me, user lookup for other services, admin listing.
-//! - [`sessions`]: refresh tokens (rotation, reuse detection), logout.
+//! - [`sessions`]: refresh tokens (rotation, reuse detection, migrated POC-2 tokens), logout.
 //! - [`devices`]: device sessions (register, list, revoke, logout-others).
-//! - [`password`]: input rules and argon2id hashing.
+//! - [`password`]: input rules, argon2id hashing, verification of POC-2 hashes (bcrypt, argon2).
 //!
 //! Every state change that others care about is written to the transactional outbox in the
 //! same transaction as the change; the relay publishes it (`auth.user.*`, `auth.session.revoked`).

@@ -1,5 +1,23 @@
 //! Input rules and password hashing: email and name validation, the password policy, and
 //! argon2id with the OWASP-recommended parameters (19 MiB, 2 iterations, 1 lane).
+//!
+//! # Hashes migrated from POC-2
+//! The POC-2 (Node) database holds what its libraries wrote: bcrypt (`$2a$` from bcryptjs 2,
+//! `$2b$` from node.bcrypt and bcryptjs 3, `$2y$`, PHP's name, in data that passed through PHP — one
+//! algorithm under three names) and argon2 PHC strings with node-argon2's parameters (argon2id m=65536,t=3,p=4) or
+//! others. [`verify`] accepts all of them, each through its well-kept crate (`bcrypt`, `argon2`),
+//! never a verifier of our own. `$2x$` (crypt_blowfish's buggy variant, never written by Node) is
+//! refused: verifying it as `$2b$` would be wrong for non-ASCII passwords. [`needs_rehash`] tells
+//! the sign-in to replace any hash that is not argon2id with today's parameters, in the sign-in's
+//! own transaction (see `users::signin`), so after one sign-in every account is on argon2id.
+//!
+//! Timing: an unknown email is verified against [`dummy_hash`] (today's argon2id), so it costs
+//! what an argon2id account costs. A POC-2 account not yet signed in since the migration costs
+//! its own hash's work instead — measured here (10 verifications each, optimised hash crates, the
+//! 2-core machine at load 13): today's argon2id 90–130 ms, bcrypt cost 10 ~190 ms, node-argon2's
+//! default argon2id (64 MiB, t=3, p=4) ~550 ms. That difference only tells "this email has a
+//! POC-2 account not yet rehashed" and disappears at the account's first sign-in; equalising it
+//! would mean paying the slowest scheme on every sign-in.
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -7,8 +25,13 @@ use argon2::{
 };
 use mfe_kit::ApiError;
 
+/// Today's parameters: argon2id, 19 MiB, 2 iterations, 1 lane, 32-byte output.
+fn params() -> Params {
+    Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params")
+}
+
 fn hasher() -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params"))
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
 }
 
 /// Hashes `password` into a PHC string. CPU-heavy: call from `spawn_blocking`.
@@ -17,12 +40,72 @@ pub fn hash(password: &str) -> Result<String, argon2::password_hash::Error> {
     Ok(hasher().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
-/// Whether `password` matches the PHC string `hash` (parameters are read from the hash, so
-/// hashes made with other argon2 settings still verify).
+/// The family of a stored hash, by its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `$argon2id$`, `$argon2i$`, `$argon2d$` PHC strings, any parameters.
+    Argon2,
+    /// `$2a$`, `$2b$`, `$2y$` (modular crypt format, 60 characters).
+    Bcrypt,
+    /// Anything else: never verifies.
+    Unknown,
+}
+
+impl Scheme {
+    pub fn of(hash: &str) -> Self {
+        if hash.starts_with("$argon2") {
+            Scheme::Argon2
+        } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
+            Scheme::Bcrypt
+        } else {
+            Scheme::Unknown
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Argon2 => "argon2",
+            Scheme::Bcrypt => "bcrypt",
+            Scheme::Unknown => "unknown",
+        }
+    }
+}
+
+/// Whether `password` matches the stored `hash`: argon2 with the parameters the hash carries,
+/// or bcrypt with its cost. A malformed hash is a mismatch, never a panic. CPU-heavy: call from
+/// `spawn_blocking`.
 pub fn verify(password: &str, hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => hasher().verify_password(password.as_bytes(), &parsed).is_ok(),
-        Err(_) => false,
+    match Scheme::of(hash) {
+        Scheme::Argon2 => match PasswordHash::new(hash) {
+            // The verifier takes algorithm, version and parameters from the hash itself.
+            Ok(parsed) => hasher().verify_password(password.as_bytes(), &parsed).is_ok(),
+            Err(_) => false,
+        },
+        // bcrypt reads the first 72 bytes of the password, as node.bcrypt and bcryptjs did when
+        // they wrote the hash; `verify` (not `non_truncating_verify`) does the same.
+        Scheme::Bcrypt => bcrypt::verify(password, hash).unwrap_or(false),
+        Scheme::Unknown => false,
+    }
+}
+
+/// Whether a hash that just verified should be replaced by [`hash`]: true for bcrypt, for
+/// argon2i/argon2d, for argon2id of another version or other parameters, and for anything
+/// that does not parse.
+pub fn needs_rehash(hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return true };
+    if parsed.algorithm != Algorithm::Argon2id.ident() || parsed.version != Some(Version::V0x13.into()) {
+        return true;
+    }
+    let current = params();
+    match Params::try_from(&parsed) {
+        Ok(p) => {
+            p.m_cost() != current.m_cost()
+                || p.t_cost() != current.t_cost()
+                || p.p_cost() != current.p_cost()
+                || p.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+                    != current.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+        }
+        Err(_) => true,
     }
 }
 
@@ -87,6 +170,105 @@ mod tests {
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
         assert!(verify("correct horse 1", &h));
         assert!(!verify("correct horse 2", &h));
+    }
+
+    /// Hashes written by other implementations, so the crates are checked against the outside
+    /// world rather than against themselves.
+    const FOREIGN: &[(&str, &str, &str)] = &[
+        // OpenBSD's bcrypt test vector.
+        ("$2a$", "U*U", "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"),
+        // bcryptjs 2.4 (Node), `hashSync("correct horse 1", 4)`.
+        ("$2a$", "correct horse 1", "$2a$04$K/8QptL4Mgae/7GDLte6j.nXcQuHUGhr8VwK31f7WwC1j1Qlmr4ce"),
+        // bcryptjs 3 (Node), `hashSync("correct horse 1", 4)`.
+        ("$2b$", "correct horse 1", "$2b$04$gohGWP/.6sQ7qNtmVK.bGe9le52.UAlmDfThpTpja6Y6VaJ2WL/6W"),
+        // The PHP manual's password_verify example.
+        ("$2y$", "rasmuslerdorf", "$2y$07$BCryptRequires22Chrcte/VlQH0piJtjXl.0t1XkA8pw9dMXTpOq"),
+        // The argon2 reference implementation's README (`argon2 somesalt -t 2 -m 16 -p 4 -l 24`).
+        ("argon2i", "password", "$argon2i$v=19$m=65536,t=2,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"),
+    ];
+
+    #[test]
+    fn hashes_written_by_node_php_and_the_argon2_reference_verify() {
+        for (what, password, hash) in FOREIGN {
+            assert!(verify(password, hash), "{what} {hash} should verify");
+            assert!(!verify(&format!("{password}x"), hash), "{what}: a wrong password must not verify");
+            assert!(!verify("", hash), "{what}: an empty password must not verify");
+            assert!(needs_rehash(hash), "{what} is not today's argon2id");
+        }
+    }
+
+    #[test]
+    fn every_bcrypt_prefix_verifies_the_same_digest() {
+        // $2a$, $2b$ and $2y$ are one algorithm for UTF-8 passwords under three names.
+        let parts = bcrypt::hash_with_salt("Pässwörd 123!", 4, *b"0123456789abcdef").unwrap();
+        for version in [bcrypt::Version::TwoA, bcrypt::Version::TwoB, bcrypt::Version::TwoY] {
+            let h = parts.format_for_version(version);
+            assert_eq!(Scheme::of(&h), Scheme::Bcrypt, "{h}");
+            assert!(verify("Pässwörd 123!", &h), "{h}");
+            assert!(!verify("Passwort 123!", &h), "{h}");
+            assert!(needs_rehash(&h));
+        }
+        // crypt_blowfish's buggy $2x$ is refused rather than verified as if it were $2b$.
+        assert!(!verify("Pässwörd 123!", &parts.format_for_version(bcrypt::Version::TwoX)));
+    }
+
+    #[test]
+    fn argon2_hashes_of_other_variants_and_parameters_verify_and_need_a_rehash() {
+        let salt = SaltString::encode_b64(b"other-params-salt").unwrap();
+        let node_default = Params::new(65536, 3, 4, None).unwrap();
+        for (algorithm, params, prefix) in [
+            (Algorithm::Argon2id, node_default.clone(), "$argon2id$v=19$m=65536,t=3,p=4$"),
+            (Algorithm::Argon2i, params(), "$argon2i$v=19$m=19456,t=2,p=1$"),
+            (Algorithm::Argon2id, Params::new(19 * 1024, 2, 1, Some(16)).unwrap(), "$argon2id$v=19$m=19456,t=2,p=1$"),
+            (Algorithm::Argon2id, params(), "$argon2id$v=16$m=19456,t=2,p=1$"),
+        ] {
+            let version = if prefix.contains("v=16") { Version::V0x10 } else { Version::V0x13 };
+            let h =
+                Argon2::new(algorithm, version, params).hash_password(b"correct horse 1", &salt).unwrap().to_string();
+            assert!(h.starts_with(prefix), "{h}");
+            assert!(verify("correct horse 1", &h), "{h}");
+            assert!(!verify("correct horse 2", &h), "{h}");
+            assert!(needs_rehash(&h), "{h} is not today's argon2id");
+        }
+    }
+
+    #[test]
+    fn only_todays_argon2id_needs_no_rehash() {
+        let h = hash("correct horse 1").unwrap();
+        assert!(!needs_rehash(&h), "{h}");
+        assert!(!needs_rehash(dummy_hash()));
+        assert!(needs_rehash("not a hash"));
+        assert!(needs_rehash(""));
+    }
+
+    #[test]
+    fn garbage_hashes_are_refused_without_panicking() {
+        let bcrypt_ok = "$2b$04$gohGWP/.6sQ7qNtmVK.bGe9le52.UAlmDfThpTpja6Y6VaJ2WL/6W";
+        let garbage = [
+            "",
+            "$",
+            "plaintext-password",
+            "$2b$",
+            "$2b$04$",
+            "$2b$04$short",
+            "$2b$99$gohGWP/.6sQ7qNtmVK.bGe9le52.UAlmDfThpTpja6Y6VaJ2WL/6W", // cost out of range
+            "$2b$xx$gohGWP/.6sQ7qNtmVK.bGe9le52.UAlmDfThpTpja6Y6VaJ2WL/6W", // cost not a number
+            "$2b$04$gohGWP/.6sQ7qNtmVK.bGe9le52.UAlmDfThpTpja6Y6VaJ2WL/6é", // not ASCII
+            "$2b$04$!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!", // not base64
+            "$2b$04$gohGWP/.6sQ7qNtmVK.bGe9le52.UAlmDfThpTpja6Y6VaJ2WL/6W$extra",
+            "$argon2id$",
+            "$argon2id$v=19$m=19456,t=2,p=1$",
+            "$argon2id$v=19$m=0,t=0,p=0$c2FsdHNhbHQ$aGFzaGhhc2g",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA", // salt and hash too short
+            "$argon2x$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+            "$1$saltsalt$hashhashhashhashhash", // md5-crypt
+            "$5$rounds=5000$salt$hash",         // sha256-crypt
+        ];
+        for h in garbage {
+            assert!(!verify("correct horse 1", h), "{h:?} must not verify");
+        }
+        assert_eq!(bcrypt_ok.len(), 60);
+        assert!(verify("correct horse 1", bcrypt_ok));
     }
 
     #[test]

@@ -1,7 +1,28 @@
 //! Refresh tokens. Each sign-in starts a token *family*; `refresh` rotates (stamps `rotated_at`
 //! on the presented token and issues a successor in the same family). Presenting a token that
 //! was already rotated means it was copied: the whole family is revoked and the caller gets 401.
-//! Only the SHA-256 of a token is stored, so a database leak yields no usable token.
+//! Only the SHA-256 of a token auth issued is stored, so a database leak yields no usable token.
+//!
+//! # Tokens migrated from POC-2: both forms are accepted
+//! POC-2 stored its refresh tokens as they are, and `mfe migrate` copies them into auth_db
+//! unchanged: the legacy columns of `refresh_tokens` must stay byte-identical to the legacy
+//! database (the validation checksums compare them, and the online migration streams the raw
+//! legacy `token` column into auth_db by logical replication, which a rewrite would fight).
+//! So a presented token is looked up (`find_token`) as `token = sha256hex(presented)` — every
+//! token auth issued — or as `token = presented`, but the raw form **only on rows with
+//! `family_id IS NULL`**, which only migrated rows are (every token auth issues has a family).
+//! A stored hash can therefore never be replayed as if it were a raw token.
+//!
+//! The first refresh of a migrated token rotates it like any other: `rotated_at` is stamped on
+//! it, its `family_id` stays NULL (so the raw lookup still finds it) and the successor — hashed
+//! like every token auth issues — gets the migrated token's id as its family, which is how
+//! `revoke_family` already treats a NULL family (a family of one, keyed by the token id).
+//! Presenting the migrated token again is a reuse: the family (the migrated row and every
+//! successor) is revoked and the caller gets 401. Logout finds migrated tokens the same way.
+//!
+//! The exposure of a migrated token is the legacy database's: whoever can read auth_db (or the
+//! legacy database) can use a POC-2 token until it is rotated, revoked or expired — once
+//! rotated it is refused, and its successor is only stored hashed. Nothing new is exposed.
 
 use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
 use chrono::{NaiveDateTime, Utc};
@@ -81,6 +102,27 @@ pub async fn start_session(
     issue(conn, state, user, &family_id, device_id).await
 }
 
+/// The refresh token stored for `presented`: its hash (tokens auth issued), or the presented
+/// value itself on a migrated row (`family_id IS NULL`; see the module doc). `FOR UPDATE`: two
+/// concurrent refreshes of one token serialise here, so exactly one rotates it and the other is
+/// seen as a reuse.
+async fn find_token(conn: &mut PgConnection, presented: &str) -> Result<Option<TokenRow>, sqlx::Error> {
+    // Both arms use the unique index on `token`. Should a raw migrated value ever equal the hash
+    // of another presented token, the hashed (issued) row wins.
+    sqlx::query_as(
+        "SELECT id, user_id, expires_at, family_id, rotated_at, revoked_at, device_id
+         FROM refresh_tokens
+         WHERE token = $1 OR (token = $2 AND family_id IS NULL)
+         ORDER BY token = $1 DESC
+         LIMIT 1
+         FOR UPDATE",
+    )
+    .bind(token_hash(presented))
+    .bind(presented)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Revokes every live token of `family_id` (a NULL family, from migrated data, is the token
 /// itself, keyed by its id).
 async fn revoke_family(conn: &mut PgConnection, family_id: &str) -> Result<u64, sqlx::Error> {
@@ -127,16 +169,8 @@ async fn refresh(
 ) -> Result<Json<RefreshResponse>, ApiError> {
     let invalid = |why: &str| ApiError::Unauthorized(format!("refresh token {why}; sign in again"));
     let mut tx = state.db.begin().await?;
-    // FOR UPDATE: two concurrent refreshes of one token serialise here, so exactly one rotates
-    // it and the other is seen as a reuse.
-    let row: Option<TokenRow> = sqlx::query_as(
-        "SELECT id, user_id, expires_at, family_id, rotated_at, revoked_at, device_id
-         FROM refresh_tokens WHERE token = $1 FOR UPDATE",
-    )
-    .bind(token_hash(&body.refresh_token))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else { return Err(invalid("is unknown")) };
+    let Some(row) = find_token(&mut tx, &body.refresh_token).await? else { return Err(invalid("is unknown")) };
+    // A migrated token (no family) becomes the family of its successors, keyed by its id.
     let family_id = row.family_id.clone().unwrap_or_else(|| row.id.clone());
     if row.revoked_at.is_some() {
         return Err(invalid("was revoked"));
@@ -191,14 +225,9 @@ async fn logout(
     let now = Utc::now().naive_utc();
     match (&body.refresh_token, auth.device_id()) {
         (Some(token), _) => {
-            let family: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT id, family_id FROM refresh_tokens WHERE token = $1 AND user_id = $2")
-                    .bind(token_hash(token))
-                    .bind(&user.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some((id, family_id)) = family {
-                revoke_family(&mut tx, &family_id.unwrap_or(id)).await?;
+            // Someone else's token is left alone: the caller can only end its own sessions.
+            if let Some(row) = find_token(&mut tx, token).await?.filter(|row| row.user_id == user.id) {
+                revoke_family(&mut tx, &row.family_id.unwrap_or(row.id)).await?;
             }
         }
         (None, Some(device_id)) => {

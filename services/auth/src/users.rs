@@ -205,15 +205,27 @@ async fn signin(
         None => (None, password::dummy_hash().to_string()),
     };
     let plain = body.password;
-    let matches = tokio::task::spawn_blocking(move || password::verify(&plain, &hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    // One blocking task verifies and, for a POC-2 hash (bcrypt, older argon2) that matched,
+    // computes its argon2id replacement, so a migrated sign-in waits for the pool only once.
+    let (matches, rehashed, hash) = tokio::task::spawn_blocking(move || {
+        let matches = password::verify(&plain, &hash);
+        let rehashed = (matches && password::needs_rehash(&hash)).then(|| password::hash(&plain));
+        (matches, rehashed, hash)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
     let user = match user {
         Some(user) if matches => user,
         _ => return Err(invalid()),
     };
 
     let mut tx = state.db.begin().await?;
+    match rehashed {
+        Some(Ok(new_hash)) => rehash(&mut tx, &user, &hash, &new_hash).await?,
+        // The old hash still verifies, so the sign-in goes on; the next one tries again.
+        Some(Err(e)) => tracing::error!(user_id = %user.id, "cannot rehash the password to argon2id: {e}"),
+        None => {}
+    }
     if let Some(device_id) = &device_id {
         devices::upsert(&mut tx, &user.id, device_id, body.device_name.as_deref(), &meta).await?;
     }
@@ -229,6 +241,23 @@ async fn signin(
         expires_in: crate::ACCESS_TTL.as_secs(),
         user,
     }))
+}
+
+/// Replaces the verified POC-2 hash `old` of `user` by `new` (argon2id), in the sign-in's
+/// transaction: the new hash is stored exactly when the sign-in's session is. Compared with
+/// `old`, so a password changed meanwhile is never overwritten. `updated_at` stays: the account
+/// did not change, only how its password is stored (and `updatedAt` is what clients see).
+async fn rehash(conn: &mut sqlx::PgConnection, user: &User, old: &str, new: &str) -> Result<(), ApiError> {
+    let done = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+        .bind(&user.id)
+        .bind(old)
+        .bind(new)
+        .execute(conn)
+        .await?;
+    if done.rows_affected() == 1 {
+        tracing::info!(user_id = %user.id, from = password::Scheme::of(old).as_str(), "password rehashed to argon2id");
+    }
+    Ok(())
 }
 
 async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<User>, ApiError> {

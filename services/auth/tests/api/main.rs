@@ -5,5 +5,6 @@
 mod accounts;
 mod devices;
 mod helpers;
+mod migrated;
 mod ops;
 mod tokens;
