@@ -199,7 +199,12 @@ impl ClientTls {
 }
 
 /// The variant name of a certificate error (`UnknownIssuer`), without the context some carry.
+/// `BadSignature` is what another stack's CA gives (every `mfe ssl generate` CA has the same
+/// name, so the verifier tries it and its signature does not match): it says so.
 fn reason_name(reason: &CertificateError) -> String {
+    if matches!(reason, CertificateError::BadSignature) {
+        return "BadSignature: signed by another CA of the same name, e.g. another stack's".to_string();
+    }
     let debug = format!("{reason:?}");
     let end = debug.find([' ', '(', '{']).unwrap_or(debug.len());
     debug[..end].trim_end_matches("Context").to_string()
