@@ -76,14 +76,24 @@ async fn fifty_sockets_all_receive_each_triggered_event() {
     assert!(fan_out.detail.starts_with("100/100"), "{}", fan_out.detail);
 }
 
-/// Runs the `mfe` binary with `args` against the nginx at `https_port`, whose stack keeps its
-/// certificates (and CA) beside `ssl_cert_path`; returns (exit status, stdout, stderr).
-async fn mfe_through_nginx(args: &[&str], https_port: u16, ssl_cert_path: &Path) -> (bool, String, String) {
+/// Runs the `mfe` binary with `args` against `gateway` and the nginx at `https_port` in front
+/// of it, whose stack keeps its certificates (and CA) beside `ssl_cert_path`; returns (exit
+/// status, stdout, stderr).
+async fn mfe_through_nginx(
+    args: &[&str],
+    gateway: &str,
+    https_port: u16,
+    ssl_cert_path: &Path,
+) -> (bool, String, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let ssl_cert_path = ssl_cert_path.to_path_buf();
+    let gateway = gateway.to_string();
     tokio::task::spawn_blocking(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_mfe"))
             .args(&args)
+            .env("GATEWAY_URL", gateway)
+            .env("NGINX_HOST", "localhost")
+            .env("NGINX_HTTPS_PORT", https_port.to_string())
             .env("WS_URL", format!("wss://localhost:{https_port}/ws"))
             .env("SSL_CERT_PATH", &ssl_cert_path)
             .env("SSL_KEY_PATH", ssl_cert_path.with_file_name("self-signed.key"))
@@ -106,6 +116,7 @@ async fn the_readme_probe_passes_through_nginx_without_tls_or_token_flags() {
     let edge = nginx_support::Edge::start(gateway_port);
     let (ok, stdout, stderr) = mfe_through_nginx(
         &["ws", "probe", "--trigger", "payment"],
+        &stack.gateway,
         edge.https,
         &edge.ca.with_file_name("self-signed.crt"),
     )
@@ -136,6 +147,7 @@ async fn another_ca_without_the_stacks_fails_with_one_line_naming_the_server_and
     let ca = other_ca.display().to_string();
     let (ok, stdout, stderr) = mfe_through_nginx(
         &["--json", "ws", "probe", "--user-id", &user, "--ca", &ca],
+        &stack.gateway,
         edge.https,
         &empty.path().join("self-signed.crt"),
     )
@@ -155,4 +167,25 @@ async fn another_ca_without_the_stacks_fails_with_one_line_naming_the_server_and
     );
     assert!(detail.contains(&server) && detail.ends_with(&tried), "connect check: {detail}");
     assert!(!detail.contains('\n') && !detail.contains("token="), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_proxy_as_written_passes_its_nginx_half_trusting_the_stacks_ca() {
+    let stack = proxy_support::spawn_stack().await;
+    let gateway_port: u16 = stack.gateway.rsplit(':').next().unwrap().parse().unwrap();
+    let edge = nginx_support::Edge::start(gateway_port);
+    let (ok, stdout, stderr) = mfe_through_nginx(
+        &["--json", "test", "proxy"],
+        &stack.gateway,
+        edge.https,
+        &edge.ca.with_file_name("self-signed.crt"),
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let failed: Vec<_> = report["checks"].as_array().unwrap().iter().filter(|c| c["passed"] != true).collect();
+    assert!(ok && failed.is_empty(), "mfe test proxy failed: {failed:#?}\n{stderr}");
+    let trusted = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "nginx: certificate").unwrap();
+    let stack_ca = edge.ca.display().to_string();
+    assert!(trusted["detail"].as_str().unwrap().ends_with(&stack_ca), "{trusted}");
+    assert!(report["checks"].as_array().unwrap().iter().any(|c| c["name"] == "nginx: PATCH /api/payments/{id}/status"));
 }
