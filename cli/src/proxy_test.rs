@@ -89,10 +89,7 @@ async fn certificate_check(http: &reqwest::Client, tls: &ClientTls, front: &str,
     let name = format!("{front}: certificate");
     let url = format!("{base}/health");
     match http.get(&url).send().await {
-        Err(e) if crate::tls::certificate_error(&e).is_some() => {
-            Some(Check::new(name, false, tls.error(base, e, "").to_string()))
-        }
-        Err(_) => None,
+        Err(e) => tls.explain(base, &e).map(|line| Check::new(name, false, line)),
         Ok(_) => Some(Check::new(name, true, format!("verified against {}", tls.trusted()))),
     }
 }

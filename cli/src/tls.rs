@@ -164,14 +164,19 @@ impl ClientTls {
     where
         E: StdError + Send + Sync + 'static,
     {
-        match certificate_error(&err) {
-            Some(reason) => anyhow::anyhow!(self.untrusted_line(server, &reason)),
+        match self.explain(server, &err) {
+            Some(line) => anyhow::anyhow!(line),
             None => anyhow::Error::new(err).context(context.to_string()),
         }
     }
 
+    /// The line for `err` when a certificate failure caused it, else `None`.
+    pub fn explain(&self, server: &str, err: &(dyn StdError + 'static)) -> Option<String> {
+        certificate_error(err).map(|reason| self.untrusted_line(server, &reason))
+    }
+
     /// The line for a server whose certificate failed verification.
-    pub fn untrusted_line(&self, server: &str, reason: &CertificateError) -> String {
+    fn untrusted_line(&self, server: &str, reason: &CertificateError) -> String {
         let server = server_name(server);
         let only = if self.ca_files.is_empty() { " only" } else { "" };
         let tried = format!("tried {}{only}", self.trusted());
@@ -234,7 +239,7 @@ fn server_name(url: &str) -> String {
 ///
 /// rustls errors reach us wrapped in `std::io::Error`s (tokio-rustls), whose `source()` skips
 /// the wrapped error itself, so each `io::Error` is opened with `get_ref` as well.
-pub fn certificate_error(err: &(dyn StdError + 'static)) -> Option<CertificateError> {
+fn certificate_error(err: &(dyn StdError + 'static)) -> Option<CertificateError> {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>() {

@@ -542,8 +542,7 @@ async fn connect_one(
                 resp.status(),
                 resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default()
             ),
-            other if crate::tls::certificate_error(&other).is_some() => tls.error(server, other, ""),
-            other => anyhow::anyhow!("{}", redact(&other.to_string())),
+            other => anyhow::anyhow!(tls.explain(server, &other).unwrap_or_else(|| redact(&other.to_string()))),
         })?;
     let took = started.elapsed();
     let ack = next_json(&mut socket, wait).await.context("waiting for connection:ack")?;
