@@ -123,11 +123,15 @@ fn parse_table(readme: &str) -> Result<Vec<Line>, String> {
 ///   `mfe fixtures load`, backup and the migration lines, before anything writes sign-ups or
 ///   payments to the split databases that the legacy data does not hold (validation would
 ///   rightly fail);
-/// - the suites (`test event-hub` restarts the broker), then the lines that write users and
-///   payments (`test proxy`, `ws probe`);
+/// - the lines that write users and payments (`test proxy`, `ws probe`), then `test event-hub`:
+///   it restarts the broker, and for a few seconds after it returns the services are
+///   reconnecting and the gateway answers 503 for them (1 s in one run), which a
+///   following `test proxy` would report;
 /// - `infra logs -f`, then restart, stop, start, and `infra clean --yes` last.
 ///
-/// A line this list does not know runs after the suites, before the destructive lines.
+/// A line this list does not know runs after the suites (it may need the broker restarted by
+/// `test event-hub` to be back: the components are healthy again when it returns), before the
+/// destructive lines.
 fn rank(line: &Line) -> u32 {
     const ORDER: &[(&[&str], u32)] = &[
         (&["ssl", "generate"], 0),
@@ -140,9 +144,9 @@ fn rank(line: &Line) -> u32 {
         (&["migrate", "import"], 22),
         (&["migrate", "validate"], 23),
         (&["migrate", "run"], 24),
-        (&["test", "event-hub"], 30),
         (&["test", "proxy"], 40),
         (&["ws", "probe"], 41),
+        (&["test", "event-hub"], 45),
         (&["infra", "logs"], 60),
         (&["infra", "restart"], 70),
         (&["infra", "stop"], 71),
