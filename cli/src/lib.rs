@@ -8,6 +8,8 @@
 //! - one module per command group, each with its clap arguments beside its `run`:
 //!   [`infra`], [`ssl`], [`db`], [`fixtures`], [`migrate`], [`hub_test`] (`mfe test`), [`ws`],
 //!   [`stack`] (`mfe up|down|status`), [`doctor`].
+//! - [`tls`]: what every HTTP and WebSocket client of the CLI trusts (system store + the
+//!   stack's own dev CA + `--ca`), and the line a certificate failure prints.
 
 pub mod config;
 pub mod db;
@@ -21,6 +23,7 @@ pub mod proxy_test;
 pub mod report;
 pub mod ssl;
 pub mod stack;
+pub mod tls;
 pub mod ws;
 
 use clap::{Args, Parser, Subcommand};

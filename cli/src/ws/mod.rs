@@ -2,11 +2,9 @@
 //!
 //! # Layout
 //! - [`probe`]: `mfe ws probe` — token, connect, ack, ping/pong, triggered events, fan-out.
-//! - [`tls`]: `--insecure` / `--ca` for the dev stack's self-signed certificate, shared with
-//!   `mfe test proxy`.
+//!   Its `--ca` / `--insecure` are [`crate::tls::TlsArgs`], shared with every other client.
 
 pub mod probe;
-pub mod tls;
 
 use crate::Ctx;
 

@@ -4,6 +4,12 @@
 //! delivery; with `--connections N` it holds N sockets for `--duration` seconds and measures
 //! the fan-out latency of one event per second to all of them.
 //!
+//! The token comes from `--token`, a sign-in (`--email`/`--password`), a local signature
+//! (`--user-id`, JWT_SECRET) or, when none is given, a throwaway user signed up through the
+//! stack's API (`probe-<uuid>@probe.mfe.local`, a random password): so `mfe ws probe` works
+//! as written on a development stack, the way `test:websocket:e2e` did, without an account.
+//! TLS trust is [`crate::tls`]'s: the stack's own dev CA is trusted without flags.
+//!
 //! Exit status 1 when any expectation fails.
 
 use std::{
@@ -26,9 +32,9 @@ use tokio_tungstenite::{
 };
 use url::Url;
 
-use super::tls::TlsArgs;
 use crate::{
     report::{Check, Report},
+    tls::{ClientTls, TlsArgs},
     Ctx,
 };
 
@@ -45,7 +51,9 @@ pub enum Trigger {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
-    /// Access token (JWT) to connect with.
+    /// Access token (JWT) to connect with. Without --token, --email or --user-id the probe
+    /// signs up a throwaway user (probe-<uuid>@probe.mfe.local) through the API and uses its
+    /// token (development stacks).
     #[arg(long, conflicts_with_all = ["email", "user_id"])]
     pub token: Option<String>,
     /// Sign in through the API with this email (needs --password) to obtain the token.
@@ -212,8 +220,9 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
             u.as_str().trim_end_matches('/').to_string()
         }
     };
-    let http = args.tls.http_client()?;
-    let connector = if ws_url.scheme() == "wss" { Some(Connector::Rustls(args.tls.rustls_config()?)) } else { None };
+    let tls = args.tls.for_stack(&ctx.config)?;
+    let http = tls.http_client()?;
+    let connector = if ws_url.scheme() == "wss" { Some(tls.ws_connector()) } else { None };
     let wait = Duration::from_secs(args.timeout.max(1));
     let mut report = Report::new("ws probe");
 
@@ -223,16 +232,18 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
             report.push(Check::new("token", true, "given with --token"));
             t.clone()
         }
-        (None, Some(email), _) => match sign_in(&http, &api_url, email, args.password.as_deref().unwrap_or("")).await {
-            Ok(t) => {
-                report.push(Check::new("token", true, format!("signed in as {email} at {api_url}")));
-                t
+        (None, Some(email), _) => {
+            match sign_in(&http, &tls, &api_url, email, args.password.as_deref().unwrap_or("")).await {
+                Ok(t) => {
+                    report.push(Check::new("token", true, format!("signed in as {email} at {api_url}")));
+                    t
+                }
+                Err(e) => {
+                    report.push(Check::new("token", false, format!("{e:#}")));
+                    return Ok(report);
+                }
             }
-            Err(e) => {
-                report.push(Check::new("token", false, format!("{e:#}")));
-                return Ok(report);
-            }
-        },
+        }
         (None, None, Some(user)) => {
             let role: mfe_kit::Role = args.role.parse().map_err(anyhow::Error::msg)?;
             let keys = mfe_kit::JwtKeys::new(&ctx.config.jwt_secret);
@@ -241,9 +252,20 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
             report.push(Check::new("token", true, format!("signed locally for {user} ({role}) with JWT_SECRET")));
             t
         }
-        _ => {
-            bail!("give a token: --token JWT, --email/--password to sign in, or --user-id to sign one with JWT_SECRET")
-        }
+        (None, None, None) => match sign_up_probe_user(&http, &tls, &api_url).await {
+            Ok((email, t)) => {
+                let line = format!("signed up throwaway user {email} at {api_url} (no --token, --email or --user-id)");
+                if !ctx.json {
+                    eprintln!("ws probe: {line}");
+                }
+                report.push(Check::new("token", true, line));
+                t
+            }
+            Err(e) => {
+                report.push(Check::new("token", false, format!("{e:#}")));
+                return Ok(report);
+            }
+        },
     };
     let claims_sub = token_subject(&token);
 
@@ -260,7 +282,7 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
     let mut failures: HashMap<String, usize> = HashMap::new();
     let mut bad_acks = 0usize;
     let results = futures::stream::iter(0..n)
-        .map(|_| connect_one(&url, connector.clone(), wait))
+        .map(|_| connect_one(&url, ws_url.as_str(), &tls, connector.clone(), wait))
         .buffer_unordered(args.connect_concurrency.max(1));
     futures::pin_mut!(results);
     while let Some(result) = results.next().await {
@@ -342,7 +364,7 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
                 );
                 hub.as_ref().expect("hub for events").publish(&env).await.map_err(anyhow::Error::from)
             }
-            Trigger::Payment => create_payment(&http, &api_url, &token, &marker, i, &deliveries.aliases).await,
+            Trigger::Payment => create_payment(&http, &tls, &api_url, &token, &marker, i, &deliveries.aliases).await,
         };
         match sent {
             Ok(()) => markers.push(i),
@@ -410,14 +432,20 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
 }
 
 /// `POST /api/auth/signin` → the access token.
-async fn sign_in(http: &reqwest::Client, api: &str, email: &str, password: &str) -> anyhow::Result<String> {
+async fn sign_in(
+    http: &reqwest::Client,
+    tls: &ClientTls,
+    api: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
     let url = format!("{api}/api/auth/signin");
     let resp = http
         .post(&url)
         .json(&json!({"email": email, "password": password}))
         .send()
         .await
-        .with_context(|| format!("sign-in at {url} failed — is the stack up? try `mfe up`"))?;
+        .map_err(|e| tls.error(&url, e, format!("sign-in at {url} failed — is the stack up? try `mfe up`")))?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -429,10 +457,39 @@ async fn sign_in(http: &reqwest::Client, api: &str, email: &str, password: &str)
         .ok_or_else(|| anyhow::anyhow!("sign-in at {url} answered without accessToken"))
 }
 
+/// `POST /api/auth/signup` of a throwaway user → its email and access token. The password
+/// meets the auth service's policy (8–128 characters, a letter and a digit) and is never
+/// printed: 122 random bits of a v4 UUID between fixed letters and digits.
+async fn sign_up_probe_user(http: &reqwest::Client, tls: &ClientTls, api: &str) -> anyhow::Result<(String, String)> {
+    let url = format!("{api}/api/auth/signup");
+    let email = format!("probe-{}@probe.mfe.local", uuid::Uuid::new_v4());
+    let password = format!("Probe-{}-1", uuid::Uuid::new_v4().simple());
+    let resp = http
+        .post(&url)
+        .json(&json!({"email": email, "password": password, "name": "mfe ws probe"}))
+        .send()
+        .await
+        .map_err(|e| tls.error(&url, e, format!("sign-up at {url} failed — is the stack up? try `mfe up`")))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "sign-up of a throwaway probe user at {url} answered {status}: {} — pass --token or --email/--password",
+            body["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    let token = body["accessToken"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("sign-up at {url} answered without accessToken"))?;
+    Ok((email, token))
+}
+
 /// `POST /api/payments` with the marker in the description; the created id is also registered
 /// as a marker (the event may carry either).
 async fn create_payment(
     http: &reqwest::Client,
+    tls: &ClientTls,
     api: &str,
     token: &str,
     marker: &str,
@@ -446,7 +503,7 @@ async fn create_payment(
         .json(&json!({"amount": "1.00", "currency": "USD", "type": "instant", "description": format!("mfe ws probe {marker}")}))
         .send()
         .await
-        .with_context(|| format!("creating a payment at {url} failed"))?;
+        .map_err(|e| tls.error(&url, e, format!("creating a payment at {url} failed")))?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -462,9 +519,12 @@ async fn create_payment(
     Ok(())
 }
 
-/// Opens one socket and reads its first message (the ack).
+/// Opens one socket and reads its first message (the ack). `server` is the URL without the
+/// token, for error lines.
 async fn connect_one(
     url: &str,
+    server: &str,
+    tls: &ClientTls,
     connector: Option<Connector>,
     wait: Duration,
 ) -> anyhow::Result<(Socket, Value, Duration)> {
@@ -482,7 +542,7 @@ async fn connect_one(
                 resp.status(),
                 resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default()
             ),
-            other => anyhow::anyhow!("{}", redact(&other.to_string())),
+            other => anyhow::anyhow!(tls.explain(server, &other).unwrap_or_else(|| redact(&other.to_string()))),
         })?;
     let took = started.elapsed();
     let ack = next_json(&mut socket, wait).await.context("waiting for connection:ack")?;
