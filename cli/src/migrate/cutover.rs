@@ -174,7 +174,8 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
         report.push(Check::new("catch-up", true, format!("applied up to {target}")).metric("seconds", round3(waited)));
         let (checks, stats) = validate::validate(cfg, &services).await.map_err(|e| crate::error_line(&e))?;
         say(&stats.line());
-        let failed: Vec<String> = checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        let failed: Vec<String> =
+            checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
         for c in checks {
             report.push(c);
         }
@@ -184,7 +185,8 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
         Ok(())
     }
     .await;
-    let rows_synced: i64 = sync::forward_streams(&admin, &split).await.map(|v| v.iter().map(|s| s.rows_applied).sum()).unwrap_or(0);
+    let rows_synced: i64 =
+        sync::forward_streams(&admin, &split).await.map(|v| v.iter().map(|s| s.rows_applied).sum()).unwrap_or(0);
     let outcome = match outcome {
         Ok(()) => switch_to_reverse(cfg, &admin, &split).await.map_err(|e| crate::error_line(&e)),
         Err(e) => Err(e),
@@ -370,7 +372,10 @@ pub async fn switch_back(cfg: &Config, services: &[DbService], yes: bool, timeou
         report.push(Check::new(
             "switch-back",
             false,
-            format!("{} — nothing was changed: the reverse path keeps running, POC-2 stays read-only", failures.join("; ")),
+            format!(
+                "{} — nothing was changed: the reverse path keeps running, POC-2 stays read-only",
+                failures.join("; ")
+            ),
         ));
         return Ok(report);
     }

@@ -136,7 +136,8 @@ impl ReplicationConn {
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
                     let s = scram.as_mut().context("SCRAM final without a start")?;
-                    s.finish(body.data()).with_context(|| format!("{}: the server's SCRAM proof is wrong", self.label))?;
+                    s.finish(body.data())
+                        .with_context(|| format!("{}: the server's SCRAM proof is wrong", self.label))?;
                 }
                 backend::Message::ErrorResponse(body) => bail!("{}: {}", self.label, error_text(&body)),
                 backend::Message::ReadyForQuery(_) => return Ok(()),
@@ -176,9 +177,9 @@ impl ReplicationConn {
                 None => Ok(rows),
             }
         };
-        tokio::time::timeout(COMMAND_TIMEOUT, fut)
-            .await
-            .map_err(|_| anyhow::anyhow!("{label}: `{command}` did not answer within {} s", COMMAND_TIMEOUT.as_secs()))?
+        tokio::time::timeout(COMMAND_TIMEOUT, fut).await.map_err(|_| {
+            anyhow::anyhow!("{label}: `{command}` did not answer within {} s", COMMAND_TIMEOUT.as_secs())
+        })?
     }
 
     /// Creates a permanent logical slot for pgoutput and exports its snapshot (PostgreSQL 15

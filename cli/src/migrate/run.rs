@@ -116,9 +116,6 @@ pub async fn run_online(cfg: &Config, services: &[DbService], out: &Path, timeou
     report.metric("rows_inserted", synced.rows_inserted);
     report.metric("seconds", round3(seconds));
     report.metric("rows_per_s", if seconds > 0.0 { (n_rows as f64 / seconds).round() } else { 0.0 });
-    say(&format!(
-        "migrate run --online: {n_rows} rows copied, then synced; {:.2} s in all",
-        seconds
-    ));
+    say(&format!("migrate run --online: {n_rows} rows copied, then synced; {:.2} s in all", seconds));
     Ok(report)
 }

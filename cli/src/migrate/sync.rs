@@ -129,7 +129,8 @@ pub async fn ensure_state_table(split: &PgPool) -> anyhow::Result<()> {
 
 /// The recorded sync of a split database, if any.
 pub async fn load_state(split: &PgPool) -> anyhow::Result<Option<SyncState>> {
-    let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('mfe_migration.sync') IS NOT NULL").fetch_one(split).await?;
+    let (exists,): (bool,) =
+        sqlx::query_as("SELECT to_regclass('mfe_migration.sync') IS NOT NULL").fetch_one(split).await?;
     if !exists {
         return Ok(None);
     }
@@ -188,7 +189,8 @@ pub async fn load_all(cfg: &Config, services: &[DbService]) -> anyhow::Result<Ve
     let mut out = Vec::new();
     for &db in services {
         let pool = super::split_pool(cfg, db).await?;
-        let state = load_state(&pool).await.with_context(|| format!("{}: cannot read the sync state", db.component()))?;
+        let state =
+            load_state(&pool).await.with_context(|| format!("{}: cannot read the sync state", db.component()))?;
         out.push(ServiceSync { db, pool, state });
     }
     Ok(out)
@@ -198,10 +200,9 @@ pub async fn load_all(cfg: &Config, services: &[DbService]) -> anyhow::Result<Ve
 /// subscription, the write block. Every such statement of `mfe` goes through here; everything
 /// else mfe sends to legacy runs in read-only sessions.
 pub async fn legacy_admin_statement(admin: &PgPool, sql: &str) -> anyhow::Result<()> {
-    sqlx::raw_sql(sql)
-        .execute(admin)
-        .await
-        .map_err(|e| anyhow::anyhow!("legacy_db: `{}` failed: {}", first_words(sql), crate::pg::short_sqlx_error(&e)))?;
+    sqlx::raw_sql(sql).execute(admin).await.map_err(|e| {
+        anyhow::anyhow!("legacy_db: `{}` failed: {}", first_words(sql), crate::pg::short_sqlx_error(&e))
+    })?;
     Ok(())
 }
 
@@ -396,8 +397,11 @@ pub struct Conninfo {
 pub async fn conninfo(cfg: &Config, to: DbService) -> anyhow::Result<Conninfo> {
     let t = cfg.pg(to)?;
     let loopback = matches!(t.host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
-    let (host, port) =
-        if loopback && docker_runtime(cfg).await { (to.component().name().to_string(), 5432) } else { (t.host.clone(), t.port) };
+    let (host, port) = if loopback && docker_runtime(cfg).await {
+        (to.component().name().to_string(), 5432)
+    } else {
+        (t.host.clone(), t.port)
+    };
     Ok(conninfo_text(&t, &host, port))
 }
 
@@ -517,10 +521,13 @@ pub async fn start(cfg: &Config, services: &[DbService], out: &Path, opts: &Star
             not_empty.join(", ")
         );
     }
-    report.push(
-        StepStats::new("preflight", 0, 0, t)
-            .check(true, format!("servers and tables ready; {n_applied} schema migration(s) applied; {} leftover(s) removed", cleaned.len())),
-    );
+    report.push(StepStats::new("preflight", 0, 0, t).check(
+        true,
+        format!(
+            "servers and tables ready; {n_applied} schema migration(s) applied; {} leftover(s) removed",
+            cleaned.len()
+        ),
+    ));
 
     // From here on every object made is recorded first, so a failure can remove it again.
     let sync_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
@@ -571,7 +578,9 @@ pub async fn start(cfg: &Config, services: &[DbService], out: &Path, opts: &Star
     let lag = wait_caught_up(&admin, &split, opts.wait, "catch-up").await?;
     let stats = StepStats::new("catch-up", 0, 0, t);
     say(&format!("catch-up: lag {} after {:.2} s", human_bytes(lag.max(0) as u64), stats.seconds));
-    report.push(stats.check(true, format!("lag {} (streaming)", human_bytes(lag.max(0) as u64))).metric("lag_bytes", lag));
+    report.push(
+        stats.check(true, format!("lag {} (streaming)", human_bytes(lag.max(0) as u64))).metric("lag_bytes", lag),
+    );
     report.metric("sync_id", sync_id);
     report.metric("rows", rows_exported);
     report.metric("rows_inserted", rows_inserted);
@@ -699,7 +708,8 @@ pub async fn drop_forward(admin: &PgPool, split: &PgPool, st: &SyncState) {
         let _ = sqlx::raw_sql(&format!("DROP SUBSCRIPTION {sub}")).execute(split).await;
     }
     drop_slot(admin, &st.slot_name).await;
-    let _ = legacy_admin_statement(admin, &format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&st.publication))).await;
+    let _ =
+        legacy_admin_statement(admin, &format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&st.publication))).await;
 }
 
 /// Drops a slot on the server of `pool` if it exists and is not in use.
@@ -766,7 +776,9 @@ async fn clean_leftovers(cfg: &Config, admin: &PgPool, split: &[ServiceSync]) ->
         lines.push(format!("legacy_db: removed leftover subscription {sub}"));
     }
     let pubs: Vec<String> =
-        sqlx::query_scalar("SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'mfe\\_sync\\_%'").fetch_all(admin).await?;
+        sqlx::query_scalar("SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'mfe\\_sync\\_%'")
+            .fetch_all(admin)
+            .await?;
     for p in pubs {
         legacy_admin_statement(admin, &format!("DROP PUBLICATION {}", quote_ident(&p))).await?;
         lines.push(format!("legacy_db: removed leftover publication {p}"));
@@ -903,7 +915,12 @@ pub async fn forward_streams(legacy: &PgPool, split: &[ServiceSync]) -> anyhow::
 
 /// Waits until every forward stream's lag is at most 64 KiB (or `wait` passed), drawing a bar of
 /// the lag worked off; returns the largest lag left. A stream that cannot progress is an error.
-pub async fn wait_caught_up(legacy: &PgPool, split: &[ServiceSync], wait: Duration, label: &str) -> anyhow::Result<i64> {
+pub async fn wait_caught_up(
+    legacy: &PgPool,
+    split: &[ServiceSync],
+    wait: Duration,
+    label: &str,
+) -> anyhow::Result<i64> {
     let deadline = Instant::now() + wait;
     // The bar counts the lag worked off since the first look.
     let mut bar: Option<(Progress, u64, u64)> = None;
@@ -1033,7 +1050,10 @@ mod tests {
         assert_eq!(lines.len(), 1, "{lines:?}");
         let l = &lines[0];
         assert!(l.starts_with("legacy_db (127.0.0.1:5436): wal_level is `replica`"), "{l}");
-        assert!(l.contains("wal_level = logical") && l.contains("restart") && l.contains("reload is not enough"), "{l}");
+        assert!(
+            l.contains("wal_level = logical") && l.contains("restart") && l.contains("reload is not enough"),
+            "{l}"
+        );
         assert!(setting_problems("legacy_db", "h:1", &settings("logical"), 4, 4).is_empty());
     }
 
@@ -1063,7 +1083,10 @@ mod tests {
         let specs = tables::tables_of(&[DbService::Auth]);
         let p = publication_tables(&specs);
         assert!(p.starts_with("\"users\" (\"id\", \"email\""), "{p}");
-        assert!(p.contains("\"refresh_tokens\" (\"id\", \"user_id\", \"token\", \"expires_at\", \"created_at\")"), "{p}");
+        assert!(
+            p.contains("\"refresh_tokens\" (\"id\", \"user_id\", \"token\", \"expires_at\", \"created_at\")"),
+            "{p}"
+        );
         assert!(!p.contains("family_id"), "{p}");
     }
 }
