@@ -224,9 +224,7 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
         StepStats::new("cutover", rows_synced.max(0) as u64, 0, blocked)
             .check(
                 true,
-                format!(
-                    "forward subscriptions detached, slots dropped; the split databases are the source, their writes flow back to legacy_db until `mfe migrate finish`; POC-2 stays read-only"
-                ),
+                "forward subscriptions detached, slots dropped; the split databases are the source, their writes flow back to legacy_db until `mfe migrate finish`; POC-2 stays read-only",
             )
             .metric("write_pause_s", round3(pause)),
     );

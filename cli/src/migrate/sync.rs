@@ -312,7 +312,9 @@ async fn check_servers(cfg: &Config, legacy: &PgPool, split: &[ServiceSync]) -> 
 /// an UPDATE or DELETE names its row in the stream.
 pub async fn table_problems(pool: &PgPool, label: &str, specs: &[&TableSpec]) -> anyhow::Result<Vec<String>> {
     let names: Vec<&str> = specs.iter().map(|t| t.name).collect();
-    let rows: Vec<(String, String, Option<Vec<String>>, Vec<String>)> = sqlx::query_as(
+    // (table, replica identity kind, key columns, all columns)
+    type TableKey = (String, String, Option<Vec<String>>, Vec<String>);
+    let rows: Vec<TableKey> = sqlx::query_as(
         "SELECT c.relname::text, c.relreplident::text, \
                 (SELECT array_agg(a.attname::text) FROM pg_index i \
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
