@@ -93,19 +93,20 @@ impl ReplicationConn {
         ];
         frontend::startup_message(params.iter().copied(), &mut out)?;
         self.send(&out).await?;
+        let password = super::sync::url_password(target);
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.next().await? {
                 backend::Message::AuthenticationOk => {}
                 backend::Message::AuthenticationCleartextPassword => {
                     let mut out = BytesMut::new();
-                    frontend::password_message(target.password.as_bytes(), &mut out)?;
+                    frontend::password_message(password.as_bytes(), &mut out)?;
                     self.send(&out).await?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
                     let hash = postgres_protocol::authentication::md5_hash(
                         target.user.as_bytes(),
-                        target.password.as_bytes(),
+                        password.as_bytes(),
                         body.salt(),
                     );
                     let mut out = BytesMut::new();
@@ -121,7 +122,7 @@ impl ReplicationConn {
                     if !found {
                         bail!("{}: the server offers no SCRAM-SHA-256 authentication", self.label);
                     }
-                    let s = ScramSha256::new(target.password.as_bytes(), ChannelBinding::unsupported());
+                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
                     let mut out = BytesMut::new();
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
                     self.send(&out).await?;

@@ -391,6 +391,8 @@ pub struct Conninfo {
     pub text: String,
     /// The same with the password replaced by `***`: the only form that may be printed.
     pub shown: String,
+    /// The password itself, for [`redact`].
+    password: String,
 }
 
 /// How the server of `from` reaches the server of `to`. Native runtime (and any server not on
@@ -410,7 +412,13 @@ pub async fn conninfo(cfg: &Config, to: DbService) -> anyhow::Result<Conninfo> {
 fn conninfo_text(t: &PgTarget, host: &str, port: u16) -> Conninfo {
     let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let base = format!("host={} port={port} dbname={} user={}", value(host), value(&t.database), value(&t.user));
-    Conninfo { text: format!("{base} password={}", value(&t.password)), shown: format!("{base} password=***") }
+    let password = url_password(t);
+    Conninfo { text: format!("{base} password={}", value(&password)), shown: format!("{base} password=***"), password }
+}
+
+/// The password of a target's URL, percent-decoded as sqlx decodes it when it connects.
+pub fn url_password(t: &PgTarget) -> String {
+    percent_encoding::percent_decode_str(&t.password).decode_utf8_lossy().into_owned()
 }
 
 /// True when the stack runs on the docker runtime (what `mfe infra` would pick).
@@ -428,12 +436,11 @@ async fn docker_runtime(cfg: &Config) -> bool {
 /// Replaces any password of a libpq string or URL inside `text` by `***` (server errors may echo
 /// a connection string).
 pub fn redact(text: &str, conn: &Conninfo) -> String {
-    let password = conn.text.rsplit_once(" password=").map(|(_, p)| p.trim_matches('\'')).unwrap_or("");
-    if password.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(password, "***")
+    if conn.password.is_empty() {
+        return text.to_string();
     }
+    let escaped = conn.password.replace('\\', "\\\\").replace('\'', "\\'");
+    text.replace(&escaped, "***").replace(&conn.password, "***")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1073,11 +1080,11 @@ mod tests {
     fn a_conninfo_is_printed_without_its_password_and_errors_are_redacted() {
         let t = PgTarget::parse("X", "postgres://u:s3cr%27et@127.0.0.1:5436/mfe_poc2").unwrap();
         let c = conninfo_text(&t, "legacy_db", 5432);
-        assert!(c.text.contains("password='s3cr%27et'") || c.text.contains("password="), "{}", c.text);
+        assert!(c.text.ends_with(r"password='s3cr\'et'"), "{}", c.text);
         assert!(!c.shown.contains("s3cr"), "{}", c.shown);
-        assert!(c.shown.starts_with("host='legacy_db' port=5432 dbname='mfe_poc2' user='u'"), "{}", c.shown);
-        let pw = c.text.rsplit_once(" password=").unwrap().1.trim_matches('\'').to_string();
-        assert_eq!(redact(&format!("failed: password={pw}"), &c), "failed: password=***");
+        assert_eq!(c.shown, "host='legacy_db' port=5432 dbname='mfe_poc2' user='u' password=***");
+        assert_eq!(redact("failed: password=s3cr'et", &c), "failed: password=***");
+        assert!(!redact(&c.text, &c).contains("s3cr"));
     }
 
     #[test]
