@@ -519,6 +519,10 @@ async fn an_online_run_loses_nothing_a_writer_commits_across_sync_and_cutover_an
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = writer.finish().await;
+    eprintln!(
+        "figures: writer committed {} statements ({} refused, {} sessions ended); write pause {pause} s; rows synced {}; run {} s",
+        log.committed, log.refused, log.sessions_ended, report["metrics"]["rows_synced"], report["metrics"]["seconds"]
+    );
     assert!(log.sessions_ended >= 1 || log.refused >= 1, "{log:?}");
     assert_split_matches_the_writer_log(&stack, &log).await;
     // The forward path is gone; only the reverse subscriptions (and their slots and publications) remain.
@@ -674,5 +678,95 @@ async fn a_legacy_table_without_a_primary_key_is_refused_with_one_line_and_nothi
         err.contains("legacy_db.audit_logs has no primary key or replica identity") && err.contains("ADD PRIMARY KEY"),
         "{err}"
     );
+    assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_refuses_before_blocking() {
+    let stack = Stack::new().await;
+    let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(10));
+    writer.wait_more(100, Duration::from_secs(60)).await;
+    writer.finish().await;
+    assert_ok(&stack.mfe(&["migrate", "sync", "start"]).await, "sync start");
+
+    // A row already in admin_db with the id POC-2 then inserts: the apply worker fails on it.
+    let admin = stack.pool("ADMIN_DATABASE_URL").await;
+    sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('x-conflict', 'split')").execute(&admin).await.unwrap();
+    let legacy = stack.legacy().await;
+    sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('x-conflict', 'legacy')").execute(&legacy).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let out = stack.mfe(&["--json", "migrate", "sync", "status"]).await;
+        let failed = failed_checks(&json(&out));
+        if let Some((_, d)) = failed.iter().find(|(n, _)| n == "sync admin_db") {
+            assert_eq!(out.status.code(), Some(1));
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "the apply error never showed in sync status");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(line.contains("apply error") && line.contains("mfe infra logs admin_db"), "{line}");
+    let out = stack.mfe(&["migrate", "cutover"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("POC-2 was not blocked") && stderr(&out).contains("admin_db"), "{}", stderr(&out));
+    sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('x-still-writable', 'x')")
+        .execute(&legacy)
+        .await
+        .expect("a refused cutover leaves POC-2 writable");
+
+    // Removing the conflicting row lets the subscription go on: nothing was lost.
+    sqlx::query("DELETE FROM audit_logs WHERE id = 'x-conflict'").execute(&admin).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_logs WHERE id IN ('x-conflict', 'x-still-writable') AND action <> 'split'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscription did not recover after the conflict was removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // payments' slot disappears from legacy while syncing.
+    let payments = stack.pool("PAYMENTS_DATABASE_URL").await;
+    let sub: String = sqlx::query_scalar(
+        "SELECT subname::text FROM pg_subscription WHERE subname LIKE 'mfe_sync_payments_%' \
+         AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&payments)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!("ALTER SUBSCRIPTION \"{sub}\" DISABLE")).execute(&payments).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active")
+        .bind(&sub)
+        .fetch_one(&legacy)
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the walsender of {sub} did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query("SELECT pg_drop_replication_slot($1)").bind(&sub).execute(&legacy).await.unwrap();
+    sqlx::raw_sql(&format!("ALTER SUBSCRIPTION \"{sub}\" ENABLE")).execute(&payments).await.unwrap();
+    let out = stack.mfe(&["--json", "migrate", "sync", "status"]).await;
+    let failed = failed_checks(&json(&out));
+    let (_, line) = failed.iter().find(|(n, _)| n == "sync payments_db").expect("payments_db reported");
+    assert!(line.contains("slot is gone") && line.contains("mfe migrate sync stop"), "{line}");
+    let out = stack.mfe(&["migrate", "cutover"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("POC-2 was not blocked") && stderr(&out).contains("slot is gone"),
+        "{}",
+        stderr(&out)
+    );
+
+    // `sync stop` removes everything, the dead slot's subscription included.
+    assert_ok(&stack.mfe(&["migrate", "sync", "stop"]).await, "sync stop");
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
 }
