@@ -467,7 +467,14 @@ pub struct Started {
 pub async fn start(cfg: &Config, services: &[DbService], out: &Path, opts: &StartOptions) -> anyhow::Result<Started> {
     let mut report = Report::new("migrate sync start");
     let legacy = super::legacy_pool(cfg).await?;
-    let split = load_all(cfg, services).await?;
+    // Every split database is looked at, not only `services`': leftovers are cleaned on the
+    // legacy server for the whole legacy database, which must not touch another service's sync.
+    let everyone = load_all(cfg, &DbService::SPLIT).await?;
+    let split: Vec<ServiceSync> = everyone
+        .iter()
+        .filter(|s| services.contains(&s.db))
+        .map(|s| ServiceSync { db: s.db, pool: s.pool.clone(), state: s.state.clone() })
+        .collect();
 
     // Preflight: nothing is created before every check passed.
     let t = Instant::now();
@@ -480,7 +487,7 @@ pub async fn start(cfg: &Config, services: &[DbService], out: &Path, opts: &Star
     if !problems.is_empty() {
         bail!("sync start refused, nothing was changed: {}", problems.join("; "));
     }
-    for s in &split {
+    for s in &everyone {
         if let Some(st) = s.state.as_ref().filter(|st| phase::is_active(&st.phase)) {
             bail!(
                 "sync start refused: {} already has a sync in phase {} (started {}) — see `mfe migrate sync status`; \
@@ -497,7 +504,7 @@ pub async fn start(cfg: &Config, services: &[DbService], out: &Path, opts: &Star
         }
     }
     let admin = super::legacy_admin_pool(cfg).await?;
-    let cleaned = clean_leftovers(cfg, &admin, &split).await?;
+    let cleaned = clean_leftovers(cfg, &admin, &everyone).await?;
     for line in &cleaned {
         say(line);
     }
@@ -1031,8 +1038,12 @@ pub async fn stop(cfg: &Config, services: &[DbService]) -> anyhow::Result<Report
             _ => report.push(Check::new(format!("stop {label}"), true, "no running sync")),
         }
     }
-    for line in clean_leftovers(cfg, &admin, &split).await? {
-        say(&line);
+    // Leftovers are swept legacy-wide, so only when no other service still syncs.
+    let everyone = load_all(cfg, &DbService::SPLIT).await?;
+    if everyone.iter().all(|s| s.state.as_ref().is_none_or(|st| !phase::is_active(&st.phase))) {
+        for line in clean_leftovers(cfg, &admin, &everyone).await? {
+            say(&line);
+        }
     }
     Ok(report)
 }
