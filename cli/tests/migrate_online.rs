@@ -706,6 +706,8 @@ async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_r
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(line.contains("apply error") && line.contains("mfe infra logs admin_db"), "{line}");
+    // The native runtime's log gives the reason itself.
+    assert!(line.contains("duplicate key value") && line.contains("audit_logs"), "{line}");
     let out = stack.mfe(&["migrate", "cutover"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("POC-2 was not blocked") && stderr(&out).contains("admin_db"), "{}", stderr(&out));

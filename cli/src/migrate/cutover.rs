@@ -155,7 +155,7 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     }
     let services: Vec<DbService> = split.iter().map(|s| s.db).collect();
     let admin = super::legacy_admin_pool(cfg).await?;
-    let streams = sync::forward_streams(&admin, &split).await?;
+    let streams = sync::forward_streams(cfg, &admin, &split).await?;
     if let Some(p) = streams.iter().find_map(|s| s.problem()) {
         bail!("cutover refused, POC-2 was not blocked: {p}");
     }
@@ -186,7 +186,7 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     }
     .await;
     let rows_synced: i64 =
-        sync::forward_streams(&admin, &split).await.map(|v| v.iter().map(|s| s.rows_applied).sum()).unwrap_or(0);
+        sync::forward_streams(cfg, &admin, &split).await.map(|v| v.iter().map(|s| s.rows_applied).sum()).unwrap_or(0);
     let outcome = match outcome {
         Ok(()) => switch_to_reverse(cfg, &admin, &split).await.map_err(|e| crate::error_line(&e)),
         Err(e) => Err(e),

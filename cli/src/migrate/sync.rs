@@ -591,7 +591,7 @@ pub async fn start(cfg: &Config, services: &[DbService], out: &Path, opts: &Star
 
     // First catch-up: the changes POC-2 committed during the initial copy.
     let t = Instant::now();
-    let lag = wait_caught_up(&admin, &split, opts.wait, "catch-up").await?;
+    let lag = wait_caught_up(cfg, &admin, &split, opts.wait, "catch-up").await?;
     let stats = StepStats::new("catch-up", 0, 0, t);
     say(&format!("catch-up: lag {} after {:.2} s", human_bytes(lag.max(0) as u64), stats.seconds));
     report.push(
@@ -832,6 +832,9 @@ pub struct Stream {
     pub enabled: bool,
     pub worker_running: bool,
     pub apply_errors: i64,
+    /// The apply worker's last error, from the server log when mfe's native runtime runs the
+    /// server (PostgreSQL 15 keeps only the count in its views).
+    pub last_error: Option<String>,
     pub rows_applied: i64,
 }
 
@@ -850,8 +853,9 @@ impl Stream {
         }
         if self.apply_errors > 0 && !(self.worker_running && self.lag_bytes == 0) {
             return Some(format!(
-                "{label}: {} apply error(s), the subscription retries — the reason is in the server log (`mfe infra logs {label}`)",
-                self.apply_errors
+                "{label}: {} apply error(s), the subscription retries{} — see the server log (`mfe infra logs {label}`); nothing is lost, the change is applied once the cause is removed",
+                self.apply_errors,
+                self.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
             ));
         }
         None
@@ -882,7 +886,7 @@ impl Stream {
 }
 
 /// Reads every forward stream of `split` (services whose sync is syncing).
-pub async fn forward_streams(legacy: &PgPool, split: &[ServiceSync]) -> anyhow::Result<Vec<Stream>> {
+pub async fn forward_streams(cfg: &Config, legacy: &PgPool, split: &[ServiceSync]) -> anyhow::Result<Vec<Stream>> {
     let mut out = Vec::new();
     for s in split {
         let Some(st) = s.state.as_ref().filter(|st| st.phase == phase::SYNCING) else { continue };
@@ -923,15 +927,44 @@ pub async fn forward_streams(legacy: &PgPool, split: &[ServiceSync]) -> anyhow::
             enabled,
             worker_running,
             apply_errors,
+            last_error: if apply_errors > 0 { last_apply_error(cfg, s.db, &st.subscription) } else { None },
             rows_applied: (rows_now - st.tuples_at_start).max(0),
         });
     }
     Ok(out)
 }
 
+/// The last error of `subscription`'s apply worker in the log of `db`'s server, when mfe's native
+/// runtime runs that server: the log line of the worker's start names the subscription and its
+/// pid, which then finds the worker's last `ERROR:` line (other databases share the log).
+fn last_apply_error(cfg: &Config, db: DbService, subscription: &str) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let native = crate::infra::native::Native::new(cfg);
+    native.pid(db.component())?;
+    let mut file = std::fs::File::open(native.log_path(db.component())).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(1 << 20))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let pid_of = |line: &str| line.split_once('[').and_then(|(_, r)| r.split_once(']')).map(|(p, _)| p.to_string());
+    let started = format!("apply worker for subscription \"{subscription}\" has started");
+    let pids: Vec<String> = text.lines().filter(|l| l.contains(&started)).filter_map(pid_of).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().rposition(|l| l.contains(" ERROR: ") && pid_of(l).is_some_and(|p| pids.contains(&p)))?;
+    let error = lines[at].split_once(" ERROR: ")?.1.trim().to_string();
+    let context = lines
+        .get(at + 1)
+        .and_then(|l| l.split_once(" during "))
+        .map(|(_, c)| format!(" (during {})", c.split(" in transaction").next().unwrap_or(c).trim()))
+        .unwrap_or_default();
+    Some(format!("{error}{context}"))
+}
+
 /// Waits until every forward stream's lag is at most 64 KiB (or `wait` passed), drawing a bar of
 /// the lag worked off; returns the largest lag left. A stream that cannot progress is an error.
 pub async fn wait_caught_up(
+    cfg: &Config,
     legacy: &PgPool,
     split: &[ServiceSync],
     wait: Duration,
@@ -946,7 +979,7 @@ pub async fn wait_caught_up(
         for s in split {
             fresh.push(ServiceSync { db: s.db, pool: s.pool.clone(), state: load_state(&s.pool).await? });
         }
-        let streams = forward_streams(legacy, &fresh).await?;
+        let streams = forward_streams(cfg, legacy, &fresh).await?;
         if let Some(p) = streams.iter().find_map(|s| s.problem()) {
             break Err(anyhow::anyhow!("{label}: {p}"));
         }
@@ -985,7 +1018,7 @@ pub async fn status(cfg: &Config, services: &[DbService]) -> anyhow::Result<Repo
         return Ok(report);
     }
     let legacy = super::legacy_pool(cfg).await?;
-    let streams = forward_streams(&legacy, &split).await?;
+    let streams = forward_streams(cfg, &legacy, &split).await?;
     for s in &split {
         let Some(st) = &s.state else {
             report.push(Check::new(format!("sync {}", s.db.component()), true, "no sync recorded"));
