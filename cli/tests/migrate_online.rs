@@ -733,6 +733,16 @@ async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_r
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A TRUNCATE on POC-2 reaches the split table too.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM system_config").fetch_one(&admin).await.unwrap();
+    assert!(before > 0, "system_config has no rows to truncate");
+    sqlx::query("TRUNCATE system_config").execute(&legacy).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM system_config").fetch_one(&admin).await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the TRUNCATE did not reach admin_db");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // payments' slot disappears from legacy while syncing.
     let payments = stack.pool("PAYMENTS_DATABASE_URL").await;
     let sub: String = sqlx::query_scalar(
