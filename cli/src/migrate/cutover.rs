@@ -187,12 +187,20 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     .await;
     let rows_synced: i64 =
         sync::forward_streams(cfg, &admin, &split).await.map(|v| v.iter().map(|s| s.rows_applied).sum()).unwrap_or(0);
+    let mut reverse_problem = None;
     let outcome = match outcome {
-        Ok(()) => switch_to_reverse(cfg, &admin, &split).await.map_err(|e| crate::error_line(&e)),
+        Ok(()) => {
+            switch_to_reverse(cfg, &admin, &split).await.map(|p| reverse_problem = p).map_err(|e| crate::error_line(&e))
+        }
         Err(e) => Err(e),
     };
     if let Err(reason) = outcome {
-        let ended = lift_block(&admin, &legacy_db, "legacy_db").await?;
+        let ended = lift_block(&admin, &legacy_db, "legacy_db").await.with_context(|| {
+            format!(
+                "cutover failed ({reason}) and the write block could not be lifted: POC-2 is still read-only —                  run `ALTER DATABASE {} RESET default_transaction_read_only` on legacy_db",
+                quote_ident(&legacy_db)
+            )
+        })?;
         let pause = blocked.elapsed().as_secs_f64();
         say(&format!(
             "cutover failed: {reason}; write block lifted after {pause:.2} s ({ended} read-only session(s) ended) — POC-2 accepts writes again and the sync keeps running"
@@ -228,6 +236,10 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
             )
             .metric("write_pause_s", round3(pause)),
     );
+    if let Some(p) = reverse_problem {
+        say(&format!("reverse path incomplete: {p}"));
+        report.push(Check::new("reverse path", false, format!("cutover is done and POC-2 stays blocked, but {p}")));
+    }
     if let Some(c) = new_tables_check(&split).await? {
         report.push(c);
     }
@@ -237,8 +249,10 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
 }
 
 /// Reverse path ready (disabled), forward path dropped, reverse path enabled; states updated.
-/// On an error before the forward path is dropped, what was made is removed again.
-async fn switch_to_reverse(cfg: &Config, admin: &PgPool, split: &[ServiceSync]) -> anyhow::Result<()> {
+/// On an error before the forward path is dropped, what was made is removed again (`Err`: the
+/// caller lifts the block); a reverse subscription that cannot be enabled afterwards is
+/// returned as a problem (`Ok(Some)`) — the cutover itself is done.
+async fn switch_to_reverse(cfg: &Config, admin: &PgPool, split: &[ServiceSync]) -> anyhow::Result<Option<String>> {
     let mut made: Vec<(&ServiceSync, String)> = Vec::new();
     let result = async {
         for s in split {
@@ -281,9 +295,22 @@ async fn switch_to_reverse(cfg: &Config, admin: &PgPool, split: &[ServiceSync]) 
     for s in split {
         sync::drop_forward(admin, &s.pool, state(s)).await;
     }
+    // The forward path is gone: from here on the cutover is done whatever happens (POC-2 must
+    // stay blocked, its writes would no longer reach the split databases), so problems are
+    // reported, not undone.
+    let mut problems = Vec::new();
     for (s, name) in &made {
-        sync::legacy_admin_statement(admin, &format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(name))).await?;
-        let baseline = sync::tuple_counter(&s.pool, &tables::tables_of(&[s.db])).await?;
+        let enabled =
+            sync::legacy_admin_statement(admin, &format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(name))).await;
+        if let Err(e) = &enabled {
+            problems.push(format!(
+                "{}: {} — enable it on legacy_db (`ALTER SUBSCRIPTION {} ENABLE`) before the new services write",
+                s.db.component(),
+                crate::error_line(e),
+                quote_ident(name)
+            ));
+        }
+        let baseline = sync::tuple_counter(&s.pool, &tables::tables_of(&[s.db])).await.unwrap_or(0);
         sqlx::query("UPDATE mfe_migration.sync SET phase = $1, reverse_name = $2, reverse_tuples_at_start = $3")
             .bind(phase::REVERSE)
             .bind(name)
@@ -291,7 +318,7 @@ async fn switch_to_reverse(cfg: &Config, admin: &PgPool, split: &[ServiceSync]) 
             .execute(&s.pool)
             .await?;
     }
-    Ok(())
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
 }
 
 /// Drops the reverse subscription (on legacy), its slot (on the split server) and publication.
