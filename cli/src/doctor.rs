@@ -103,6 +103,35 @@ pub async fn doctor_report(ctx: &Ctx) -> Report {
                 format!("{} — start it with `mfe infra start {c}`", crate::error_line(&e)),
             ),
         });
+        if let Some(check) = replication_check(cfg, c).await {
+            report.push(check);
+        }
     }
     report
+}
+
+/// What the online migration (`mfe migrate sync`) needs of a reachable PostgreSQL server: the
+/// legacy server runs one slot, sender and reverse apply worker per split service, each split
+/// server one of each. `None` when the server is not reachable (its reach check says so).
+async fn replication_check(cfg: &crate::config::Config, c: Component) -> Option<Check> {
+    let db = c.db_service()?;
+    let pool = crate::pg::connect(cfg, db).await.ok()?;
+    let settings = crate::migrate::sync::read_settings(&pool).await.ok()?;
+    pool.close().await;
+    let need = if db == crate::config::DbService::Legacy { crate::config::DbService::SPLIT.len() as i64 } else { 1 };
+    let addr = cfg.pg(db).map(|t| t.addr()).unwrap_or_default();
+    let problems = crate::migrate::sync::setting_problems(c.name(), &addr, &settings, need, need);
+    Some(if problems.is_empty() {
+        Check::new(
+            format!("logical replication {c}"),
+            true,
+            format!(
+                "wal_level = logical, {} of {} slots free",
+                settings.max_replication_slots - settings.slots_in_use,
+                settings.max_replication_slots
+            ),
+        )
+    } else {
+        Check::new(format!("logical replication {c}"), false, problems.join("; "))
+    })
 }

@@ -479,4 +479,16 @@ mod tests {
         let pg_test = file.services["auth_db"].healthcheck.as_ref().unwrap().test_vec();
         assert!(pg_test[1].contains("${POSTGRES_USER}"), "$$ escapes survive for the container shell: {pg_test:?}");
     }
+
+    #[test]
+    fn every_postgres_container_runs_with_the_logical_replication_settings_of_the_native_runtime() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+        let file = ComposeFile::load(&path, &env(&[])).unwrap();
+        for c in crate::config::Component::ALL.into_iter().filter(|c| c.db_service().is_some()) {
+            let cmd = file.services[c.name()].command.as_ref().map(|c| c.to_vec()).unwrap_or_default();
+            assert_eq!(cmd.first().map(String::as_str), Some("postgres"), "{c}: {cmd:?}");
+            let settings: Vec<&str> = cmd.iter().skip(1).filter(|a| *a != "-c").map(String::as_str).collect();
+            assert_eq!(settings, crate::infra::native::LOGICAL_REPLICATION_SETTINGS, "{c}");
+        }
+    }
 }

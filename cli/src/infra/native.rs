@@ -18,6 +18,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Server settings of every PostgreSQL the stack runs, for the online migration
+/// (`mfe migrate sync`): the legacy server publishes the forward stream and subscribes to the
+/// reverse one, the split servers do the opposite, and tests run several migrations at once on
+/// the same servers (each needs 4 slots and 4 senders per direction, one apply worker per
+/// subscription). The same list is in docker-compose.yml (`x-postgres` command); a compose test
+/// keeps them equal.
+pub const LOGICAL_REPLICATION_SETTINGS: [&str; 5] = [
+    "wal_level=logical",
+    "max_replication_slots=32",
+    "max_wal_senders=32",
+    "max_logical_replication_workers=16",
+    "max_worker_processes=32",
+];
+
 /// The native runtime over one state directory.
 pub struct Native {
     cfg: Config,
@@ -184,8 +198,9 @@ impl Native {
             }
         }
         let run_dir = dir.join("run");
+        let replication = LOGICAL_REPLICATION_SETTINGS.iter().map(|s| format!(" -c {s}")).collect::<String>();
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200 -c shared_buffers=128MB",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200 -c shared_buffers=128MB{replication}",
             target.port,
             run_dir.display()
         );

@@ -8,24 +8,35 @@
 //!   inserted goes to [`bookkeeping`], which [`rollback`] reads to remove exactly those.
 //! - [`validate`]: count + order-independent checksum per table on both sides ([`checksum`]),
 //!   sample ids only on a mismatch, cross-service references.
-//! - [`run`]: backup → schemas → export → import → validate → rollback on failure.
+//! - [`run`]: backup → schemas → export → import → validate → rollback on failure; with
+//!   `--online`: backup → `sync start` → cutover.
 //! - [`progress`]: the line (and the bar on a terminal) every step prints.
+//! - The online path: [`sync`] (`sync start|status|stop`: publications, slots whose exported
+//!   snapshots the export reads, subscriptions, lag), [`replication`] (the one replication-protocol
+//!   connection it needs), [`cutover`] (write block, catch-up, validation, reverse path,
+//!   `switch-back`, `finish`).
 //!
 //! # Invariants
-//! - The legacy database is never written: every connection to it is opened with
-//!   `default_transaction_read_only=on`.
+//! - The legacy database's data is never written by mfe: every connection to it is opened with
+//!   `default_transaction_read_only=on`, except the online migration's admin session
+//!   ([`legacy_admin_pool`]), whose statements (publications, slots, reverse subscriptions, the
+//!   write block) all go through [`sync::legacy_admin_statement`]. After cutover the reverse
+//!   subscriptions' apply workers write the new services' changes back, and nothing else.
 //! - Every migrate session pins DateStyle/IntervalStyle/TimeZone, so a row renders to the same
 //!   text on both sides of a checksum.
 
 pub mod bookkeeping;
 pub mod bulkload;
 pub mod checksum;
+pub mod cutover;
 pub mod export;
 pub mod import;
 pub mod manifest;
 pub mod progress;
+pub mod replication;
 pub mod rollback;
 pub mod run;
+pub mod sync;
 pub mod tables;
 pub mod validate;
 
@@ -37,6 +48,7 @@ use clap::{Args, Subcommand};
 use progress::say;
 use sqlx::PgPool;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -54,8 +66,71 @@ pub enum MigrateCommand {
     Validate(ServiceArg),
     /// Remove what imports inserted from the split databases.
     Rollback(ServiceArg),
-    /// Backup, schemas, export, import, validate — and roll back if validation fails.
+    /// Backup, schemas, export, import, validate — and roll back if validation fails
+    /// (`--online`: backup, sync start, cutover).
     Run(RunArgs),
+    /// Online migration: logical replication from the legacy database while POC-2 keeps running.
+    Sync(SyncArgs),
+    /// Block POC-2's writes, wait until the split databases applied everything, validate, detach;
+    /// on failure lift the block and keep syncing.
+    Cutover(CutoverArgs),
+    /// After cutover: wait until the new services' writes reached POC-2, drop the reverse path and
+    /// lift POC-2's write block (POC-2 is the source of truth again).
+    SwitchBack(SwitchBackArgs),
+    /// After cutover: end the switch-back window (drop the reverse path; POC-2 stays blocked).
+    Finish(ServiceArg),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(subcommand)]
+    pub command: SyncCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Slots + exported snapshots, export, import, then subscriptions that stream every later change.
+    Start(SyncStartArgs),
+    /// Per service: phase, lag in bytes and seconds, rows applied, errors.
+    Status(ServiceArg),
+    /// Abandon a sync that has not cut over: subscriptions, slots and publications are removed.
+    Stop(ServiceArg),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncStartArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Directory for the data files and manifest.json of the initial copy.
+    #[arg(long, value_name = "DIR", default_value = "migration-data")]
+    pub out: PathBuf,
+    /// Empty the migrated tables of the split databases first (after a switch-back).
+    #[arg(long)]
+    pub reset: bool,
+    /// Seconds to wait for the subscriptions to catch up before returning.
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    pub wait: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Seconds the write block may last while waiting for the subscriptions to catch up.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchBackArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Confirm making POC-2 the source of truth again.
+    #[arg(long)]
+    pub yes: bool,
+    /// Seconds to wait for the reverse lag to reach 0.
+    #[arg(long, value_name = "S", default_value_t = 120)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +168,12 @@ pub struct RunArgs {
     /// Keep the imported rows even when validation fails (for inspection).
     #[arg(long)]
     pub no_rollback: bool,
+    /// Online: sync start → wait for lag ≈ 0 → cutover, while POC-2 keeps writing.
+    #[arg(long)]
+    pub online: bool,
+    /// With --online: seconds the cutover's write block may last.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<()> {
@@ -159,8 +240,38 @@ pub async fn run(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<()> {
         }
         MigrateCommand::Run(a) => {
             let services = tables::parse_services(a.service.service.as_deref())?;
-            let report = run::run(cfg, &services, &a.out, a.no_rollback).await?;
+            let report = if a.online {
+                run::run_online(cfg, &services, &a.out, Duration::from_secs(a.timeout)).await?
+            } else {
+                run::run(cfg, &services, &a.out, a.no_rollback).await?
+            };
             emit(ctx, &report)
+        }
+        MigrateCommand::Sync(SyncArgs { command: SyncCommand::Start(a) }) => {
+            let services = tables::parse_services(a.service.service.as_deref())?;
+            let opts = sync::StartOptions { reset: a.reset, wait: Duration::from_secs(a.wait) };
+            let started = sync::start(cfg, &services, &a.out, &opts).await?;
+            emit(ctx, &started.report)
+        }
+        MigrateCommand::Sync(SyncArgs { command: SyncCommand::Status(a) }) => {
+            let services = tables::parse_services(a.service.as_deref())?;
+            emit(ctx, &sync::status(cfg, &services).await?)
+        }
+        MigrateCommand::Sync(SyncArgs { command: SyncCommand::Stop(a) }) => {
+            let services = tables::parse_services(a.service.as_deref())?;
+            emit(ctx, &sync::stop(cfg, &services).await?)
+        }
+        MigrateCommand::Cutover(a) => {
+            let services = tables::parse_services(a.service.service.as_deref())?;
+            emit(ctx, &cutover::cutover(cfg, &services, Duration::from_secs(a.timeout)).await?)
+        }
+        MigrateCommand::SwitchBack(a) => {
+            let services = tables::parse_services(a.service.service.as_deref())?;
+            emit(ctx, &cutover::switch_back(cfg, &services, a.yes, Duration::from_secs(a.timeout)).await?)
+        }
+        MigrateCommand::Finish(a) => {
+            let services = tables::parse_services(a.service.as_deref())?;
+            emit(ctx, &cutover::finish(cfg, &services).await?)
         }
     }
 }
@@ -177,23 +288,33 @@ fn emit(ctx: &Ctx, report: &Report) -> anyhow::Result<()> {
 /// Session settings of every migrate connection: rows render to the same text on both sides.
 const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1";
 
-async fn pool(cfg: &Config, db: DbService, read_only: bool) -> anyhow::Result<PgPool> {
+async fn pool(cfg: &Config, db: DbService, extra_options: &str) -> anyhow::Result<PgPool> {
     let target = cfg.pg(db)?;
     let mut url = url::Url::parse(&target.url).with_context(|| format!("{} is not a valid URL", db.url_var()))?;
-    let mut options = SESSION_OPTIONS.to_string();
-    if read_only {
-        options.push_str(" -c default_transaction_read_only=on");
-    }
-    url.query_pairs_mut().append_pair("options", &options);
+    url.query_pairs_mut().append_pair("options", &format!("{SESSION_OPTIONS}{extra_options}"));
     crate::pg::connect_url(db.component().name(), url.as_str()).await
 }
 
 /// A pool to the legacy database whose every transaction is read-only.
 pub async fn legacy_pool(cfg: &Config) -> anyhow::Result<PgPool> {
-    pool(cfg, DbService::Legacy, true).await
+    pool(cfg, DbService::Legacy, " -c default_transaction_read_only=on").await
+}
+
+/// The one session that may change the legacy server: the online migration's publications,
+/// slots, reverse subscriptions and write block, each sent through
+/// [`sync::legacy_admin_statement`]. It says `read_only=off` in its startup options, which win
+/// over the database-level read-only setting the write block puts on POC-2's database, and it
+/// carries [`sync::ADMIN_APPLICATION_NAME`] so the block never ends it.
+pub(crate) async fn legacy_admin_pool(cfg: &Config) -> anyhow::Result<PgPool> {
+    let extra = format!(" -c default_transaction_read_only=off -c application_name={}", sync::ADMIN_APPLICATION_NAME);
+    pool(cfg, DbService::Legacy, &extra).await
 }
 
 /// A pool to a split database.
+///
+/// Its sessions are writable even while a switch-back blocks the database, and carry
+/// [`sync::ADMIN_APPLICATION_NAME`] so that block never ends them.
 pub async fn split_pool(cfg: &Config, db: DbService) -> anyhow::Result<PgPool> {
-    pool(cfg, db, false).await
+    let extra = format!(" -c default_transaction_read_only=off -c application_name={}", sync::ADMIN_APPLICATION_NAME);
+    pool(cfg, db, &extra).await
 }

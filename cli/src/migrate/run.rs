@@ -2,18 +2,20 @@
 //! run's import when validation fails (unless `--no-rollback`). Every step prints its figures
 //! and becomes a check of the report. Running it again changes nothing: the import finds every
 //! id present and inserts none, and validation passes again.
+//!
+//! [`run_online`] is the same report for the online path: backup → `sync start` (schemas,
+//! slots, export from their snapshots, import, subscriptions, first catch-up) → `cutover`, with
+//! the write pause as a metric.
 
 use super::progress::{human_bytes, round3, say, StepStats};
-use super::{export, import, rollback, validate};
+use super::{cutover, export, import, rollback, sync, validate};
 use crate::config::{Config, DbService};
 use crate::report::{Check, Report};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: bool) -> anyhow::Result<Report> {
-    let started = Instant::now();
-    let mut report = Report::new("migrate run");
-
+/// The backup step both paths start with: POC-2 as it was before anything moved.
+async fn backup_step(cfg: &Config, out: &Path, report: &mut Report) -> anyhow::Result<()> {
     let t = Instant::now();
     let backup = crate::db::backup_legacy(cfg, &out.join("backup")).await?;
     let stats = StepStats::new("backup", 0, backup.bytes, t);
@@ -24,6 +26,13 @@ pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: 
         stats.seconds
     ));
     report.push(stats.check(true, backup.path.display().to_string()));
+    Ok(())
+}
+
+pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: bool) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::new("migrate run");
+    backup_step(cfg, out, &mut report).await?;
 
     let t = Instant::now();
     let outcomes = crate::db::migrate_all(cfg, services).await?;
@@ -77,5 +86,36 @@ pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: 
     report.metric("seconds", round3(seconds));
     report.metric("rows_per_s", if seconds > 0.0 { (n_rows as f64 / seconds).round() } else { 0.0 });
     say(&format!("migrate run: {n_rows} rows in {seconds:.2} s ({:.0} rows/s)", n_rows as f64 / seconds.max(1e-9)));
+    Ok(report)
+}
+
+/// `mfe migrate run --online`: backup → sync start → (lag ≈ 0) → cutover. A failed cutover
+/// leaves the sync running and POC-2 writable; the report says what differed.
+pub async fn run_online(cfg: &Config, services: &[DbService], out: &Path, timeout: Duration) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::new("migrate run");
+    backup_step(cfg, out, &mut report).await?;
+    let opts = sync::StartOptions { reset: false, wait: Duration::from_secs(600) };
+    let synced = sync::start(cfg, services, out, &opts).await?;
+    for c in synced.report.checks {
+        report.push(c);
+    }
+    let cut = cutover::cutover(cfg, services, timeout).await?;
+    for c in cut.checks {
+        report.push(c);
+    }
+    for key in ["write_pause_s", "rows_synced"] {
+        if let Some(v) = cut.metrics.get(key) {
+            report.metric(key, v.clone());
+        }
+    }
+    let n_rows = synced.rows_exported;
+    let seconds = started.elapsed().as_secs_f64();
+    report.metric("online", true);
+    report.metric("rows", n_rows);
+    report.metric("rows_inserted", synced.rows_inserted);
+    report.metric("seconds", round3(seconds));
+    report.metric("rows_per_s", if seconds > 0.0 { (n_rows as f64 / seconds).round() } else { 0.0 });
+    say(&format!("migrate run --online: {n_rows} rows copied, then synced; {:.2} s in all", seconds));
     Ok(report)
 }
