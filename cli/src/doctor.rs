@@ -19,10 +19,30 @@ pub async fn doctor_report(ctx: &Ctx) -> Report {
     let mut report = Report::new("doctor");
 
     let docker = crate::infra::docker::Docker::connect(cfg).await;
-    let docker_ok = docker.is_ok();
-    report.push(match docker {
-        Ok(_) => Check::new("docker daemon", true, "answering (docker runtime available)"),
-        Err(e) => Check::new(
+    // A daemon is only a runtime when it can have every image (official, pulled, or the local
+    // stand-ins of `make images`); otherwise `auto` picks native, and the binaries are needed.
+    let images = match &docker {
+        Ok(d) => Some(d.stack_images().await),
+        Err(_) => None,
+    };
+    let docker_ok = matches!(images, Some(Ok(Ok(()))));
+    report.push(match (docker, images) {
+        (Ok(_), Some(Ok(Ok(())))) => {
+            Check::new("docker daemon", true, "answering, every image at hand (docker runtime available)")
+        }
+        (Ok(_), Some(Ok(Err(missing)))) => Check::new(
+            "docker daemon",
+            true,
+            format!(
+                "answering, but {missing}; the native runtime will be used — run `make images` for the docker runtime"
+            ),
+        ),
+        (Ok(_), _) => Check::new(
+            "docker daemon",
+            true,
+            "answering, but its images cannot be listed; the native runtime will be used",
+        ),
+        (Err(e), _) => Check::new(
             "docker daemon",
             true,
             format!("not available ({}); the native runtime will be used", crate::error_line(&e)),
