@@ -105,6 +105,21 @@ async fn event_hub(ctx: &Ctx, args: EventHubArgs) -> anyhow::Result<()> {
         }
     }
     let cleaned = suite.cleanup().await;
+    // The restart and outage checks leave a running stack's services reconnecting for a few
+    // seconds; a user's next command (`mfe test proxy`) would meet 503s until they have.
+    eprintln!("event-hub suite: waiting for a running stack to route again after the broker restarts...");
+    match crate::stack::wait_routing_again(Duration::from_secs(90)).await {
+        Ok(None) => {}
+        Ok(Some(waited)) => report.push(
+            Check::new(
+                "stack-routes-again",
+                true,
+                format!("the gateway routes to every service {:.1} s after the suite", waited.as_secs_f64()),
+            )
+            .metric("waited_s", (waited.as_secs_f64() * 1000.0).round() / 1000.0),
+        ),
+        Err(e) => report.push(Check::new("stack-routes-again", false, e)),
+    }
     report.metric("prefix", suite.prefix.clone());
     report.metric("cleaned_up", cleaned);
     report.emit(ctx.json)

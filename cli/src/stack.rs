@@ -209,6 +209,42 @@ async fn wait_apps_healthy(timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gateway's view of its upstreams (`GET /health` → `upstreams`), or `None` when no gateway
+/// answers at GATEWAY_URL.
+async fn gateway_upstreams() -> Option<Vec<(String, bool)>> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().ok()?;
+    let url = format!("{}/health", APP_PROCESSES[4].url());
+    let body: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
+    let upstreams = body.get("upstreams")?.as_object()?;
+    Some(upstreams.iter().map(|(name, state)| (name.clone(), state == "up")).collect())
+}
+
+/// After something restarted a shared dependency (the event-hub suite restarts RabbitMQ), waits
+/// until a running gateway routes to every service again, so the next command a user types
+/// (`mfe test proxy`, `mfe ws probe`) does not meet a 503 while the services reconnect.
+/// `Ok(None)`: no gateway is running, nothing to wait for; `Ok(Some(waited))`: routing again;
+/// `Err`: still some upstream down at the deadline (named in the message).
+pub async fn wait_routing_again(timeout: Duration) -> Result<Option<Duration>, String> {
+    let started = Instant::now();
+    loop {
+        let Some(upstreams) = gateway_upstreams().await else {
+            return Ok(None);
+        };
+        let down: Vec<&str> = upstreams.iter().filter(|(_, up)| !up).map(|(n, _)| n.as_str()).collect();
+        if down.is_empty() {
+            return Ok(Some(started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "the gateway still marks {} down {} s after the broker restart — see `mfe status`",
+                down.join(", "),
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn read_pid(path: &Path) -> Option<u32> {
     let pid: u32 = fs::read_to_string(path).ok()?.trim().parse().ok()?;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -123,10 +123,10 @@ fn parse_table(readme: &str) -> Result<Vec<Line>, String> {
 ///   `mfe fixtures load`, backup and the migration lines, before anything writes sign-ups or
 ///   payments to the split databases that the legacy data does not hold (validation would
 ///   rightly fail);
-/// - the lines that write users and payments (`test proxy`, `ws probe`), then `test event-hub`:
-///   it restarts the broker, and for a few seconds after it returns the services are
-///   reconnecting and the gateway answers 503 for them (1 s in one run), which a
-///   following `test proxy` would report;
+/// - `test event-hub` (it restarts the broker, and returns only once a running gateway routes to
+///   every service again), then the lines that write users and payments (`test proxy`,
+///   `ws probe`) — the README's own order, so a user typing them one after the other meets no
+///   503 while the services reconnect;
 /// - `infra logs -f`, then restart, stop, start, and `infra clean --yes` last.
 ///
 /// A line this list does not know runs after the suites (it may need the broker restarted by
@@ -144,9 +144,9 @@ fn rank(line: &Line) -> u32 {
         (&["migrate", "import"], 22),
         (&["migrate", "validate"], 23),
         (&["migrate", "run"], 24),
-        (&["test", "proxy"], 40),
-        (&["ws", "probe"], 41),
-        (&["test", "event-hub"], 45),
+        (&["test", "event-hub"], 40),
+        (&["test", "proxy"], 41),
+        (&["ws", "probe"], 42),
         (&["infra", "logs"], 60),
         (&["infra", "restart"], 70),
         (&["infra", "stop"], 71),
