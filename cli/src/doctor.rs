@@ -87,7 +87,7 @@ pub async fn doctor_report(ctx: &Ctx) -> Report {
     });
     // A warning, not a failure: a low limit only matters once thousands of sockets are open.
     let (soft, hard) = crate::limits::nofile();
-    let (_, detail) = crate::limits::nofile_check(soft, hard, nix::unistd::Uid::effective().is_root());
+    let (_, detail) = crate::limits::nofile_check(soft, hard, crate::limits::can_exceed_hard_limit());
     report.push(Check::new("open files", true, detail).metric("soft", soft).metric("hard", hard));
     report.push(Check::new(
         ".env",

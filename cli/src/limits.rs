@@ -9,9 +9,11 @@
 //! user (in `mfe doctor`) how to raise it when it is too low.
 //!
 //! What is "enough" ([`needed_nofile`]): the gateway holds one descriptor per WebSocket, nginx two
-//! (client and upstream), plus headroom for listeners, logs and HTTP traffic. nginx started as
-//! root raises its workers itself (`worker_rlimit_nofile` in nginx/nginx.conf; root may exceed the
-//! hard limit), so the hard limit only has to cover nginx's two per socket when mfe is not root.
+//! (client and upstream; on one core one worker holds them all), plus headroom for listeners,
+//! logs and HTTP traffic. A process with CAP_SYS_RESOURCE may go beyond the hard limit, so nginx
+//! started with it raises its workers itself (`worker_rlimit_nofile` in nginx/nginx.conf) and the
+//! hard limit only has to cover the gateway's one per socket. Being root is not enough: many
+//! containers drop that capability even for root (this machine's did: setrlimit → EPERM).
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
@@ -59,20 +61,33 @@ fn kernel_nr_open() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/fs/nr_open").ok()?.trim().parse().ok()
 }
 
+/// Whether this process may raise its open-file limit beyond the hard limit (CAP_SYS_RESOURCE
+/// in its effective set, `/proc/self/status`), which the nginx it starts then inherits.
+pub fn can_exceed_hard_limit() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps >> CAP_SYS_RESOURCE & 1 == 1)
+}
+
 /// The hard limit `sockets` WebSocket connections need on this machine: one descriptor each in
-/// the gateway (and in the probe), two in nginx unless nginx can raise its own limit (root).
-pub fn needed_nofile(sockets: u64, root: bool) -> u64 {
-    let per_socket = if root { 1 } else { 2 };
+/// the gateway (and in the probe), two in nginx unless nginx can raise its own limit.
+pub fn needed_nofile(sockets: u64, nginx_raises_its_own: bool) -> u64 {
+    let per_socket = if nginx_raises_its_own { 1 } else { 2 };
     sockets * per_socket + HEADROOM
 }
 
 /// `mfe doctor`'s open-file line: whether the limit is enough for [`TARGET_SOCKETS`], and a detail
 /// that starts with `warning:` and says what to run when it is not.
-pub fn nofile_check(soft: u64, hard: u64, root: bool) -> (bool, String) {
-    let needed = needed_nofile(TARGET_SOCKETS, root);
+pub fn nofile_check(soft: u64, hard: u64, nginx_raises_its_own: bool) -> (bool, String) {
+    let needed = needed_nofile(TARGET_SOCKETS, nginx_raises_its_own);
     // The hard limit is what counts: mfe raises every child's soft limit to it at start-up.
     if hard >= needed {
-        let how = if root {
+        let how = if nginx_raises_its_own {
             "nginx raises its workers to worker_rlimit_nofile itself"
         } else {
             "nginx holds two per socket within it"
@@ -83,9 +98,9 @@ pub fn nofile_check(soft: u64, hard: u64, root: bool) -> (bool, String) {
             false,
             format!(
                 "warning: hard limit {hard} is below the {needed} that {TARGET_SOCKETS} WebSocket sockets need \
-                 (one descriptor each in the gateway, two in nginx) — raise it: as root `ulimit -Hn 65536 && ulimit -n 65536` \
-                 in the shell that runs mfe, `LimitNOFILE=65536` in a systemd unit, or `* hard nofile 65536` in \
-                 /etc/security/limits.conf (then log in again)"
+                 (one descriptor each in the gateway, two in nginx) — raise it: `ulimit -Hn 65536 && ulimit -n 65536` \
+                 as root in the shell that runs mfe, `LimitNOFILE=65536` in a systemd unit, `* hard nofile 65536` in \
+                 /etc/security/limits.conf (then log in again), or `docker run --ulimit nofile=65536:65536`"
             ),
         )
     }

@@ -3,7 +3,10 @@
 //!
 //! In Docker the nginx image's entrypoint renders the templates with envsubst from the container
 //! environment (docker-compose.yml sets the same variables); natively [`prepare_native`] does the
-//! same substitution here, so both runtimes run one configuration.
+//! same substitution here, so both runtimes run one configuration. Values that are lists — the
+//! gateways nginx balances, the CORS origins — are rendered into nginx syntax here for both
+//! runtimes ([`EdgeSettings`]; [`docker_vars`] feeds the Docker runtime's compose variables), so
+//! the image's plain envsubst never has to build a list.
 
 use crate::config::Config;
 use anyhow::{bail, Context};
@@ -213,8 +216,11 @@ pub fn prepare_native_with(cfg: &Config, edge: &EdgeSettings, dir: &Path) -> any
         fs::create_dir_all(&sub).with_context(|| format!("cannot create {}", sub.display()))?;
     }
     let main = conf.join("nginx.conf");
-    fs::copy(src.join("nginx.conf"), &main)
-        .with_context(|| format!("cannot copy {} — is MFE_ROOT the repository?", src.join("nginx.conf").display()))?;
+    let text = fs::read_to_string(src.join("nginx.conf"))
+        .with_context(|| format!("cannot read {} — is MFE_ROOT the repository?", src.join("nginx.conf").display()))?;
+    let text =
+        if crate::limits::can_exceed_hard_limit() { text } else { fit_rlimit_nofile(&text, crate::limits::nofile().1) };
+    fs::write(&main, text)?;
     fs::write(conf.join("mime.types"), mime_types())?;
 
     let vars = native_vars(cfg, edge);
@@ -234,6 +240,34 @@ pub fn prepare_native_with(cfg: &Config, edge: &EdgeSettings, dir: &Path) -> any
         fs::write(conf.join("conf.d").join(name), rendered)?;
     }
     Ok(main)
+}
+
+/// nginx.conf with `worker_rlimit_nofile` and `worker_connections` lowered to `hard` when that is
+/// below them. Natively the workers inherit mfe's limits (soft raised to hard at start-up);
+/// raising them beyond the hard limit needs CAP_SYS_RESOURCE (kept when mfe has it), which even
+/// root lacks in many containers (this one's: `setrlimit(RLIMIT_NOFILE, 65536) failed`, an alert
+/// per worker). More connections than descriptors cannot be used either (nginx warns at every
+/// start), so both ask for what the workers can have; at that point nginx logs
+/// "worker_connections are not enough" instead of failing accept() with EMFILE, and `mfe doctor`
+/// warns when the hard limit is too low for the socket target.
+fn fit_rlimit_nofile(conf: &str, hard: u64) -> String {
+    conf.lines()
+        .map(|line| {
+            for directive in ["worker_rlimit_nofile", "worker_connections"] {
+                let wanted = line
+                    .trim()
+                    .strip_prefix(directive)
+                    .and_then(|rest| rest.trim().trim_end_matches(';').parse::<u64>().ok());
+                if let Some(n) = wanted.filter(|n| hard < *n) {
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    return format!("{indent}{directive} {hard}; # {n} in nginx/nginx.conf, above the hard limit");
+                }
+            }
+            line.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// The system's mime.types when installed with nginx, else the few types this stack serves.
@@ -322,6 +356,17 @@ mod tests {
                 "docker-compose.yml's default for {name} is not {one_line:?}: {env:?}"
             );
         }
+    }
+
+    #[test]
+    fn natively_the_workers_ask_for_no_more_descriptors_than_the_hard_limit_allows() {
+        let conf = "worker_processes auto;\nworker_rlimit_nofile 65536;\nevents {\n    worker_connections 32768;\n}";
+        assert_eq!(
+            fit_rlimit_nofile(conf, 20_000),
+            "worker_processes auto;\nworker_rlimit_nofile 20000; # 65536 in nginx/nginx.conf, above the hard limit\n\
+             events {\n    worker_connections 20000; # 32768 in nginx/nginx.conf, above the hard limit\n}\n"
+        );
+        assert_eq!(fit_rlimit_nofile(conf, 1_048_576), format!("{conf}\n"));
     }
 
     #[test]
