@@ -105,6 +105,10 @@ pub async fn doctor_report(ctx: &Ctx) -> Report {
     } else {
         Check::new("JWT_SECRET", true, "set")
     });
+    // A warning, not a failure: a low limit only matters once thousands of sockets are open.
+    let (soft, hard) = crate::limits::nofile();
+    let (_, detail) = crate::limits::nofile_check(soft, hard, crate::limits::can_exceed_hard_limit());
+    report.push(Check::new("open files", true, detail).metric("soft", soft).metric("hard", hard));
     report.push(Check::new(
         ".env",
         true,

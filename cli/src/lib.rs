@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod fixtures;
 pub mod hub_test;
 pub mod infra;
+pub mod limits;
 pub mod migrate;
 pub mod pg;
 pub mod proxy_test;

@@ -6,6 +6,8 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = mfe::Cli::parse();
     mfe::init_logging(cli.global.verbose);
+    // Before anything is spawned: every child (gateway, services, nginx, probes) inherits it.
+    mfe::limits::raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

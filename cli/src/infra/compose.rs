@@ -1,6 +1,6 @@
 //! The typed subset of docker-compose.yml the docker runtime understands: image, container_name,
 //! hostname, command, environment, ports, volumes, healthcheck, depends_on, networks,
-//! extra_hosts — with `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}` and `$$`
+//! extra_hosts, ulimits — with `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}` and `$$`
 //! interpolated as docker compose does, and YAML merge keys (`<<: *anchor`) applied.
 
 use anyhow::{bail, Context};
@@ -42,6 +42,28 @@ pub struct Service {
     pub networks: NetworkList,
     #[serde(default)]
     pub extra_hosts: Vec<String>,
+    /// `nofile: { soft: N, hard: N }` or `nofile: N`. Left out of the serialisation when empty so
+    /// the configuration hash of services without limits is what it was before this field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+}
+
+/// One resource limit of `ulimits:`, as compose writes it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Ulimit {
+    Both(i64),
+    Pair { soft: i64, hard: i64 },
+}
+
+impl Ulimit {
+    /// (soft, hard).
+    pub fn limits(self) -> (i64, i64) {
+        match self {
+            Ulimit::Both(n) => (n, n),
+            Ulimit::Pair { soft, hard } => (soft, hard),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -25,7 +25,7 @@ use bollard::container::{
 };
 use bollard::errors::Error as DockerError;
 use bollard::image::{CreateImageOptions, ImportImageOptions};
-use bollard::models::{EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, PortBinding};
+use bollard::models::{EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, PortBinding, ResourcesUlimits};
 use bollard::network::CreateNetworkOptions;
 use bollard::volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions};
 use bytes::Bytes;
@@ -95,8 +95,7 @@ pub fn compose_overrides(cfg: &Config) -> anyhow::Result<HashMap<String, String>
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     vars.insert("MFE_SSL_CERT_FILE".into(), file_name(&cfg.ssl_cert_path));
     vars.insert("MFE_SSL_KEY_FILE".into(), file_name(&cfg.ssl_key_path));
-    let gateway_port = url::Url::parse(&cfg.gateway_url).ok().and_then(|u| u.port_or_known_default()).unwrap_or(3000);
-    vars.insert("MFE_GATEWAY_UPSTREAM".into(), format!("host.docker.internal:{gateway_port}"));
+    vars.extend(super::nginx::docker_vars(cfg)?.into_iter().map(|(k, v)| (k.to_string(), v)));
     Ok(vars)
 }
 
@@ -606,6 +605,15 @@ impl Docker {
                 binds: Some(binds),
                 network_mode: Some(primary.clone()),
                 extra_hosts: Some(svc.extra_hosts.clone()),
+                ulimits: Some(
+                    svc.ulimits
+                        .iter()
+                        .map(|(name, limit)| {
+                            let (soft, hard) = limit.limits();
+                            ResourcesUlimits { name: Some(name.clone()), soft: Some(soft), hard: Some(hard) }
+                        })
+                        .collect(),
+                ),
                 ..Default::default()
             }),
             networking_config: Some(bollard::container::NetworkingConfig { endpoints_config: endpoints }),

@@ -29,10 +29,31 @@ pub fn nginx_bin() -> PathBuf {
     bin
 }
 
+/// What nginx fronts in a test: the gateway on `gateway_port`, the shell and micro-frontends on
+/// closed ports (nothing answers) and the default CORS origins, unless a test says otherwise.
+#[allow(dead_code)] // not every test binary changes the defaults
+pub fn edge_settings(gateway_port: u16) -> mfe::infra::nginx::EdgeSettings {
+    let closed = || format!("127.0.0.1:{}", mfe_kit::testing::closed_port());
+    mfe::infra::nginx::EdgeSettings {
+        gateways: vec![format!("127.0.0.1:{gateway_port}")],
+        shell: closed(),
+        auth_mfe: closed(),
+        payments_mfe: closed(),
+        admin_mfe: closed(),
+        cors_allowed_origins: mfe::infra::nginx::parse_origins(mfe_kit::env::var("CORS_ALLOWED_ORIGINS").default)
+            .unwrap(),
+    }
+}
+
 impl Edge {
     /// Renders the configuration for fresh ports, checks it with `nginx -t`, starts nginx and
     /// waits (bounded) until it listens on HTTPS.
     pub fn start(gateway_port: u16) -> Edge {
+        Edge::start_with(&edge_settings(gateway_port))
+    }
+
+    /// [`Edge::start`] in front of the given upstreams and origins.
+    pub fn start_with(settings: &mfe::infra::nginx::EdgeSettings) -> Edge {
         let prefix = tempfile::tempdir().unwrap();
         let ssl = mfe::ssl::CertPaths::in_dir(&prefix.path().join("ssl"));
         mfe::ssl::generate(&ssl, 30, &[], false).expect("generate a dev CA and certificate");
@@ -42,8 +63,9 @@ impl Edge {
         cfg.nginx_https_port = mfe_kit::testing::closed_port();
         cfg.ssl_cert_path = ssl.cert.clone();
         cfg.ssl_key_path = ssl.key.clone();
-        cfg.gateway_url = format!("http://127.0.0.1:{gateway_port}");
-        let conf = mfe::infra::nginx::prepare_native(&cfg, prefix.path()).expect("render the nginx configuration");
+        cfg.gateway_url = format!("http://{}", settings.gateways[0]);
+        let conf = mfe::infra::nginx::prepare_native_with(&cfg, settings, prefix.path())
+            .expect("render the nginx configuration");
 
         let bin = nginx_bin();
         let test = Command::new(&bin).arg("-p").arg(prefix.path()).arg("-c").arg(&conf).arg("-t").output().unwrap();

@@ -63,6 +63,36 @@ pub const VARS: &[Var] = &[
     Var { name: "NGINX_HOST", default: "localhost", doc: "host name nginx answers to" },
     Var { name: "NGINX_HTTP_PORT", default: "80", doc: "nginx plain HTTP port (redirects to HTTPS)" },
     Var { name: "NGINX_HTTPS_PORT", default: "443", doc: "nginx HTTPS port" },
+    Var {
+        name: "GATEWAY_UPSTREAMS",
+        default: "",
+        doc: "gateway instances nginx balances (least_conn), comma-separated host:port; empty: the one of GATEWAY_URL",
+    },
+    Var {
+        name: "SHELL_APP_URL",
+        default: "http://127.0.0.1:4200",
+        doc: "shell app nginx serves at / (optional: nginx answers 503 while it is not running)",
+    },
+    Var {
+        name: "AUTH_MFE_URL",
+        default: "http://127.0.0.1:4201",
+        doc: "auth micro-frontend nginx serves at /auth-mfe/ (optional)",
+    },
+    Var {
+        name: "PAYMENTS_MFE_URL",
+        default: "http://127.0.0.1:4202",
+        doc: "payments micro-frontend nginx serves at /payments-mfe/ (optional)",
+    },
+    Var {
+        name: "ADMIN_MFE_URL",
+        default: "http://127.0.0.1:4203",
+        doc: "admin micro-frontend nginx serves at /admin-mfe/ (optional)",
+    },
+    Var {
+        name: "CORS_ALLOWED_ORIGINS",
+        default: "http://localhost:4200,http://localhost:4201,http://localhost:4202,http://localhost:4203",
+        doc: "origins nginx lets call /api/ cross-origin with credentials, comma-separated; `none` allows none",
+    },
     Var { name: "WS_URL", default: "wss://localhost/ws", doc: "public WebSocket URL (through nginx)" },
     Var {
         name: "MFE_STATE_DIR",
