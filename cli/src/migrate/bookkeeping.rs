@@ -150,12 +150,20 @@ pub async fn open_batches(conn: &mut PgConnection) -> anyhow::Result<Vec<OpenBat
         .collect())
 }
 
+/// The batch of this manifest that a run should go on with: unfinished, or complete (then every
+/// chunk is in and the run has nothing to load), never rolled back or superseded.
+pub async fn batch_of_manifest(conn: &mut PgConnection, manifest_sha256: &str) -> anyhow::Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT batch_id FROM mfe_migration.batches WHERE manifest_sha256 = $1 AND rolled_back_at IS NULL \
+         AND state IN ('loading', 'complete') ORDER BY imported_at DESC LIMIT 1",
+    )
+    .bind(manifest_sha256)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// Starts a batch in state `loading`.
-pub async fn begin_batch(
-    conn: &mut PgConnection,
-    manifest_sha256: &str,
-    snapshot_time: &str,
-) -> anyhow::Result<Uuid> {
+pub async fn begin_batch(conn: &mut PgConnection, manifest_sha256: &str, snapshot_time: &str) -> anyhow::Result<Uuid> {
     let batch_id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO mfe_migration.batches (batch_id, manifest_sha256, snapshot_time, tool_version, state) \
@@ -172,11 +180,13 @@ pub async fn begin_batch(
 
 /// Sets a batch's state (`complete`, `superseded`).
 pub async fn set_state(conn: &mut PgConnection, batch_id: Uuid, state: &str) -> anyhow::Result<()> {
-    sqlx::query("UPDATE mfe_migration.batches SET state = $2, completed_at = now() WHERE batch_id = $1")
-        .bind(batch_id)
-        .bind(state)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE mfe_migration.batches SET state = $2, completed_at = coalesce(completed_at, now()) WHERE batch_id = $1",
+    )
+    .bind(batch_id)
+    .bind(state)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -300,7 +310,12 @@ pub async fn record_chunk(
 /// Records `ids` as inserted by `batch_id` into `spec`'s table (a direct load: every row of the
 /// chunk file went in, and the file's ids are these), one `imported_ids` row per
 /// [`IDS_PER_ROW`]; returns the number recorded.
-pub async fn record_ids(conn: &mut PgConnection, batch_id: Uuid, spec: &TableSpec, ids: &[&str]) -> anyhow::Result<u64> {
+pub async fn record_ids(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    spec: &TableSpec,
+    ids: &[&str],
+) -> anyhow::Result<u64> {
     for part in ids.chunks(IDS_PER_ROW as usize) {
         sqlx::query(
             "INSERT INTO mfe_migration.imported_ids (batch_id, table_name, chunk, row_ids) \

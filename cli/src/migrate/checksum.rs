@@ -321,11 +321,8 @@ mod tests {
 
     #[test]
     fn the_scanner_keeps_every_first_field_whatever_the_chunking() {
-        let rows: Vec<Vec<Option<&[u8]>>> = vec![
-            vec![Some("id-ü".as_bytes()), Some(b"x")],
-            vec![Some(b"id-2"), None],
-            vec![Some(b""), Some(b"y")],
-        ];
+        let rows: Vec<Vec<Option<&[u8]>>> =
+            vec![vec![Some("id-ü".as_bytes()), Some(b"x")], vec![Some(b"id-2"), None], vec![Some(b""), Some(b"y")]];
         let data = stream(&rows);
         for chunk in [1, 3, data.len()] {
             let mut s = TupleScanner::capturing_ids();

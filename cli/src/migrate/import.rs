@@ -5,7 +5,8 @@
 //! Order of work, so that a bad export never writes anything:
 //! 1. read `manifest.json` and check every file's size and sha256 (nothing is written before);
 //! 2. per service, holding the migration lock for the whole run ([`bookkeeping`]): find the
-//!    unfinished batch of the same manifest (by its sha256) and resume it, or start a batch;
+//!    batch of the same manifest (by its sha256) and go on with it — an unfinished one resumes,
+//!    a complete one has every chunk in already — or start a batch;
 //! 3. decide once per table how it loads, and record it: an EMPTY table is loaded `direct` —
 //!    its keys, indexes and foreign keys dropped first ([`bulkload`]), the drops recorded in the
 //!    same transaction — while a table holding rows already is loaded `staged`: each chunk is
@@ -135,7 +136,8 @@ impl TableImport {
 pub struct ServiceImport {
     pub service: DbService,
     pub batch_id: Uuid,
-    /// True when this run finished a batch an earlier run of the same export had started.
+    /// True when an earlier run of the same export had started this batch (and maybe finished it:
+    /// then every chunk is skipped).
     pub resumed: bool,
     pub tables: Vec<TableImport>,
 }
@@ -226,7 +228,6 @@ pub async fn import_with(
     Ok(ImportOutcome { services: done, stats: StepStats::new("import", rows, bytes, started) })
 }
 
-
 /// What every service's import shares.
 struct Run<'a> {
     dir: &'a Path,
@@ -239,7 +240,8 @@ struct Run<'a> {
 async fn import_service(cfg: &Config, db: DbService, run: &Run<'_>) -> anyhow::Result<ServiceImport> {
     let label = db.component().name();
     let pool = super::split_pool(cfg, db).await?;
-    let mut coordinator = pool.acquire().await.with_context(|| format!("{label}: cannot open the import connection"))?;
+    let mut coordinator =
+        pool.acquire().await.with_context(|| format!("{label}: cannot open the import connection"))?;
     bookkeeping::lock_session(&mut coordinator, label).await?;
     let mut state = ServiceState::default();
     let result = import_locked(&pool, &mut coordinator, db, run, &mut state).await;
@@ -285,11 +287,10 @@ async fn import_locked(
 ) -> anyhow::Result<ServiceImport> {
     let label = db.component().name();
     bookkeeping::prepare(coordinator, label).await?;
-    let open = bookkeeping::open_batches(coordinator).await?;
-    let (batch_id, resumed) = match open.iter().find(|b| b.manifest_sha256 == run.manifest_sha) {
-        Some(b) => (b.batch_id, true),
+    let (batch_id, resumed) = match bookkeeping::batch_of_manifest(coordinator, run.manifest_sha).await? {
+        Some(id) => (id, true),
         None => {
-            for other in &open {
+            for other in bookkeeping::open_batches(coordinator).await? {
                 say(&format!(
                     "{label}: an unfinished import of another export (batch {}, started {} UTC) is superseded: rebuilding its indexes; its rows stay and `mfe migrate rollback` removes them",
                     other.batch_id, other.imported_at
@@ -357,8 +358,7 @@ async fn import_locked(
     let all_direct = plans.iter().all(|(_, _, m)| *m == LoadMode::Direct);
     let groups: Vec<Vec<ChunkJob>> =
         if all_direct { vec![jobs_by_table.into_iter().flatten().collect()] } else { jobs_by_table };
-    let mut left: HashMap<&str, usize> =
-        plans.iter().map(|(spec, entry, _)| (spec.name, entry.chunks.len())).collect();
+    let mut left: HashMap<&str, usize> = plans.iter().map(|(spec, entry, _)| (spec.name, entry.chunks.len())).collect();
     for (spec, _, _) in &plans {
         let skipped = tables_done.iter().find(|t| t.label == spec.label()).map_or(0, |t| t.chunks_skipped);
         *left.get_mut(spec.name).expect("every table") -= skipped;

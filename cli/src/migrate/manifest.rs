@@ -108,11 +108,7 @@ impl Manifest {
         let invalid = || format!("{} is not a valid export manifest — re-run `mfe migrate export`", path.display());
         let format = serde_json::from_str::<Format>(&text).with_context(invalid)?.format.unwrap_or_default();
         if format != FORMAT {
-            let known = if format == "mfe-migration/1" {
-                " (one file per table, written by an older mfe)"
-            } else {
-                ""
-            };
+            let known = if format == "mfe-migration/1" { " (one file per table, written by an older mfe)" } else { "" };
             bail!(
                 "{}: export format `{format}`{known} is not the one this mfe reads ({FORMAT}) — re-run `mfe migrate export` with this mfe; nothing was written",
                 path.display()
@@ -263,7 +259,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), r#"{"format": "mfe-migration/1", "tables": [{"file": "x"}]}"#);
         let err = Manifest::read(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("`mfe-migration/1`") && err.contains("older mfe") && err.contains("re-run `mfe migrate export`"), "{err}");
+        assert!(
+            err.contains("`mfe-migration/1`")
+                && err.contains("older mfe")
+                && err.contains("re-run `mfe migrate export`"),
+            "{err}"
+        );
         write(dir.path(), r#"{"format": "mfe-migration/9"}"#);
         let err = Manifest::read(dir.path()).unwrap_err().to_string();
         assert!(err.contains("`mfe-migration/9`") && err.contains(FORMAT) && !err.contains('\n'), "{err}");
@@ -272,7 +273,8 @@ mod tests {
     #[test]
     fn a_manifest_round_trips_and_its_chunks_must_add_up_and_stay_inside_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let good = manifest(vec![chunk("payments/payments.0000.pgcopy", 2), chunk("payments/payments.0001.pgcopy", 3)], 5);
+        let good =
+            manifest(vec![chunk("payments/payments.0000.pgcopy", 2), chunk("payments/payments.0001.pgcopy", 3)], 5);
         good.write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), good);
         assert_eq!(good.tables[0].files(), "payments/payments.0000.pgcopy, payments/payments.0001.pgcopy");

@@ -107,7 +107,8 @@ pub async fn run(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<()> {
         MigrateCommand::Export(a) => {
             let services = tables::parse_services(a.service.service.as_deref())?;
             let options = export::ExportOptions { chunk_bytes: a.chunk_mb.max(1) << 20 };
-            let (manifest, stats) = export::export_with(cfg, &services, &a.out, export::Snapshots::Own, options).await?;
+            let (manifest, stats) =
+                export::export_with(cfg, &services, &a.out, export::Snapshots::Own, options).await?;
             say(&stats.line());
             let mut report = Report::new("migrate export");
             for t in &manifest.tables {
@@ -122,20 +123,17 @@ pub async fn run(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<()> {
         }
         MigrateCommand::Import(a) => {
             let services = tables::parse_services(a.service.service.as_deref())?;
-            let outcome = import::import_with(cfg, &services, &a.input, import::ImportOptions { workers: a.jobs }).await?;
+            let outcome =
+                import::import_with(cfg, &services, &a.input, import::ImportOptions { workers: a.jobs }).await?;
             say(&outcome.stats.line());
             let mut report = Report::new("migrate import");
             for s in &outcome.services {
                 for t in &s.tables {
                     report.push(
-                        crate::report::Check::new(
-                            t.label.clone(),
-                            true,
-                            t.detail(),
-                        )
-                        .metric("rows_inserted", t.rows_inserted)
-                        .metric("chunks_skipped", t.chunks_skipped)
-                        .metric("rows_in_file", t.rows_in_file),
+                        crate::report::Check::new(t.label.clone(), true, t.detail())
+                            .metric("rows_inserted", t.rows_inserted)
+                            .metric("chunks_skipped", t.chunks_skipped)
+                            .metric("rows_in_file", t.rows_in_file),
                     );
                 }
             }

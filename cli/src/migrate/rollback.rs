@@ -7,9 +7,9 @@
 //! foreign keys: [`super::bulkload`]) is rebuilt — after the deletion, so the rebuild has
 //! only the rows that were there before to index.
 
-use super::{bookkeeping, bulkload};
 use super::progress::StepStats;
 use super::tables;
+use super::{bookkeeping, bulkload};
 use crate::config::{Config, DbService};
 use crate::report::Check;
 use anyhow::Context;
