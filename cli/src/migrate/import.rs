@@ -47,7 +47,6 @@ use crate::config::{Config, DbService};
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::{PgConnection, PgPool};
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
@@ -352,44 +351,179 @@ async fn import_locked(
         jobs_by_table.push(jobs);
     }
 
-    // With every table direct, no foreign key is in force during the load and all chunks of
-    // the service may go at once; a staged table keeps its foreign keys, so then the tables go
-    // one after the other in foreign-key order (each one's chunks still in parallel).
+    let pending = bookkeeping::pending_rebuilds(coordinator, &[batch_id]).await?;
     let all_direct = plans.iter().all(|(_, _, m)| *m == LoadMode::Direct);
-    let groups: Vec<Vec<ChunkJob>> =
-        if all_direct { vec![jobs_by_table.into_iter().flatten().collect()] } else { jobs_by_table };
-    let mut left: HashMap<&str, usize> = plans.iter().map(|(spec, entry, _)| (spec.name, entry.chunks.len())).collect();
-    for (spec, _, _) in &plans {
-        let skipped = tables_done.iter().find(|t| t.label == spec.label()).map_or(0, |t| t.chunks_skipped);
-        *left.get_mut(spec.name).expect("every table") -= skipped;
-    }
-    let mut failed_after: HashSet<&str> = HashSet::new();
-    for group in groups {
-        let mut stream = futures::stream::iter(group)
-            .map(|job| async move {
-                let n = import_chunk(pool, batch_id, &job, run)
-                    .await
-                    .with_context(|| format!("{label}: import of {} chunk {} failed", job.spec.name, job.index))?;
-                anyhow::Ok((job.spec, n))
-            })
-            .buffer_unordered(run.workers);
-        while let Some((spec, n)) = stream.try_next().await? {
+    let mut schedule = Schedule::new(&plans, jobs_by_table, &pending, all_direct);
+    let started = Instant::now();
+    let (n_to_load, n_rebuilds) = (schedule.n_chunks(), pending.len());
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        while running.len() < run.workers {
+            let Some(job) = schedule.next() else { break };
+            running.push(async move {
+                let done = match &job {
+                    Job::Chunk(c) => import_chunk(pool, batch_id, c, run)
+                        .await
+                        .with_context(|| format!("{label}: import of {} chunk {} failed", c.spec.name, c.index))?,
+                    Job::Rebuild(_, p) => {
+                        rebuild_one(pool, p).await.with_context(|| format!("{label}: import of {}", p.table_name))?;
+                        0
+                    }
+                };
+                anyhow::Ok((job, done))
+            });
+        }
+        let Some(result) = running.next().await else { break };
+        let (job, n) = result?;
+        if let Job::Chunk(c) = &job {
             state.n_committed += 1;
-            let t = tables_done.iter_mut().find(|t| t.label == spec.label()).expect("every table");
+            let t = tables_done.iter_mut().find(|t| t.label == c.spec.label()).expect("every table");
             t.rows_inserted += n;
-            let l = left.get_mut(spec.name).expect("every table");
-            *l -= 1;
-            if *l == 0 && failed_after.insert(spec.name) {
-                fail_point(spec.name).with_context(|| format!("{label}: import of {} failed", spec.name))?;
-            }
+        }
+        if let Some(table) = schedule.done(&job) {
+            fail_point(table).with_context(|| format!("{label}: import of {table} failed"))?;
         }
     }
-
-    rebuild_dropped(pool, coordinator, &[batch_id], run.workers).await.with_context(|| format!("{label}: import"))?;
+    say(&format!(
+        "{label}: {n_to_load} chunk(s) loaded and {n_rebuilds} key(s)/index(es) rebuilt in {:.2} s",
+        started.elapsed().as_secs_f64()
+    ));
     bookkeeping::set_state(coordinator, batch_id, "complete")
         .await
         .with_context(|| format!("{label}: cannot mark the import complete"))?;
     Ok(ServiceImport { service: db, batch_id, resumed, tables: tables_done })
+}
+
+/// A unit of work of a service's import, on one connection.
+enum Job<'a> {
+    Chunk(ChunkJob<'a>),
+    /// A rebuild of what the load of table number `.0` dropped.
+    Rebuild(usize, &'a bookkeeping::PendingRebuild),
+}
+
+/// What may run next in a service's import. A table's indexes are built as soon as its last
+/// chunk is in — while the chunks of the next table still load, so the two cores stay busy to
+/// the end instead of idling through a separate rebuild phase — then its keys over them; the
+/// foreign keys, which read two tables, wait for everything else.
+struct Schedule<'a> {
+    tables: Vec<TableWork<'a>>,
+    foreign_keys: std::collections::VecDeque<&'a bookkeeping::PendingRebuild>,
+    foreign_key_running: bool,
+    /// Every table direct: no foreign key is in force during the load, so the chunks of all
+    /// tables may go at once. A staged table keeps its foreign keys, so then the tables load one
+    /// after the other in foreign-key order (each one's chunks still in parallel).
+    all_direct: bool,
+}
+
+struct TableWork<'a> {
+    name: &'static str,
+    chunks: std::collections::VecDeque<ChunkJob<'a>>,
+    /// Chunks not yet committed (queued or running).
+    chunks_left: usize,
+    indexes: std::collections::VecDeque<&'a bookkeeping::PendingRebuild>,
+    indexes_left: usize,
+    keys: std::collections::VecDeque<&'a bookkeeping::PendingRebuild>,
+    keys_left: usize,
+}
+
+impl TableWork<'_> {
+    fn finished(&self) -> bool {
+        self.chunks_left == 0 && self.indexes_left == 0 && self.keys_left == 0
+    }
+}
+
+impl<'a> Schedule<'a> {
+    fn new(
+        plans: &[(&'static TableSpec, &TableEntry, LoadMode)],
+        chunks: Vec<Vec<ChunkJob<'a>>>,
+        pending: &'a [bookkeeping::PendingRebuild],
+        all_direct: bool,
+    ) -> Self {
+        let mut tables: Vec<TableWork> = plans
+            .iter()
+            .zip(chunks)
+            .map(|((spec, _, _), chunks)| TableWork {
+                name: spec.name,
+                chunks_left: chunks.len(),
+                chunks: chunks.into(),
+                indexes: Default::default(),
+                indexes_left: 0,
+                keys: Default::default(),
+                keys_left: 0,
+            })
+            .collect();
+        let mut foreign_keys = std::collections::VecDeque::new();
+        for p in pending {
+            let table = tables.iter_mut().find(|t| t.name == p.table_name);
+            match (p.rebuild.phase, table) {
+                (bulkload::Phase::Index, Some(t)) => {
+                    t.indexes.push_back(p);
+                    t.indexes_left += 1;
+                }
+                (bulkload::Phase::Key, Some(t)) => {
+                    t.keys.push_back(p);
+                    t.keys_left += 1;
+                }
+                _ => foreign_keys.push_back(p),
+            }
+        }
+        Self { tables, foreign_keys, foreign_key_running: false, all_direct }
+    }
+
+    fn n_chunks(&self) -> usize {
+        self.tables.iter().map(|t| t.chunks.len()).sum()
+    }
+
+    /// The next job that may start, if any may now.
+    fn next(&mut self) -> Option<Job<'a>> {
+        for (i, t) in self.tables.iter_mut().enumerate() {
+            if t.chunks_left > 0 {
+                continue;
+            }
+            if let Some(p) = t.indexes.pop_front() {
+                return Some(Job::Rebuild(i, p));
+            }
+            if t.indexes_left == 0 {
+                if let Some(p) = t.keys.pop_front() {
+                    return Some(Job::Rebuild(i, p));
+                }
+            }
+        }
+        for i in 0..self.tables.len() {
+            let earlier_loaded = self.tables[..i].iter().all(|t| t.chunks_left == 0);
+            if self.all_direct || earlier_loaded {
+                if let Some(c) = self.tables[i].chunks.pop_front() {
+                    return Some(Job::Chunk(c));
+                }
+            }
+        }
+        if !self.foreign_key_running && self.tables.iter().all(TableWork::finished) {
+            if let Some(p) = self.foreign_keys.pop_front() {
+                self.foreign_key_running = true;
+                return Some(Job::Rebuild(usize::MAX, p));
+            }
+        }
+        None
+    }
+
+    /// Records a job as done; returns the table whose last chunk it was, if it was.
+    fn done(&mut self, job: &Job) -> Option<&'static str> {
+        match job {
+            Job::Chunk(c) => {
+                let t = self.tables.iter_mut().find(|t| t.name == c.spec.name).expect("every table");
+                t.chunks_left -= 1;
+                (t.chunks_left == 0).then_some(t.name)
+            }
+            Job::Rebuild(i, p) => {
+                match (p.rebuild.phase, self.tables.get_mut(*i)) {
+                    (bulkload::Phase::Index, Some(t)) => t.indexes_left -= 1,
+                    (bulkload::Phase::Key, Some(t)) => t.keys_left -= 1,
+                    _ => self.foreign_key_running = false,
+                }
+                None
+            }
+        }
+    }
 }
 
 /// Decides how a table loads for this batch and records it: under a lock that blocks writers,
@@ -479,22 +613,25 @@ pub(crate) async fn rebuild_dropped(
     coordinator: &mut PgConnection,
     batches: &[Uuid],
     workers: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let pending = bookkeeping::pending_rebuilds(coordinator, batches).await?;
     for phase in [bulkload::Phase::Index, bulkload::Phase::Key, bulkload::Phase::ForeignKey] {
         let width = if phase == bulkload::Phase::ForeignKey { 1 } else { workers };
         futures::stream::iter(pending.iter().filter(|p| p.rebuild.phase == phase))
-            .map(|p| async move {
-                let mut tx = pool.begin().await?;
-                bulkload::rebuild(&mut tx, &p.rebuild).await?;
-                bookkeeping::rebuilt(&mut tx, p).await?;
-                tx.commit().await?;
-                anyhow::Ok(())
-            })
+            .map(|p| rebuild_one(pool, p))
             .buffer_unordered(width)
             .try_collect::<Vec<()>>()
             .await?;
     }
+    Ok(pending.len())
+}
+
+/// Runs one rebuild in its own transaction with the deletion of its record.
+async fn rebuild_one(pool: &PgPool, pending: &bookkeeping::PendingRebuild) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    bulkload::rebuild(&mut tx, &pending.rebuild).await?;
+    bookkeeping::rebuilt(&mut tx, pending).await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -79,9 +79,13 @@ pub struct ChunkEntry {
 }
 
 impl TableEntry {
-    /// The table's files, comma-separated, for reports.
+    /// The table's file, or its first and last chunk files, for reports.
     pub fn files(&self) -> String {
-        self.chunks.iter().map(|c| c.file.as_str()).collect::<Vec<_>>().join(", ")
+        match self.chunks.as_slice() {
+            [] => String::new(),
+            [one] => one.file.clone(),
+            [first, .., last] => format!("{} … {} ({} chunk files)", first.file, last.file, self.chunks.len()),
+        }
     }
 }
 
@@ -277,7 +281,10 @@ mod tests {
             manifest(vec![chunk("payments/payments.0000.pgcopy", 2), chunk("payments/payments.0001.pgcopy", 3)], 5);
         good.write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), good);
-        assert_eq!(good.tables[0].files(), "payments/payments.0000.pgcopy, payments/payments.0001.pgcopy");
+        assert_eq!(
+            good.tables[0].files(),
+            "payments/payments.0000.pgcopy … payments/payments.0001.pgcopy (2 chunk files)"
+        );
 
         manifest(vec![chunk("payments/a.pgcopy", 2)], 5).write(dir.path()).unwrap();
         assert!(Manifest::read(dir.path()).unwrap_err().to_string().contains("holding 2 rows, not its 5"));
