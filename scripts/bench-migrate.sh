@@ -273,6 +273,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     t0=$(now)
     if "method_$m"; then status=ok; else status=failed; fi
     echo "$m $ROUND $(echo "$(now) - $t0" | bc -l) $status" >>"$WORK/results.txt"
+    echo "bench-migrate: $(tail -n1 "$WORK/results.txt")" >&2
     if declare -F "after_$m" >/dev/null; then "after_$m"; fi
     if [ "$m" = floor ]; then admin_sql payments "DROP DATABASE IF EXISTS \"${NAME}_floor\" WITH (FORCE)" >/dev/null; else drop_targets "$m"; fi
   done
