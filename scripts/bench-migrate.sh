@@ -45,6 +45,19 @@ fi
 command -v /usr/bin/time >/dev/null || { echo "bench-migrate: /usr/bin/time missing — apt-get install time" >&2; exit 1; }
 command -v pgcopydb >/dev/null || echo "bench-migrate: pgcopydb missing (scripts/install-deps.sh installs it): (c) will fail" >&2
 
+# Disk: the legacy copy, one method's split databases, the export files and the servers' WAL
+# live at once — about 6 KB per payment (1.3 GB of legacy database per 1 M payments). A full
+# disk makes the shared test servers PANIC, so refuse to start without that room.
+need_kb=$((USERS * PER_USER * 6))
+for dir in "${TMPDIR:-/tmp}" /tmp/mfe-test-state; do
+  [ -d "$dir" ] || continue
+  free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  if [ "$free_kb" -lt "$need_kb" ]; then
+    echo "bench-migrate: $((free_kb / 1024)) MB free under $dir, the run needs about $((need_kb / 1024)) MB — free some space or lower BENCH_USERS" >&2
+    exit 1
+  fi
+done
+
 NAME="mfe_bench_$(date +%s)_$$"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-migrate-work.XXXXXX")
 declare -A PORT=([legacy]=25436 [auth]=25432 [payments]=25433 [admin]=25434 [profile]=25435)

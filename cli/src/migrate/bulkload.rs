@@ -132,9 +132,9 @@ pub async fn drop_for_load(conn: &mut PgConnection, spec: &TableSpec) -> anyhow:
     Ok(rebuild)
 }
 
-/// Runs one rebuild statement on `conn` (inside the caller's transaction), with the memory a
-/// sorted index build wants: 256 MB sorts the 3 M ids of the benchmark's largest table in
-/// memory, where the server default of 64 MB spills to disk.
+/// Runs one rebuild statement on `conn` (inside the caller's transaction) with 256 MB for the
+/// sort of an index build (the one-transaction import used the same; the test servers'
+/// default is 64 MB, which spills the sort of a large table to disk).
 pub async fn rebuild(conn: &mut PgConnection, statement: &Rebuild) -> anyhow::Result<()> {
     sqlx::query("SET LOCAL maintenance_work_mem = '256MB'").execute(&mut *conn).await?;
     sqlx::query(&statement.sql).execute(&mut *conn).await.map_err(|e| {
