@@ -314,16 +314,18 @@ pub async fn record_ids(
     conn: &mut PgConnection,
     batch_id: Uuid,
     spec: &TableSpec,
-    ids: &[&str],
+    ids: &super::checksum::Ids,
 ) -> anyhow::Result<u64> {
-    for part in ids.chunks(IDS_PER_ROW as usize) {
+    let per_row = IDS_PER_ROW as usize;
+    for from in (0..ids.len()).step_by(per_row) {
+        let part = ids.slice_strs(from, (from + per_row).min(ids.len())).map_err(|e| anyhow::anyhow!(e))?;
         sqlx::query(
             "INSERT INTO mfe_migration.imported_ids (batch_id, table_name, chunk, row_ids) \
              VALUES ($1, $2, nextval('mfe_migration.imported_ids_chunk')::int4, $3::text[])",
         )
         .bind(batch_id)
         .bind(spec.name)
-        .bind(part)
+        .bind(&part)
         .execute(&mut *conn)
         .await?;
     }

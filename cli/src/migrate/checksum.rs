@@ -62,11 +62,18 @@ pub struct Ids {
 }
 
 impl Ids {
-    /// The ids in stream order; one line naming the row when an id is not UTF-8 text or NULL.
+    /// The ids in stream order; one line naming the row when an id is not UTF-8 text.
     pub fn to_strs(&self) -> Result<Vec<&str>, String> {
-        let mut out = Vec::with_capacity(self.ends.len());
-        let mut start = 0;
-        for (n, &end) in self.ends.iter().enumerate() {
+        self.slice_strs(0, self.ends.len())
+    }
+
+    /// Ids `from..to` in stream order (callers take a few thousand at a time, so the `&str`s
+    /// of a whole chunk never exist at once).
+    pub fn slice_strs(&self, from: usize, to: usize) -> Result<Vec<&str>, String> {
+        let mut out = Vec::with_capacity(to.saturating_sub(from));
+        let mut start = if from == 0 { 0 } else { self.ends[from - 1] };
+        for n in from..to {
+            let end = self.ends[n];
             let id = std::str::from_utf8(&self.bytes[start..end])
                 .map_err(|_| format!("the id of row {} is not UTF-8 text", n + 1))?;
             out.push(id);

@@ -600,11 +600,12 @@ async fn import_chunk(pool: &PgPool, batch_id: Uuid, job: &ChunkJob<'_>, run: &R
     let rows_inserted = match job.mode {
         LoadMode::Direct => {
             let ids = scanner.take_ids();
-            let ids = ids.to_strs().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             if ids.len() as u64 != n_copied {
                 anyhow::bail!("{}: {} ids read for {n_copied} rows copied", path.display(), ids.len());
             }
-            bookkeeping::record_ids(&mut tx, batch_id, spec, &ids).await?
+            bookkeeping::record_ids(&mut tx, batch_id, spec, &ids)
+                .await
+                .with_context(|| format!("{}: cannot record the ids it inserted", path.display()))?
         }
         LoadMode::Staged => bookkeeping::insert_new_and_record(&mut tx, batch_id, spec, &target).await?,
     };
