@@ -3,128 +3,14 @@
 //!
 //! Needs the test stack: `set -a; source test.env; set +a; mfe infra start` (or `make test`).
 
-use mfe::migrate::checksum::table_checksum_sql;
-use mfe::migrate::tables::{TableSpec, TABLES};
-use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+#[path = "migrate_support/mod.rs"]
+mod migrate_support;
+
+use mfe::migrate::tables::TABLES;
+use migrate_support::*;
+use sqlx::postgres::PgPool;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-const DB_VARS: [(&str, &str); 5] = [
-    ("LEGACY_DATABASE_URL", "legacy"),
-    ("AUTH_DATABASE_URL", "auth"),
-    ("PAYMENTS_DATABASE_URL", "payments"),
-    ("ADMIN_DATABASE_URL", "admin"),
-    ("PROFILE_DATABASE_URL", "profile"),
-];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Five fresh, migrated databases (legacy + the four split ones) and a scratch directory.
-struct Stack {
-    name: String,
-    /// Variable → URL of this test's database.
-    urls: BTreeMap<&'static str, String>,
-    dir: tempfile::TempDir,
-}
-
-impl Stack {
-    async fn new() -> Self {
-        let name = format!("mfe_mig_{}", uuid::Uuid::new_v4().simple());
-        let mut urls = BTreeMap::new();
-        for (var, service) in DB_VARS {
-            let base = mfe_kit::env::get(var);
-            let mut admin = url::Url::parse(&base).unwrap();
-            admin.set_path("/postgres");
-            let mut conn = PgConnection::connect(admin.as_str()).await.unwrap_or_else(|e| {
-                panic!(
-                    "{var}: cannot reach the test stack at {admin}: {e} — start it with \
-                     `set -a; source test.env; set +a; cargo run -p mfe -- infra start`"
-                )
-            });
-            sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.unwrap();
-            let mut url = url::Url::parse(&base).unwrap();
-            url.set_path(&format!("/{name}"));
-            let pool = PgPoolOptions::new().max_connections(1).connect(url.as_str()).await.unwrap();
-            let migrator = sqlx::migrate::Migrator::new(repo_root().join("migrations").join(service)).await.unwrap();
-            migrator.run(&pool).await.unwrap_or_else(|e| panic!("migrations of {service}: {e}"));
-            pool.close().await;
-            urls.insert(var, url.to_string());
-        }
-        Stack { name, urls, dir: tempfile::tempdir().unwrap() }
-    }
-
-    async fn pool(&self, var: &str) -> PgPool {
-        PgPoolOptions::new().max_connections(2).connect(&self.urls[var]).await.unwrap()
-    }
-
-    async fn legacy(&self) -> PgPool {
-        self.pool("LEGACY_DATABASE_URL").await
-    }
-
-    async fn split(&self, spec: &TableSpec) -> PgPool {
-        self.pool(spec.service.url_var()).await
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mfe"));
-        cmd.args(args).current_dir(self.dir.path()).env("MFE_ROOT", repo_root()).env_remove("RUST_LOG");
-        for (var, url) in &self.urls {
-            cmd.env(var, url);
-        }
-        cmd
-    }
-
-    /// Runs `mfe <args>` to completion.
-    fn mfe(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("the mfe binary runs")
-    }
-
-    fn export_dir(&self) -> PathBuf {
-        self.dir.path().join("migration-data")
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let urls: Vec<String> = self.urls.values().cloned().collect();
-        let name = self.name.clone();
-        // Drop runs outside any runtime the test may still hold: use a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                for url in urls {
-                    let mut admin = url::Url::parse(&url).unwrap();
-                    admin.set_path("/postgres");
-                    if let Ok(mut conn) = PgConnection::connect(admin.as_str()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                }
-            })
-        })
-        .join();
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed: {}\n{}", stderr(o), String::from_utf8_lossy(&o.stdout));
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\n{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
-}
 
 /// The 1 MB text of the dataset: multi-byte characters, tabs and newlines throughout.
 fn megabyte_text() -> String {
@@ -181,71 +67,6 @@ async fn seed_awkward_dataset(legacy: &PgPool) {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-}
-
-/// Every row of a table (legacy columns only), as PostgreSQL renders it, ordered by id.
-async fn rows_text(pool: &PgPool, spec: &TableSpec) -> Vec<(String, String)> {
-    let sql = format!(
-        "SELECT t.\"id\", ROW({})::text FROM {} AS t ORDER BY t.\"id\" COLLATE \"C\"",
-        spec.columns.iter().map(|c| format!("t.\"{c}\"")).collect::<Vec<_>>().join(", "),
-        spec.ident()
-    );
-    sqlx::query_as(&sql).fetch_all(pool).await.unwrap()
-}
-
-/// Every row of a split table with all its columns (extra ones too), ordered by id.
-async fn full_rows(pool: &PgPool, table: &str) -> Vec<String> {
-    sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" AS t ORDER BY t.\"id\" COLLATE \"C\""))
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
-/// The state of every split table.
-async fn split_state(stack: &Stack) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for spec in &TABLES {
-        out.push(full_rows(&stack.split(spec).await, spec.name).await);
-    }
-    out
-}
-
-/// Every index and constraint of the split databases' public schemas (the import rebuilds the
-/// ones it drops for the load: they must all be back, unchanged).
-async fn split_schema_objects(stack: &Stack) -> Vec<String> {
-    let mut out = Vec::new();
-    for (var, _) in &DB_VARS[1..] {
-        let pool = stack.pool(var).await;
-        let objects: Vec<String> = sqlx::query_scalar(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' \
-             UNION ALL SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) \
-             FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        out.extend(objects.into_iter().map(|o| format!("{var}: {o}")));
-    }
-    out
-}
-
-/// Count + checksum of every legacy table.
-async fn legacy_checksums(legacy: &PgPool) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    for spec in &TABLES {
-        out.push(sqlx::query_as(&table_checksum_sql(spec)).fetch_one(legacy).await.unwrap());
-    }
-    out
-}
-
-fn failed_checks(report: &Value) -> Vec<(String, String)> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["passed"] == false)
-        .map(|c| (c["name"].as_str().unwrap().to_string(), c["detail"].as_str().unwrap().to_string()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -397,7 +218,7 @@ async fn a_corrupted_or_truncated_export_file_is_refused_and_nothing_is_written(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_import_killed_midway_leaves_the_target_as_it_was() {
+async fn an_import_killed_midway_is_undone_by_rollback_and_the_same_export_then_imports_cleanly() {
     let stack = Stack::new().await;
     let legacy = stack.legacy().await;
     seed_awkward_dataset(&legacy).await;
@@ -416,6 +237,7 @@ async fn an_import_killed_midway_leaves_the_target_as_it_was() {
         .await
         .unwrap();
     let before = split_state(&stack).await;
+    let schema_before = split_schema_objects(&stack).await;
 
     let mut child = stack
         .command(&["migrate", "import", "--service", "payments"])
@@ -443,37 +265,74 @@ async fn an_import_killed_midway_leaves_the_target_as_it_was() {
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the import finished before the kill");
+    wait_for_other_transactions_to_end(&payments).await;
+    // The load dropped the table's keys and indexes; the killed import could not rebuild them.
+    assert_ne!(split_schema_objects(&stack).await, schema_before, "the killed import rebuilt its indexes?");
 
-    // The server aborts the transaction once it notices the closed connection.
-    let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                  AND pid <> pg_backend_pid() AND xact_start IS NOT NULL";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>(others).fetch_one(&payments).await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "the killed import's session did not end");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(split_state(&stack).await, before, "the killed import left rows behind");
+    // Rollback removes what the killed import committed and rebuilds what it dropped.
+    let out = stack.mfe(&["--json", "migrate", "rollback", "--service", "payments"]);
+    assert_ok(&out, "rollback after the kill");
+    assert!(json(&out)["checks"][0]["detail"].as_str().unwrap().contains("rebuilt"), "{}", json(&out));
+    assert_eq!(split_state(&stack).await, before, "rollback left rows of the killed import behind");
+    assert_eq!(split_schema_objects(&stack).await, schema_before, "rollback did not rebuild the dropped indexes");
 
     // And the same export imports cleanly afterwards.
     assert_ok(&stack.mfe(&["migrate", "import", "--service", "payments"]), "import after the kill");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_transactions").fetch_one(&payments).await.unwrap();
     assert_eq!(n, 600_002);
+    assert_eq!(duplicates(&stack).await, Vec::<String>::new());
+    assert_eq!(split_schema_objects(&stack).await, schema_before, "indexes or constraints differ after the import");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_import_failing_after_its_first_table_writes_nothing_of_that_service() {
+async fn an_import_failing_after_its_first_table_says_how_to_finish_and_running_it_again_completes_it() {
     let stack = Stack::new().await;
-    seed_awkward_dataset(&stack.legacy().await).await;
+    let legacy = stack.legacy().await;
+    seed_awkward_dataset(&legacy).await;
     assert_ok(&stack.mfe(&["migrate", "export"]), "export");
     let before = split_state(&stack).await;
+    let schema_before = split_schema_objects(&stack).await;
     let out = stack
         .command(&["migrate", "import", "--service", "auth"])
         .env("MFE_MIGRATE_FAIL_AFTER_TABLE", "users")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("nothing of auth_db was written"), "{}", stderr(&out));
+    let err = stderr(&out);
+    for part in [
+        "auth_db: import incomplete",
+        "run `mfe migrate import --in migration-data` again to resume it",
+        "`mfe migrate rollback --service auth` to undo it",
+        "injected failure after users",
+    ] {
+        assert!(err.contains(part), "stderr lacks `{part}`: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+
+    // Run again: the chunks that committed are skipped, the rest goes in, the keys come back.
+    let out = stack.mfe(&["--json", "migrate", "import", "--service", "auth"]);
+    assert_ok(&out, "import run again");
+    let report = json(&out);
+    let users = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "auth_db.users").unwrap();
+    assert_eq!(users["metrics"]["chunks_skipped"], 1, "{report}");
+    assert!(users["detail"].as_str().unwrap().contains("skipped: committed by an earlier run"), "{report}");
+    assert!(stderr(&out).contains("auth_db: resumed batch"), "{}", stderr(&out));
+    for spec in TABLES.iter().filter(|t| t.service.name() == "auth") {
+        assert_eq!(rows_text(&legacy, spec).await, rows_text(&stack.split(spec).await, spec).await, "{}", spec.name);
+    }
+    assert_eq!(duplicates(&stack).await, Vec::<String>::new());
+    assert_eq!(split_schema_objects(&stack).await, schema_before, "indexes or constraints differ after the import");
+
+    // A third run of the same export finds every chunk in and inserts nothing.
+    let out = stack.mfe(&["--json", "migrate", "import", "--service", "auth"]);
+    assert_ok(&out, "import of a complete export");
+    assert!(stderr(&out).contains("2 of 2 chunks skipped"), "{}", stderr(&out));
+    assert_eq!(json(&out)["checks"][0]["metrics"]["rows_inserted"], 0);
+
+    // Rollback returns everything to the state before the first import.
+    assert_ok(&stack.mfe(&["migrate", "rollback"]), "rollback");
     assert_eq!(split_state(&stack).await, before);
+    assert_eq!(split_schema_objects(&stack).await, schema_before);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,8 @@
 //! missing, extra and changed rows (counts, and up to [`N_SAMPLES`] ids of each kind).
 //!
 //! References: every distinct user id a split table holds (payments.sender_id, ...) must be an
-//! `auth_db.users.id`; ids stream from the child database and are looked up in chunks.
+//! `auth_db.users.id`; ids stream from the child database and are looked up in chunks, one
+//! column at a time beside the table checks.
 
 use super::checksum;
 use super::progress::StepStats;
@@ -37,22 +38,26 @@ pub async fn validate(cfg: &Config, services: &[DbService]) -> anyhow::Result<(V
         pools.insert(db, super::split_pool(cfg, db).await?);
     }
     let specs = tables::tables_of(services);
-    let table_checks: Vec<(Check, u64)> = futures::stream::iter(specs.iter().copied())
+    // Tables and references at once: a table check keeps two servers busy (one scan each side),
+    // a reference check mostly one, so together they fill both cores of a small machine.
+    let table_checks = futures::stream::iter(specs.iter().copied())
         .map(|spec| validate_table(&legacy, &pools[&spec.service], spec))
         .buffered(2)
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<(Check, u64)>>();
+    let ref_jobs: Vec<(&TableSpec, &str)> =
+        specs.iter().flat_map(|spec| spec.user_refs.iter().map(move |column| (*spec, *column))).collect();
+    let ref_checks = futures::stream::iter(ref_jobs)
+        .map(|(spec, column)| validate_refs(&pools[&spec.service], &pools[&DbService::Auth], spec, column))
+        .buffered(1)
+        .try_collect::<Vec<Check>>();
+    let (table_checks, ref_checks) = tokio::try_join!(table_checks, ref_checks)?;
     let mut rows = 0;
     let mut checks = Vec::new();
     for (c, n) in table_checks {
         rows += n;
         checks.push(c);
     }
-    for spec in &specs {
-        for column in spec.user_refs {
-            checks.push(validate_refs(&pools[&spec.service], &pools[&DbService::Auth], spec, column).await?);
-        }
-    }
+    checks.extend(ref_checks);
     legacy.close().await;
     for pool in pools.values() {
         pool.close().await;
