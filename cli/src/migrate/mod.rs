@@ -3,9 +3,12 @@
 //!
 //! # Layout
 //! - [`tables`]: the carried-over tables, their legacy columns and their user references.
-//! - [`export`]: one snapshot, binary COPY out, per-service files + [`manifest`].
-//! - [`import`]: manifest and file checks first, then one transaction per service; which ids it
-//!   inserted goes to [`bookkeeping`], which [`rollback`] reads to remove exactly those.
+//! - [`export`]: one snapshot, binary COPY out, per-service files (a large table in page-range
+//!   chunks read in parallel) + [`manifest`].
+//! - [`import`]: manifest and file checks first, then chunk by chunk, each chunk committed with
+//!   its checkpoint, so a killed import resumes; which ids it inserted goes to [`bookkeeping`],
+//!   which [`rollback`] reads to remove exactly those; empty tables load without their keys
+//!   ([`bulkload`]), rebuilt as soon as the table's last chunk is in.
 //! - [`validate`]: count + order-independent checksum per table on both sides ([`checksum`]),
 //!   sample ids only on a mismatch, cross-service references.
 //! - [`run`]: backup → schemas → export → import → validate → rollback on failure; with
