@@ -6,185 +6,16 @@
 //! Every test removes the subscriptions, slots and publications it made before its databases,
 //! also when it fails (the guard's `Drop`).
 
-use mfe::migrate::tables::{TableSpec, TABLES};
-use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+#[path = "migrate_support/mod.rs"]
+mod migrate_support;
+
+use mfe::migrate::tables::TABLES;
+use migrate_support::*;
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const DB_VARS: [(&str, &str); 5] = [
-    ("LEGACY_DATABASE_URL", "legacy"),
-    ("AUTH_DATABASE_URL", "auth"),
-    ("PAYMENTS_DATABASE_URL", "payments"),
-    ("ADMIN_DATABASE_URL", "admin"),
-    ("PROFILE_DATABASE_URL", "profile"),
-];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Five fresh, migrated databases (legacy + the four split ones) and a scratch directory.
-struct Stack {
-    name: String,
-    urls: BTreeMap<&'static str, String>,
-    dir: tempfile::TempDir,
-}
-
-impl Stack {
-    async fn new() -> Self {
-        let name = format!("mfe_onl_{}", uuid::Uuid::new_v4().simple());
-        let mut urls = BTreeMap::new();
-        for (var, service) in DB_VARS {
-            let base = mfe_kit::env::get(var);
-            let mut admin = url::Url::parse(&base).unwrap();
-            admin.set_path("/postgres");
-            let mut conn = PgConnection::connect(admin.as_str()).await.unwrap_or_else(|e| {
-                panic!(
-                    "{var}: cannot reach the stack at {admin}: {e} — start it with `cargo run -p mfe -- infra start`"
-                )
-            });
-            let (level,): (String,) = sqlx::query_as("SHOW wal_level").fetch_one(&mut conn).await.unwrap();
-            assert_eq!(
-                level, "logical",
-                "{var}: this server runs wal_level={level}; restart the stack from this tree (`mfe infra stop && mfe infra start`)"
-            );
-            sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.unwrap();
-            let mut url = url::Url::parse(&base).unwrap();
-            url.set_path(&format!("/{name}"));
-            let pool = PgPoolOptions::new().max_connections(1).connect(url.as_str()).await.unwrap();
-            let migrator = sqlx::migrate::Migrator::new(repo_root().join("migrations").join(service)).await.unwrap();
-            migrator.run(&pool).await.unwrap_or_else(|e| panic!("migrations of {service}: {e}"));
-            pool.close().await;
-            urls.insert(var, url.to_string());
-        }
-        Stack { name, urls, dir: tempfile::tempdir().unwrap() }
-    }
-
-    async fn pool(&self, var: &str) -> PgPool {
-        PgPoolOptions::new().max_connections(2).connect(&self.urls[var]).await.unwrap()
-    }
-
-    async fn legacy(&self) -> PgPool {
-        self.pool("LEGACY_DATABASE_URL").await
-    }
-
-    async fn split(&self, spec: &TableSpec) -> PgPool {
-        self.pool(spec.service.url_var()).await
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mfe"));
-        cmd.args(args).current_dir(self.dir.path()).env("MFE_ROOT", repo_root()).env_remove("RUST_LOG");
-        for (var, url) in &self.urls {
-            cmd.env(var, url);
-        }
-        cmd
-    }
-
-    /// Runs `mfe <args>` to completion on a blocking thread (the writer task keeps running).
-    async fn mfe(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || cmd.output().expect("the mfe binary runs")).await.unwrap()
-    }
-
-    /// Replication objects of this test still on any of its servers.
-    async fn replication_leftovers(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for url in self.urls.values() {
-            let mut conn = PgConnection::connect(url).await.unwrap();
-            let rows: Vec<String> = sqlx::query_scalar(
-                "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE database = current_database() \
-                 UNION ALL SELECT 'subscription ' || subname FROM pg_subscription \
-                   WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                 UNION ALL SELECT 'publication ' || pubname FROM pg_publication",
-            )
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-            out.extend(rows);
-        }
-        out
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let urls: Vec<String> = self.urls.values().cloned().collect();
-        let name = self.name.clone();
-        // Subscriptions first (they hold slots on other servers), then slots, then databases.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                for url in &urls {
-                    let Ok(mut conn) = PgConnection::connect(url).await else { continue };
-                    let subs: Vec<String> = sqlx::query_scalar(
-                        "SELECT subname::text FROM pg_subscription \
-                         WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                    )
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                    for s in subs {
-                        for sql in [
-                            format!("ALTER SUBSCRIPTION \"{s}\" DISABLE"),
-                            format!("ALTER SUBSCRIPTION \"{s}\" SET (slot_name = NONE)"),
-                            format!("DROP SUBSCRIPTION \"{s}\""),
-                        ] {
-                            let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
-                        }
-                    }
-                }
-                for url in &urls {
-                    let mut admin = url::Url::parse(url).unwrap();
-                    admin.set_path("/postgres");
-                    let Ok(mut conn) = PgConnection::connect(admin.as_str()).await else { continue };
-                    let _ = sqlx::query(
-                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active",
-                    )
-                    .bind(&name)
-                    .execute(&mut conn)
-                    .await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let _ = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1")
-                        .bind(&name)
-                        .execute(&mut conn)
-                        .await;
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed: {}\n{}", stderr(o), String::from_utf8_lossy(&o.stdout));
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\n{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
-}
-
-fn failed_checks(report: &Value) -> Vec<(String, String)> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["passed"] == false)
-        .map(|c| (c["name"].as_str().unwrap().to_string(), c["detail"].as_str().unwrap().to_string()))
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The POC-2 writer
@@ -484,13 +315,13 @@ async fn assert_split_matches_the_writer_log(stack: &Stack, log: &WriterLog) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_online_run_loses_nothing_a_writer_commits_across_sync_and_cutover_and_reports_the_write_pause() {
-    let stack = Stack::new().await;
+    let stack = Stack::logical().await;
     let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(40));
     writer.wait_more(200, Duration::from_secs(60)).await;
 
     let out = tokio::time::timeout(
         Duration::from_secs(240),
-        stack.mfe(&["--json", "migrate", "run", "--online", "--timeout", "60"]),
+        stack.mfe_async(&["--json", "migrate", "run", "--online", "--timeout", "60"]),
     )
     .await
     .expect("migrate run --online ends within 240 s");
@@ -528,19 +359,19 @@ async fn an_online_run_loses_nothing_a_writer_commits_across_sync_and_cutover_an
     // The forward path is gone; only the reverse subscriptions (and their slots and publications) remain.
     let left = stack.replication_leftovers().await;
     assert!(left.iter().all(|o| o.contains("mfe_rev_")), "{left:?}");
-    assert_ok(&stack.mfe(&["migrate", "finish"]).await, "finish");
+    assert_ok(&stack.mfe_async(&["migrate", "finish"]).await, "finish");
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_difference_found_at_cutover_lifts_the_block_keeps_syncing_and_a_later_cutover_passes() {
-    let stack = Stack::new().await;
+    let stack = Stack::logical().await;
     let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(40));
     writer.wait_more(200, Duration::from_secs(60)).await;
-    assert_ok(&stack.mfe(&["migrate", "sync", "start"]).await, "sync start");
+    assert_ok(&stack.mfe_async(&["migrate", "sync", "start"]).await, "sync start");
     writer.wait_more(200, Duration::from_secs(60)).await;
 
-    let status = stack.mfe(&["--json", "migrate", "sync", "status"]).await;
+    let status = stack.mfe_async(&["--json", "migrate", "sync", "status"]).await;
     assert_ok(&status, "sync status");
     let status = json(&status);
     for c in status["checks"].as_array().unwrap() {
@@ -556,7 +387,7 @@ async fn a_difference_found_at_cutover_lifts_the_block_keeps_syncing_and_a_later
         .execute(&admin)
         .await
         .unwrap();
-    let out = stack.mfe(&["--json", "migrate", "cutover", "--timeout", "60"]).await;
+    let out = stack.mfe_async(&["--json", "migrate", "cutover", "--timeout", "60"]).await;
     assert_eq!(out.status.code(), Some(1), "cutover must fail: {}", stderr(&out));
     let report = json(&out);
     let failed = failed_checks(&report);
@@ -574,28 +405,28 @@ async fn a_difference_found_at_cutover_lifts_the_block_keeps_syncing_and_a_later
         writer.refused() > 0 || writer.log.lock().unwrap().sessions_ended > 0,
         "the writer never noticed the block"
     );
-    let status = stack.mfe(&["--json", "migrate", "sync", "status"]).await;
+    let status = stack.mfe_async(&["--json", "migrate", "sync", "status"]).await;
     assert_ok(&status, "sync status after the failed cutover");
 
     sqlx::query("DELETE FROM audit_logs WHERE id = 'x-injected'").execute(&admin).await.unwrap();
     admin.close().await;
-    let out = stack.mfe(&["--json", "migrate", "cutover", "--timeout", "60"]).await;
+    let out = stack.mfe_async(&["--json", "migrate", "cutover", "--timeout", "60"]).await;
     assert_ok(&out, "second cutover");
     assert!(json(&out)["metrics"]["write_pause_s"].as_f64().unwrap() > 0.0);
     let log = writer.finish().await;
     assert_split_matches_the_writer_log(&stack, &log).await;
-    assert_ok(&stack.mfe(&["migrate", "finish"]).await, "finish");
+    assert_ok(&stack.mfe_async(&["migrate", "finish"]).await, "finish");
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_attempt_starts_over() {
-    let stack = Stack::new().await;
+    let stack = Stack::logical().await;
     let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(10));
     writer.wait_more(150, Duration::from_secs(60)).await;
     writer.finish().await;
-    assert_ok(&stack.mfe(&["migrate", "sync", "start"]).await, "sync start");
-    assert_ok(&stack.mfe(&["migrate", "cutover"]).await, "cutover");
+    assert_ok(&stack.mfe_async(&["migrate", "sync", "start"]).await, "sync start");
+    assert_ok(&stack.mfe_async(&["migrate", "cutover"]).await, "cutover");
     let legacy = stack.legacy().await;
     let blocked = sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('l-blocked', 'x')").execute(&legacy).await;
     assert!(blocked.unwrap_err().to_string().contains("read-only"), "POC-2 is not blocked after cutover");
@@ -623,10 +454,10 @@ async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_att
     payments.close().await;
     profile.close().await;
 
-    let refused = stack.mfe(&["migrate", "switch-back"]).await;
+    let refused = stack.mfe_async(&["migrate", "switch-back"]).await;
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
-    let out = stack.mfe(&["--json", "migrate", "switch-back", "--yes"]).await;
+    let out = stack.mfe_async(&["--json", "migrate", "switch-back", "--yes"]).await;
     assert_ok(&out, "switch-back");
     let report = json(&out);
     let details: Vec<&str> =
@@ -652,12 +483,12 @@ async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_att
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
 
     // POC-2 is the source again: a new attempt must start from empty split tables.
-    let again = stack.mfe(&["migrate", "sync", "start"]).await;
+    let again = stack.mfe_async(&["migrate", "sync", "start"]).await;
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("--reset") && stderr(&again).contains("nothing was changed"), "{}", stderr(&again));
-    assert_ok(&stack.mfe(&["migrate", "sync", "start", "--reset"]).await, "sync start --reset");
-    assert_ok(&stack.mfe(&["migrate", "cutover"]).await, "second cutover");
-    let finish = stack.mfe(&["--json", "migrate", "finish"]).await;
+    assert_ok(&stack.mfe_async(&["migrate", "sync", "start", "--reset"]).await, "sync start --reset");
+    assert_ok(&stack.mfe_async(&["migrate", "cutover"]).await, "second cutover");
+    let finish = stack.mfe_async(&["--json", "migrate", "finish"]).await;
     assert_ok(&finish, "finish");
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
     let legacy = stack.legacy().await;
@@ -667,10 +498,10 @@ async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_att
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_legacy_table_without_a_primary_key_is_refused_with_one_line_and_nothing_is_made() {
-    let stack = Stack::new().await;
+    let stack = Stack::logical().await;
     let legacy = stack.legacy().await;
     sqlx::query("ALTER TABLE audit_logs DROP CONSTRAINT audit_logs_pkey").execute(&legacy).await.unwrap();
-    let out = stack.mfe(&["migrate", "sync", "start"]).await;
+    let out = stack.mfe_async(&["migrate", "sync", "start"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
@@ -683,11 +514,11 @@ async fn a_legacy_table_without_a_primary_key_is_refused_with_one_line_and_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_refuses_before_blocking() {
-    let stack = Stack::new().await;
+    let stack = Stack::logical().await;
     let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(10));
     writer.wait_more(100, Duration::from_secs(60)).await;
     writer.finish().await;
-    assert_ok(&stack.mfe(&["migrate", "sync", "start"]).await, "sync start");
+    assert_ok(&stack.mfe_async(&["migrate", "sync", "start"]).await, "sync start");
 
     // A row already in admin_db with the id POC-2 then inserts: the apply worker fails on it.
     let admin = stack.pool("ADMIN_DATABASE_URL").await;
@@ -696,7 +527,7 @@ async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_r
     sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('x-conflict', 'legacy')").execute(&legacy).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let line = loop {
-        let out = stack.mfe(&["--json", "migrate", "sync", "status"]).await;
+        let out = stack.mfe_async(&["--json", "migrate", "sync", "status"]).await;
         let failed = failed_checks(&json(&out));
         if let Some((_, d)) = failed.iter().find(|(n, _)| n == "sync admin_db") {
             assert_eq!(out.status.code(), Some(1));
@@ -708,7 +539,7 @@ async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_r
     assert!(line.contains("apply error") && line.contains("mfe infra logs admin_db"), "{line}");
     // The native runtime's log gives the reason itself.
     assert!(line.contains("duplicate key value") && line.contains("audit_logs"), "{line}");
-    let out = stack.mfe(&["migrate", "cutover"]).await;
+    let out = stack.mfe_async(&["migrate", "cutover"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("POC-2 was not blocked") && stderr(&out).contains("admin_db"), "{}", stderr(&out));
     sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('x-still-writable', 'x')")
@@ -766,11 +597,11 @@ async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_r
     }
     sqlx::query("SELECT pg_drop_replication_slot($1)").bind(&sub).execute(&legacy).await.unwrap();
     sqlx::raw_sql(&format!("ALTER SUBSCRIPTION \"{sub}\" ENABLE")).execute(&payments).await.unwrap();
-    let out = stack.mfe(&["--json", "migrate", "sync", "status"]).await;
+    let out = stack.mfe_async(&["--json", "migrate", "sync", "status"]).await;
     let failed = failed_checks(&json(&out));
     let (_, line) = failed.iter().find(|(n, _)| n == "sync payments_db").expect("payments_db reported");
     assert!(line.contains("slot is gone") && line.contains("mfe migrate sync stop"), "{line}");
-    let out = stack.mfe(&["migrate", "cutover"]).await;
+    let out = stack.mfe_async(&["migrate", "cutover"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("POC-2 was not blocked") && stderr(&out).contains("slot is gone"),
@@ -779,6 +610,6 @@ async fn an_erroring_subscription_or_a_lost_slot_is_one_clear_line_and_cutover_r
     );
 
     // `sync stop` removes everything, the dead slot's subscription included.
-    assert_ok(&stack.mfe(&["migrate", "sync", "stop"]).await, "sync stop");
+    assert_ok(&stack.mfe_async(&["migrate", "sync", "stop"]).await, "sync stop");
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
 }

@@ -37,7 +37,17 @@ pub struct Stack {
 
 impl Stack {
     pub async fn new() -> Self {
-        let name = format!("mfe_mig_{}", uuid::Uuid::new_v4().simple());
+        Self::named("mfe_mig", false).await
+    }
+
+    /// The stack of the online tests: every server must run `wal_level = logical` (the stack
+    /// `mfe infra start` makes from this tree does).
+    pub async fn logical() -> Self {
+        Self::named("mfe_onl", true).await
+    }
+
+    async fn named(prefix: &str, logical: bool) -> Self {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let mut urls = BTreeMap::new();
         for (var, service) in DB_VARS {
             let base = mfe_kit::env::get(var);
@@ -49,6 +59,13 @@ impl Stack {
                      `set -a; source test.env; set +a; cargo run -p mfe -- infra start`"
                 )
             });
+            if logical {
+                let (level,): (String,) = sqlx::query_as("SHOW wal_level").fetch_one(&mut conn).await.unwrap();
+                assert_eq!(
+                    level, "logical",
+                    "{var}: this server runs wal_level={level}; restart the stack from this tree (`mfe infra stop && mfe infra start`)"
+                );
+            }
             sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.unwrap();
             let mut url = url::Url::parse(&base).unwrap();
             url.set_path(&format!("/{name}"));
@@ -87,11 +104,40 @@ impl Stack {
         self.command(args).output().expect("the mfe binary runs")
     }
 
+    /// Runs `mfe <args>` to completion on a blocking thread, so tasks of the test (a POC-2
+    /// writer) keep running meanwhile.
+    pub async fn mfe_async(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        tokio::task::spawn_blocking(move || cmd.output().expect("the mfe binary runs")).await.unwrap()
+    }
+
     pub fn export_dir(&self) -> PathBuf {
         self.dir.path().join("migration-data")
     }
+
+    /// Replication objects of this test still on any of its servers.
+    pub async fn replication_leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for url in self.urls.values() {
+            let mut conn = PgConnection::connect(url).await.unwrap();
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE database = current_database() \
+                 UNION ALL SELECT 'subscription ' || subname FROM pg_subscription \
+                   WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 UNION ALL SELECT 'publication ' || pubname FROM pg_publication",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            out.extend(rows);
+        }
+        out
+    }
 }
 
+/// Removes what a test made, also when it failed: subscriptions first (they hold slots on other
+/// servers), then slots, then the databases. Offline tests have no replication objects; the
+/// first two steps then find nothing.
 impl Drop for Stack {
     fn drop(&mut self) {
         let urls: Vec<String> = self.urls.values().cloned().collect();
@@ -100,14 +146,51 @@ impl Drop for Stack {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                for url in urls {
-                    let mut admin = url::Url::parse(&url).unwrap();
-                    admin.set_path("/postgres");
-                    if let Ok(mut conn) = PgConnection::connect(admin.as_str()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
+                for url in &urls {
+                    let Ok(mut conn) = PgConnection::connect(url).await else { continue };
+                    let subs: Vec<String> = sqlx::query_scalar(
+                        "SELECT subname::text FROM pg_subscription \
+                         WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    )
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                    for s in subs {
+                        for sql in [
+                            format!("ALTER SUBSCRIPTION \"{s}\" DISABLE"),
+                            format!("ALTER SUBSCRIPTION \"{s}\" SET (slot_name = NONE)"),
+                            format!("DROP SUBSCRIPTION \"{s}\""),
+                        ] {
+                            let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
+                        }
                     }
+                }
+                for url in &urls {
+                    let mut admin = url::Url::parse(url).unwrap();
+                    admin.set_path("/postgres");
+                    let Ok(mut conn) = PgConnection::connect(admin.as_str()).await else { continue };
+                    let (n_slots,): (i64,) =
+                        sqlx::query_as("SELECT count(*) FROM pg_replication_slots WHERE database = $1")
+                            .bind(&name)
+                            .fetch_one(&mut conn)
+                            .await
+                            .unwrap_or((0,));
+                    if n_slots > 0 {
+                        let _ = sqlx::query(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active",
+                        )
+                        .bind(&name)
+                        .execute(&mut conn)
+                        .await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = sqlx::query(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
+                        )
+                        .bind(&name)
+                        .execute(&mut conn)
+                        .await;
+                    }
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await;
                 }
             })
         })
