@@ -404,14 +404,27 @@ impl Docker {
         })
     }
 
+    /// The label filter that selects this compose project's objects.
+    fn project_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([("label".to_string(), vec![format!("{LABEL_PROJECT}={}", self.project)])])
+    }
+
+    /// Every container of the project, running or not.
+    async fn project_containers(&self) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+        self.api
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: self.project_filter(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list containers: {}", docker_message(&e)))
+    }
+
     /// `(a container of the project runs, the project has containers or volumes)`.
     pub async fn project_state(&self) -> anyhow::Result<(bool, bool)> {
-        let filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_PROJECT}={}", self.project)])]);
-        let containers = self
-            .api
-            .list_containers(Some(ListContainersOptions { all: true, filters: filter.clone(), ..Default::default() }))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot list containers: {}", docker_message(&e)))?;
+        let filter = self.project_filter();
+        let containers = self.project_containers().await?;
         let running = containers.iter().any(|c| c.state.as_deref() == Some("running"));
         let volumes = self
             .api
@@ -786,12 +799,8 @@ impl Docker {
 
     /// Removes the project's containers, volumes and networks.
     pub async fn clean(&self) -> anyhow::Result<()> {
-        let filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_PROJECT}={}", self.project)])]);
-        let containers = self
-            .api
-            .list_containers(Some(ListContainersOptions { all: true, filters: filter.clone(), ..Default::default() }))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot list containers: {}", docker_message(&e)))?;
+        let filter = self.project_filter();
+        let containers = self.project_containers().await?;
         for c in containers {
             let id = c.id.unwrap_or_default();
             let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_else(|| id.clone());
