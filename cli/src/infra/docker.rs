@@ -622,7 +622,7 @@ impl Docker {
                     svc.ulimits
                         .iter()
                         .map(|(name, limit)| {
-                            let (soft, hard) = limit.limits();
+                            let (soft, hard) = fit_ulimit(name, limit.limits());
                             ResourcesUlimits { name: Some(name.clone()), soft: Some(soft), hard: Some(hard) }
                         })
                         .collect(),
@@ -1069,6 +1069,19 @@ fn tar_header(name: &str, size: u64, kind: u8) -> [u8; 512] {
     let s = format!("{sum:06o}\0 ");
     h[148..156].copy_from_slice(s.as_bytes());
     h
+}
+
+/// A container's `nofile` limit as the daemon can grant it. Without CAP_SYS_RESOURCE (root in
+/// many containers lacks it, this machine's included) no process here — dockerd and runc neither
+/// — can set a hard limit above its own, and runc then refuses to start the container
+/// (`error setting rlimit type 7: operation not permitted`). The daemon is local and started
+/// like us, so our own hard limit is the ceiling; nginx inside works with what it gets.
+fn fit_ulimit(name: &str, (soft, hard): (i64, i64)) -> (i64, i64) {
+    if name != "nofile" || crate::limits::can_exceed_hard_limit() {
+        return (soft, hard);
+    }
+    let ceiling = i64::try_from(crate::limits::nofile().1).unwrap_or(i64::MAX);
+    (soft.min(ceiling), hard.min(ceiling))
 }
 
 #[cfg(test)]
