@@ -419,6 +419,95 @@ async fn a_difference_found_at_cutover_lifts_the_block_keeps_syncing_and_a_later
     assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
 }
 
+/// The payments and profile services (their library crates, in this process) on port 0, against
+/// this test's split databases: the writes after cutover go through the real APIs.
+struct NewServices {
+    payments: String,
+    profile: String,
+    jwt: mfe_kit::jwt::JwtKeys,
+    http: reqwest::Client,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NewServices {
+    async fn start(stack: &Stack) -> Self {
+        use mfe_kit::config::{Service, ServiceConfig};
+        let config = |service: Service, var: &str| {
+            let mut cfg = ServiceConfig::from_env(service).expect("service configuration from the environment");
+            cfg.port = 0;
+            cfg.bind = "127.0.0.1".into();
+            cfg.database_url = stack.urls[var].clone();
+            cfg
+        };
+        let mut settings = payments_service::Settings::from_env().expect("payments settings");
+        settings.service = config(Service::Payments, "PAYMENTS_DATABASE_URL");
+        let payments = payments_service::Application::build(settings).await.expect("payments service builds");
+        let payments_url = format!("http://127.0.0.1:{}", payments.port());
+        let profile = profile_service::Application::build_with_subscription(
+            config(Service::Profile, "PROFILE_DATABASE_URL"),
+            mfe_events::Subscription::exclusive("profile-switch-back-test", &[mfe_events::types::AUTH_USER_REGISTERED]),
+        )
+        .await
+        .expect("profile service builds");
+        let profile_url = format!("http://127.0.0.1:{}", profile.port());
+        let tasks = vec![
+            tokio::spawn(async move {
+                let _ = payments.run_until_stopped().await;
+            }),
+            tokio::spawn(async move {
+                let _ = profile.run_until(std::future::pending()).await;
+            }),
+        ];
+        Self {
+            payments: payments_url,
+            profile: profile_url,
+            jwt: mfe_kit::jwt::JwtKeys::new(&mfe_kit::env::get("JWT_SECRET")),
+            http: reqwest::Client::new(),
+            tasks,
+        }
+    }
+
+    fn token(&self, user_id: &str) -> String {
+        self.jwt.issue(user_id, mfe_kit::jwt::Role::Customer, Duration::from_secs(300), None).unwrap().0
+    }
+
+    /// `POST /api/payments` as `sender`; the new payment's id.
+    async fn create_payment(&self, sender: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/payments", self.payments))
+            .bearer_auth(self.token(sender))
+            .json(&serde_json::json!({"amount": "42", "currency": "USD", "description": "made after cutover"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "create payment: {}", resp.text().await.unwrap_or_default());
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let payment = body.get("payment").unwrap_or(&body);
+        payment["id"].as_str().expect("the created payment has an id").to_string()
+    }
+
+    /// `PUT /api/profile/me` as `user`.
+    async fn change_bio(&self, user: &str, bio: &str) {
+        let resp = self
+            .http
+            .put(format!("{}/api/profile/me", self.profile))
+            .bearer_auth(self.token(user))
+            .json(&serde_json::json!({"bio": bio}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "change profile: {}", resp.text().await.unwrap_or_default());
+    }
+
+    /// The switch-back runbook: stop the new services first.
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_attempt_starts_over() {
     let stack = Stack::logical().await;
@@ -431,28 +520,21 @@ async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_att
     let blocked = sqlx::query("INSERT INTO audit_logs (id, action) VALUES ('l-blocked', 'x')").execute(&legacy).await;
     assert!(blocked.unwrap_err().to_string().contains("read-only"), "POC-2 is not blocked after cutover");
 
-    // The new services write: a payment created, a profile changed.
+    // The new services write through their APIs: a payment created, a profile changed.
     let auth = stack.pool("AUTH_DATABASE_URL").await;
     let sender: String =
         sqlx::query_scalar("SELECT min(id) FROM users WHERE id LIKE 'w-u-%'").fetch_one(&auth).await.unwrap();
-    let payments = stack.pool("PAYMENTS_DATABASE_URL").await;
-    sqlx::query("INSERT INTO payments (id, sender_id, amount, description, updated_at) VALUES ('p-after-cutover', $1, 42, 'new', now())")
-        .bind(&sender)
-        .execute(&payments)
-        .await
-        .unwrap();
     let profile = stack.pool("PROFILE_DATABASE_URL").await;
-    let profile_id: String = sqlx::query_scalar("SELECT max(id) FROM user_profiles WHERE id LIKE 'w-pr-%'")
-        .fetch_one(&profile)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE user_profiles SET bio = 'changed by the profile service' WHERE id = $1")
-        .bind(&profile_id)
-        .execute(&profile)
-        .await
-        .unwrap();
-    payments.close().await;
+    let (profile_id, profile_user): (String, String) =
+        sqlx::query_as("SELECT id, user_id FROM user_profiles WHERE id LIKE 'w-pr-%' ORDER BY id DESC LIMIT 1")
+            .fetch_one(&profile)
+            .await
+            .unwrap();
     profile.close().await;
+    let services = NewServices::start(&stack).await;
+    let payment_id = services.create_payment(&sender).await;
+    services.change_bio(&profile_user, "changed by the profile service").await;
+    services.stop();
 
     let refused = stack.mfe_async(&["migrate", "switch-back"]).await;
     assert_eq!(refused.status.code(), Some(1));
@@ -465,11 +547,18 @@ async fn after_a_switch_back_the_new_services_writes_are_in_legacy_and_a_new_att
     assert!(details.iter().any(|d| d.contains("auth_db.devices") && d.contains("no legacy home")), "{details:?}");
 
     let legacy = stack.legacy().await;
-    let amount: String = sqlx::query_scalar("SELECT amount::text FROM payments WHERE id = 'p-after-cutover'")
+    let amount: String = sqlx::query_scalar("SELECT amount::text FROM payments WHERE id = $1")
+        .bind(&payment_id)
         .fetch_one(&legacy)
         .await
         .expect("the payment made after cutover is in legacy");
     assert_eq!(amount, "42.0000");
+    let (n_transactions,): (i64,) = sqlx::query_as("SELECT count(*) FROM payment_transactions WHERE payment_id = $1")
+        .bind(&payment_id)
+        .fetch_one(&legacy)
+        .await
+        .unwrap();
+    assert!(n_transactions >= 1, "the payment's transaction row is in legacy too");
     let bio: String = sqlx::query_scalar("SELECT bio FROM user_profiles WHERE id = $1")
         .bind(&profile_id)
         .fetch_one(&legacy)
