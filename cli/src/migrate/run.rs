@@ -3,8 +3,8 @@
 //! and becomes a check of the report. Running it again changes nothing: the import finds every
 //! id present and inserts none, and validation passes again.
 //!
-//! [`run_online`] is the same report for the online path: backup → `sync start` (schemas,
-//! slots, export from their snapshots, import, subscriptions, first catch-up) → `cutover`, with
+//! [`run_online`] is the same report for the online path: backup → schemas → `sync start`
+//! (slots, export from their snapshots, import, subscriptions, first catch-up) → `cutover`, with
 //! the write pause as a metric.
 
 use super::progress::{human_bytes, round3, say, StepStats};
@@ -29,11 +29,9 @@ async fn backup_step(cfg: &Config, out: &Path, report: &mut Report) -> anyhow::R
     Ok(())
 }
 
-pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: bool) -> anyhow::Result<Report> {
-    let started = Instant::now();
-    let mut report = Report::new("migrate run");
-    backup_step(cfg, out, &mut report).await?;
-
+/// The schemas step both paths take second: the split schemas at their latest version, so a run
+/// against fresh databases needs no `mfe db migrate` first.
+async fn schemas_step(cfg: &Config, services: &[DbService], report: &mut Report) -> anyhow::Result<()> {
     let t = Instant::now();
     let outcomes = crate::db::migrate_all(cfg, services).await?;
     let n_applied: usize = outcomes.iter().map(|o| o.n_applied()).sum();
@@ -44,6 +42,15 @@ pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: 
         stats.seconds
     ));
     report.push(stats.check(true, format!("{n_applied} migration(s) applied")).metric("applied", n_applied));
+    Ok(())
+}
+
+pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: bool) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::new("migrate run");
+    backup_step(cfg, out, &mut report).await?;
+
+    schemas_step(cfg, services, &mut report).await?;
 
     let (manifest, stats) = export::export(cfg, services, out).await?;
     say(&stats.line());
@@ -89,12 +96,13 @@ pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: 
     Ok(report)
 }
 
-/// `mfe migrate run --online`: backup → sync start → (lag ≈ 0) → cutover. A failed cutover
+/// `mfe migrate run --online`: backup → schemas → sync start → (lag ≈ 0) → cutover. A failed cutover
 /// leaves the sync running and POC-2 writable; the report says what differed.
 pub async fn run_online(cfg: &Config, services: &[DbService], out: &Path, timeout: Duration) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut report = Report::new("migrate run");
     backup_step(cfg, out, &mut report).await?;
+    schemas_step(cfg, services, &mut report).await?;
     let opts = sync::StartOptions { reset: false, wait: Duration::from_secs(600) };
     let synced = sync::start(cfg, services, out, &opts).await?;
     for c in synced.report.checks {
