@@ -73,7 +73,7 @@ declare -A COLS=(
   [user_profiles]='id, user_id, avatar_url, phone, address, bio, preferences, created_at, updated_at'
 )
 SPLIT="auth payments admin profile"
-METHODS="floor a b c d e f"
+METHODS=${BENCH_METHODS:-floor a b c d e f}  # BENCH_METHODS="d f" runs a subset
 HAS_ONLINE=0
 if "$MFE" migrate run --help 2>/dev/null | grep -q -- '--online'; then HAS_ONLINE=1; fi
 
@@ -268,6 +268,10 @@ method_f() {
 }
 after_f() {
   rm -rf "$WORK/export-f"
+  # A cutover leaves the reverse path (slots on the split servers) and POC-2 blocked; a
+  # switch-back removes both, so the split databases can be dropped and the next round's legacy
+  # database takes writes again.
+  env $(mfe_env f) "$MFE" migrate switch-back --yes >/dev/null 2>"$WORK/f-switch-back-$ROUND.txt" || true
   psql -qX "$(url legacy "$NAME")" -c "DELETE FROM payments WHERE id LIKE 'bench-w-%'" >/dev/null 2>&1 || true
 }
 
@@ -284,7 +288,13 @@ for ROUND in $(seq 1 "$ROUNDS"); do
       fresh_targets "$m"
     fi
     t0=$(now)
-    if "method_$m"; then status=ok; else status=failed; fi
+    if "method_$m"; then status=ok; else
+      status=failed
+      # Say why, before the work directory goes: the last lines the failed method wrote.
+      for log in "$WORK/$m"-*-"$ROUND".log; do
+        [ -s "$log" ] && { echo "bench-migrate: ($m) failed; the end of $(basename "$log"):" >&2; tail -n 5 "$log" >&2; }
+      done
+    fi
     echo "$m $ROUND $(echo "$(now) - $t0" | bc -l) $status" >>"$WORK/results.txt"
     echo "bench-migrate: $(tail -n1 "$WORK/results.txt")" >&2
     if declare -F "after_$m" >/dev/null; then "after_$m"; fi
