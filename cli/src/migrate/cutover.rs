@@ -43,23 +43,25 @@ const INFRA_TABLES: [&str; 3] = ["event_outbox", "processed_events", "_sqlx_migr
 /// Puts a database in read-only mode for new sessions and ends its application sessions;
 /// returns how many sessions ended.
 pub async fn block_writes(admin: &PgPool, database: &str, label: &str) -> anyhow::Result<i64> {
-    let sql = format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(database));
-    if label == "legacy_db" {
-        sync::legacy_admin_statement(admin, &sql).await?;
-    } else {
-        sqlx::raw_sql(&sql).execute(admin).await.with_context(|| format!("{label}: cannot block writes"))?;
-    }
-    end_sessions(admin, label).await
+    set_read_only(admin, database, label, true).await
 }
 
 /// Lifts [`block_writes`]; ends the sessions opened during the block (they keep its read-only
 /// default for their lifetime) so their pools reconnect writable. Returns how many ended.
 pub async fn lift_block(admin: &PgPool, database: &str, label: &str) -> anyhow::Result<i64> {
-    let sql = format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(database));
+    set_read_only(admin, database, label, false).await
+}
+
+/// Sets or resets the database's `default_transaction_read_only` (on legacy through the one
+/// admin statement path), then ends its application sessions so the change reaches them.
+async fn set_read_only(admin: &PgPool, database: &str, label: &str, on: bool) -> anyhow::Result<i64> {
+    let change = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
+    let sql = format!("ALTER DATABASE {} {change}", quote_ident(database));
     if label == "legacy_db" {
         sync::legacy_admin_statement(admin, &sql).await?;
     } else {
-        sqlx::raw_sql(&sql).execute(admin).await.with_context(|| format!("{label}: cannot lift the write block"))?;
+        let what = if on { "block writes" } else { "lift the write block" };
+        sqlx::raw_sql(&sql).execute(admin).await.with_context(|| format!("{label}: cannot {what}"))?;
     }
     end_sessions(admin, label).await
 }

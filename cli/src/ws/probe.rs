@@ -431,6 +431,32 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// `POST url` with a JSON body (and a bearer token) → the JSON answer; a TLS failure is the
+/// [`ClientTls`] line, a non-2xx answer one line with the API's own error message.
+async fn post_json(
+    http: &reqwest::Client,
+    tls: &ClientTls,
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+    what: &str,
+) -> anyhow::Result<Value> {
+    let mut request = http.post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| tls.error(url, e, format!("{what} at {url} failed — is the stack up? try `mfe up`")))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{what} at {url} answered {status}: {}", answer["error"]["message"].as_str().unwrap_or("no message"));
+    }
+    Ok(answer)
+}
+
 /// `POST /api/auth/signin` → the access token.
 async fn sign_in(
     http: &reqwest::Client,
@@ -440,17 +466,7 @@ async fn sign_in(
     password: &str,
 ) -> anyhow::Result<String> {
     let url = format!("{api}/api/auth/signin");
-    let resp = http
-        .post(&url)
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .map_err(|e| tls.error(&url, e, format!("sign-in at {url} failed — is the stack up? try `mfe up`")))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("sign-in at {url} answered {status}: {}", body["error"]["message"].as_str().unwrap_or("no message"));
-    }
+    let body = post_json(http, tls, &url, None, &json!({"email": email, "password": password}), "sign-in").await?;
     body["accessToken"]
         .as_str()
         .map(String::from)
@@ -464,20 +480,16 @@ async fn sign_up_probe_user(http: &reqwest::Client, tls: &ClientTls, api: &str) 
     let url = format!("{api}/api/auth/signup");
     let email = format!("probe-{}@probe.mfe.local", uuid::Uuid::new_v4());
     let password = format!("Probe-{}-1", uuid::Uuid::new_v4().simple());
-    let resp = http
-        .post(&url)
-        .json(&json!({"email": email, "password": password, "name": "mfe ws probe"}))
-        .send()
-        .await
-        .map_err(|e| tls.error(&url, e, format!("sign-up at {url} failed — is the stack up? try `mfe up`")))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "sign-up of a throwaway probe user at {url} answered {status}: {} — pass --token or --email/--password",
-            body["error"]["message"].as_str().unwrap_or("no message")
-        );
-    }
+    let body = post_json(
+        http,
+        tls,
+        &url,
+        None,
+        &json!({"email": email, "password": password, "name": "mfe ws probe"}),
+        "sign-up of a throwaway probe user",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{} — pass --token or --email/--password", crate::error_line(&e)))?;
     let token = body["accessToken"]
         .as_str()
         .map(String::from)
@@ -497,21 +509,8 @@ async fn create_payment(
     aliases: &Pending,
 ) -> anyhow::Result<()> {
     let url = format!("{api}/api/payments");
-    let resp = http
-        .post(&url)
-        .bearer_auth(token)
-        .json(&json!({"amount": "1.00", "currency": "USD", "type": "instant", "description": format!("mfe ws probe {marker}")}))
-        .send()
-        .await
-        .map_err(|e| tls.error(&url, e, format!("creating a payment at {url} failed")))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "creating a payment at {url} answered {status}: {}",
-            body["error"]["message"].as_str().unwrap_or("no message")
-        );
-    }
+    let payment = json!({"amount": "1.00", "currency": "USD", "type": "instant", "description": format!("mfe ws probe {marker}")});
+    let body = post_json(http, tls, &url, Some(token), &payment, "creating a payment").await?;
     let id = body["id"].as_str().or_else(|| body["payment"]["id"].as_str()).or_else(|| body["data"]["id"].as_str());
     if let Some(id) = id {
         aliases.lock().expect("aliases lock").insert(id.to_string(), event);
