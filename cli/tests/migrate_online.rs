@@ -341,6 +341,8 @@ async fn an_online_run_loses_nothing_a_writer_commits_across_sync_and_cutover_an
     let pause = report["metrics"]["write_pause_s"].as_f64().expect("a write_pause_s metric");
     assert!(pause > 0.0 && pause < 60.0, "write pause {pause}");
     assert!(report["metrics"]["rows_synced"].as_i64().unwrap() > 0, "{report}");
+    // The writer kept changing rows after the baseline: the block rechecked them by id.
+    assert!(report["metrics"]["rechecked_rows"].as_i64().unwrap() > 0, "{report}");
     assert!(stderr(&out).contains("write pause"), "{}", stderr(&out));
 
     // POC-2 is blocked now: the writer sees its session end and then its writes refused.

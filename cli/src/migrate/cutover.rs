@@ -1,21 +1,32 @@
 //! `mfe migrate cutover`, `switch-back` and `finish`: the end of an online migration.
 //!
 //! # Cutover
+//! Everything that can happen while POC-2 still writes happens before the block, so the write
+//! pause holds only what must be quiet:
 //! 1. preflight: every forward stream healthy, else refuse before anything is blocked;
-//! 2. the write block: `ALTER DATABASE <legacy> SET default_transaction_read_only = on`, then the
+//! 2. prepare: per service the reverse path, ready but disabled — a publication on the split
+//!    database, a pgoutput slot on its server, on legacy a subscription to them (`copy_data =
+//!    false`, `enabled = false`); change tracking and the validation's baseline
+//!    ([`super::staged`]): the bulk of the comparison, done while the data still moves;
+//! 3. the write block: `ALTER DATABASE <legacy> SET default_transaction_read_only = on`, then the
 //!    database's client sessions end (`pg_terminate_backend`; walsenders, apply workers and mfe's
 //!    own admin sessions are not client sessions of the application): POC-2 reconnects read-only;
-//! 3. wait until every slot's `confirmed_flush_lsn` reaches legacy's `pg_current_wal_lsn()` taken
+//! 4. wait until every slot's `confirmed_flush_lsn` reaches legacy's `pg_current_wal_lsn()` taken
 //!    after the block — every change POC-2 committed is applied;
-//! 4. the full validation ([`super::validate`]) against the now quiet source;
-//! 5. the reverse path is prepared (publication per split database, subscription on legacy with
-//!    `copy_data = false`, created disabled so its slot starts now), the forward subscriptions are
-//!    dropped (their slots with them), then the reverse subscriptions are enabled. A reverse
-//!    apply only ever runs once no forward subscription exists, so a change never loops back.
+//! 5. the recheck ([`staged::recheck`]): the rows changed since the baseline and its suspects,
+//!    by id on both sides, and their references — the rest of the full validation;
+//! 6. the forward publications are muted (`publish = ''`): nothing legacy commits from then on
+//!    travels forward; each reverse slot advances to its server's current WAL position (past
+//!    everything the forward apply wrote, which must never flow back) and each reverse
+//!    subscription is enabled. What the reverse path applies to legacy is committed after the
+//!    mute, so a change never loops back.
 //!
-//! A failure or timeout at 3–5 lifts the block (and ends the sessions opened read-only during
-//! it, so POC-2's pools reconnect writable), keeps the forward sync running and reports what
-//! differed. The write pause is measured from the block to the end.
+//! The write pause is measured from 3 to 6. After it the forward subscriptions and their slots
+//! are dropped. A failure or timeout at 4–6 restores the forward publications, removes what
+//! step 2 made, lifts the block (and ends the sessions opened read-only during it, so POC-2's
+//! pools reconnect writable), and reports what differed: the sync keeps running. A cutover
+//! killed inside its block leaves POC-2 read-only (and perhaps a publication muted): running
+//! `mfe migrate cutover` again restores the publications and takes it from the top.
 //!
 //! Measured on PostgreSQL 15.18: an apply worker started while its database has
 //! `default_transaction_read_only = on` still applies INSERT/UPDATE (it does not run statements
@@ -28,13 +39,14 @@
 //! again. `finish` ends the window: the reverse path goes, POC-2 stays blocked (retired).
 
 use super::progress::{round3, say, StepStats};
+use super::staged;
 use super::sync::{self, phase, quote_literal, ServiceSync, SyncState};
-use super::tables::{self, quote_ident};
-use super::validate;
+use super::tables::{self, quote_ident, TableSpec};
 use crate::config::{Config, DbService};
 use crate::report::{Check, Report};
 use anyhow::{bail, Context};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Tables of the split schemas that are bookkeeping of the event hub or the migrations.
@@ -135,10 +147,13 @@ async fn wait_confirmed(pool: &PgPool, slots: &[String], target: &str, deadline:
             Ok((done, n, _)) if Instant::now() >= deadline => {
                 return Err(format!("timed out: {done} of {n} subscription(s) had applied up to {target}"))
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(_) => tokio::time::sleep(BLOCKED_POLL).await,
         }
     }
 }
+
+/// Polls of the wait inside the write block: each one is write pause.
+const BLOCKED_POLL: Duration = Duration::from_millis(10);
 
 /// `mfe migrate cutover`.
 pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) -> anyhow::Result<Report> {
@@ -155,13 +170,36 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     if split.is_empty() {
         bail!("cutover refused: no sync is running — start one with `mfe migrate sync start`");
     }
-    let services: Vec<DbService> = split.iter().map(|s| s.db).collect();
     let admin = super::legacy_admin_pool(cfg).await?;
+    // A cutover killed inside its write block may have left a forward publication muted.
+    for s in &split {
+        let _ = set_forward_publishing(&admin, state(s), true).await;
+    }
     let streams = sync::forward_streams(cfg, &admin, &split).await?;
     if let Some(p) = streams.iter().find_map(|s| s.problem()) {
         bail!("cutover refused, POC-2 was not blocked: {p}");
     }
     let legacy_db = cfg.pg(DbService::Legacy)?.database;
+    let mut pools: HashMap<DbService, PgPool> = split.iter().map(|s| (s.db, s.pool.clone())).collect();
+    let specs = tables::tables_of(&split.iter().map(|s| s.db).collect::<Vec<_>>());
+    if !pools.contains_key(&DbService::Auth) && specs.iter().any(|t| !t.user_refs.is_empty()) {
+        pools.insert(DbService::Auth, super::split_pool(cfg, DbService::Auth).await?);
+    }
+
+    // Before the block, while POC-2 still writes: the reverse path made ready (disabled), the
+    // changed rows noted from now on, the bulk of the validation done.
+    let prepared = prepare(cfg, &admin, &split, &pools, &specs).await;
+    let (reverse, base) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            undo_prepare(&admin, &split, &[]).await;
+            return Err(e.context("cutover refused, POC-2 was not blocked"));
+        }
+    };
+    if let Some(why) = base.refusal() {
+        undo_prepare(&admin, &split, &reverse).await;
+        bail!("cutover refused, POC-2 was not blocked: {why}");
+    }
 
     let blocked = Instant::now();
     let ended = block_writes(&admin, &legacy_db, "legacy_db").await?;
@@ -169,13 +207,14 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     let (target,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text").fetch_one(&admin).await?;
     let slots: Vec<String> = split.iter().map(|s| state(s).slot_name.clone()).collect();
 
+    let mut muted = false;
     let outcome: Result<(), String> = async {
         wait_confirmed(&admin, &slots, &target, blocked + timeout).await?;
-        let waited = blocked.elapsed().as_secs_f64();
-        say(&format!("caught up: every subscription applied legacy_db up to {target} ({waited:.2} s after the block)"));
-        report.push(Check::new("catch-up", true, format!("applied up to {target}")).metric("seconds", round3(waited)));
-        let (checks, stats) = validate::validate(cfg, &services).await.map_err(|e| crate::error_line(&e))?;
-        say(&stats.line());
+        let caught_up = blocked.elapsed().as_secs_f64();
+        report.push(Check::new("catch-up", true, format!("applied up to {target}")).metric("seconds", round3(caught_up)));
+        let (checks, rechecked) = staged::recheck(&admin, &pools, &base).await.map_err(|e| crate::error_line(&e))?;
+        let rechecked_at = blocked.elapsed().as_secs_f64();
+        report.metric("rechecked_rows", rechecked);
         let failed: Vec<String> =
             checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
         for c in checks {
@@ -184,22 +223,37 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
         if !failed.is_empty() {
             return Err(format!("validation failed — {}", failed.join("; ")));
         }
+        // Nothing POC-2 writes from here on travels forward — above all not what the reverse
+        // path (enabled next) applies to it, so a change never loops back.
+        muted = true;
+        for s in &split {
+            set_forward_publishing(&admin, state(s), false).await?;
+        }
+        enable_reverse(&admin, &split, &reverse).await?;
+        say(&format!(
+            "write pause: caught up after {caught_up:.3} s, {rechecked} changed row(s) rechecked by {rechecked_at:.3} s, reverse path on at {:.3} s",
+            blocked.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
     .await;
+    let pause = blocked.elapsed().as_secs_f64();
+    for s in &split {
+        staged::untrack(&s.pool, &tables::tables_of(&[s.db])).await;
+    }
     let rows_synced: i64 =
         sync::forward_streams(cfg, &admin, &split).await.map(|v| v.iter().map(|s| s.rows_applied).sum()).unwrap_or(0);
-    let mut reverse_problem = None;
-    let outcome = match outcome {
-        Ok(()) => {
-            switch_to_reverse(cfg, &admin, &split).await.map(|p| reverse_problem = p).map_err(|e| crate::error_line(&e))
-        }
-        Err(e) => Err(e),
-    };
     if let Err(reason) = outcome {
+        if muted {
+            for s in &split {
+                let _ = set_forward_publishing(&admin, state(s), true).await;
+            }
+        }
+        undo_prepare(&admin, &split, &reverse).await;
         let ended = lift_block(&admin, &legacy_db, "legacy_db").await.with_context(|| {
             format!(
-                "cutover failed ({reason}) and the write block could not be lifted: POC-2 is still read-only —                  run `ALTER DATABASE {} RESET default_transaction_read_only` on legacy_db",
+                "cutover failed ({reason}) and the write block could not be lifted: POC-2 is still read-only — \
+                 run `ALTER DATABASE {} RESET default_transaction_read_only` on legacy_db",
                 quote_ident(&legacy_db)
             )
         })?;
@@ -222,14 +276,24 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
         report.metric("rows_synced", rows_synced);
         return Ok(report);
     }
-    let pause = blocked.elapsed().as_secs_f64();
-    for s in &split {
-        sqlx::query("UPDATE mfe_migration.sync SET cutover_at = now(), write_pause_s = $1")
-            .bind(pause)
-            .execute(&s.pool)
-            .await?;
-    }
     say(&format!("cutover: done; write pause {pause:.2} s; {rows_synced} row changes synced"));
+    // The reverse path runs: the forward one goes, outside the pause.
+    for s in &split {
+        sync::drop_forward(&admin, &s.pool, state(s)).await;
+    }
+    for (s, name) in split.iter().zip(&reverse) {
+        let baseline = sync::tuple_counter(&s.pool, &tables::tables_of(&[s.db])).await.unwrap_or(0);
+        sqlx::query(
+            "UPDATE mfe_migration.sync SET phase = $1, reverse_name = $2, reverse_tuples_at_start = $3, \
+                    cutover_at = now(), write_pause_s = $4",
+        )
+        .bind(phase::REVERSE)
+        .bind(name)
+        .bind(baseline)
+        .bind(pause)
+        .execute(&s.pool)
+        .await?;
+    }
     report.push(
         StepStats::new("cutover", rows_synced.max(0) as u64, 0, blocked)
             .check(
@@ -238,10 +302,6 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
             )
             .metric("write_pause_s", round3(pause)),
     );
-    if let Some(p) = reverse_problem {
-        say(&format!("reverse path incomplete: {p}"));
-        report.push(Check::new("reverse path", false, format!("cutover is done and POC-2 stays blocked, but {p}")));
-    }
     if let Some(c) = new_tables_check(&split).await? {
         report.push(c);
     }
@@ -250,77 +310,127 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     Ok(report)
 }
 
-/// Reverse path ready (disabled), forward path dropped, reverse path enabled; states updated.
-/// On an error before the forward path is dropped, what was made is removed again (`Err`: the
-/// caller lifts the block); a reverse subscription that cannot be enabled afterwards is
-/// returned as a problem (`Ok(Some)`) — the cutover itself is done.
-async fn switch_to_reverse(cfg: &Config, admin: &PgPool, split: &[ServiceSync]) -> anyhow::Result<Option<String>> {
-    let mut made: Vec<(&ServiceSync, String)> = Vec::new();
-    let result = async {
-        for s in split {
-            let st = state(s);
-            let name = format!("{}{}_{}", sync::REVERSE_PREFIX, s.db.name(), st.sync_id);
-            made.push((s, name.clone()));
-            let specs = tables::tables_of(&[s.db]);
-            sqlx::raw_sql(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(&name),
-                sync::publication_tables(&specs)
-            ))
-            .execute(&s.pool)
-            .await
-            .with_context(|| format!("{}: cannot create the reverse publication", s.db.component()))?;
-            let conn = sync::conninfo(cfg, s.db).await?;
-            sync::legacy_admin_statement(
-                admin,
-                &format!(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
-                     WITH (copy_data = false, create_slot = true, slot_name = {}, enabled = false)",
-                    quote_ident(&name),
-                    quote_literal(&conn.text),
-                    quote_ident(&name),
-                    quote_literal(&name)
-                ),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", sync::redact(&e.to_string(), &conn)))?;
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        for (s, name) in &made {
-            drop_reverse(admin, s, name).await;
-        }
-        return Err(e.context("cannot prepare the reverse path"));
+/// Everything of the cutover that can happen before the block: per service the reverse path,
+/// ready but disabled (its names returned), change tracking, then the validation's baseline.
+async fn prepare(
+    cfg: &Config,
+    admin: &PgPool,
+    split: &[ServiceSync],
+    pools: &HashMap<DbService, PgPool>,
+    specs: &[&'static TableSpec],
+) -> anyhow::Result<(Vec<String>, staged::Baseline)> {
+    let started = Instant::now();
+    let mut names = Vec::new();
+    for s in split {
+        names.push(prepare_reverse(cfg, admin, s).await?);
     }
     for s in split {
-        sync::drop_forward(admin, &s.pool, state(s)).await;
+        staged::track(&s.pool, s.db.component().name(), &tables::tables_of(&[s.db])).await?;
     }
-    // The forward path is gone: from here on the cutover is done whatever happens (POC-2 must
-    // stay blocked, its writes would no longer reach the split databases), so problems are
-    // reported, not undone.
-    let mut problems = Vec::new();
-    for (s, name) in &made {
-        let enabled =
-            sync::legacy_admin_statement(admin, &format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(name))).await;
-        if let Err(e) = &enabled {
-            problems.push(format!(
-                "{}: {} — enable it on legacy_db (`ALTER SUBSCRIPTION {} ENABLE`) before the new services write",
-                s.db.component(),
-                crate::error_line(e),
-                quote_ident(name)
-            ));
-        }
-        let baseline = sync::tuple_counter(&s.pool, &tables::tables_of(&[s.db])).await.unwrap_or(0);
-        sqlx::query("UPDATE mfe_migration.sync SET phase = $1, reverse_name = $2, reverse_tuples_at_start = $3")
-            .bind(phase::REVERSE)
+    let base = staged::baseline(admin, pools, specs).await?;
+    say(&format!(
+        "cutover prepared in {:.2} s: reverse path ready (disabled), {} rows compared while POC-2 writes, {} suspect row(s) to recheck in the block",
+        started.elapsed().as_secs_f64(),
+        base.rows,
+        base.tables.iter().map(|t| t.suspects.len()).sum::<usize>()
+    ));
+    Ok((names, base))
+}
+
+/// Undoes [`prepare`]: reverse objects of `reverse` (and of an earlier attempt), change tracking.
+async fn undo_prepare(admin: &PgPool, split: &[ServiceSync], reverse: &[String]) {
+    for s in split {
+        drop_reverse(admin, s, &reverse_name(s)).await;
+        staged::untrack(&s.pool, &tables::tables_of(&[s.db])).await;
+    }
+    debug_assert!(reverse.iter().all(|n| split.iter().any(|s| reverse_name(s) == *n)));
+}
+
+fn reverse_name(s: &ServiceSync) -> String {
+    format!("{}{}_{}", sync::REVERSE_PREFIX, s.db.name(), state(s).sync_id)
+}
+
+/// The reverse path of one service, made before the block and left disabled: a publication on
+/// the split database (legacy columns only), a pgoutput slot on its server, and on legacy a
+/// subscription to them (`copy_data = false`, `enabled = false`). Creating a slot waits for a
+/// consistent point of the split server — the slowest step of the reverse path, so it is done
+/// here, and the block only advances the slot past everything the forward apply wrote
+/// ([`enable_reverse`]). What an earlier attempt left under the same name goes first.
+async fn prepare_reverse(cfg: &Config, admin: &PgPool, s: &ServiceSync) -> anyhow::Result<String> {
+    let name = reverse_name(s);
+    drop_reverse(admin, s, &name).await;
+    let label = s.db.component();
+    let specs = tables::tables_of(&[s.db]);
+    sqlx::raw_sql(&format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(&name), sync::publication_tables(&specs)))
+        .execute(&s.pool)
+        .await
+        .with_context(|| format!("{label}: cannot create the reverse publication"))?;
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+        .bind(&name)
+        .execute(&s.pool)
+        .await
+        .with_context(|| format!("{label}: cannot create the reverse replication slot"))?;
+    let conn = sync::conninfo(cfg, s.db).await?;
+    sync::legacy_admin_statement(
+        admin,
+        &format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
+             WITH (copy_data = false, create_slot = false, slot_name = {}, enabled = false)",
+            quote_ident(&name),
+            quote_literal(&conn.text),
+            quote_ident(&name),
+            quote_literal(&name)
+        ),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", sync::redact(&e.to_string(), &conn)))
+    .with_context(|| format!("{label}: cannot create the reverse subscription on legacy_db"))?;
+    Ok(name)
+}
+
+/// Mutes (`publish = ''`) or restores the forward publication of `st` on legacy. Muted, its
+/// slot's decoding skips every change committed after this statement — verified on PostgreSQL
+/// 15: a row inserted while muted never arrives, not even after the publication is restored —
+/// and the apply workers need not stop (a disabled subscription's worker only notices at its
+/// next wake-up, up to a second later: that was most of the write pause).
+async fn set_forward_publishing(admin: &PgPool, st: &SyncState, on: bool) -> Result<(), String> {
+    let publish = if on { "insert, update, delete, truncate" } else { "" };
+    sync::legacy_admin_statement(
+        admin,
+        &format!("ALTER PUBLICATION {} SET (publish = {})", quote_ident(&st.publication), quote_literal(publish)),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "{}: cannot {} the forward publication: {}",
+            st.service,
+            if on { "restore" } else { "mute" },
+            crate::error_line(&e)
+        )
+    })
+}
+
+/// Inside the block, after the forward apply stopped: each reverse slot skips what its split
+/// server wrote so far (the forward apply's changes — never carried back), then each reverse
+/// subscription is enabled.
+async fn enable_reverse(admin: &PgPool, split: &[ServiceSync], reverse: &[String]) -> Result<(), String> {
+    for (s, name) in split.iter().zip(reverse) {
+        sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
             .bind(name)
-            .bind(baseline)
             .execute(&s.pool)
-            .await?;
+            .await
+            .map_err(|e| {
+            format!("{}: cannot advance the reverse slot: {}", s.db.component(), crate::pg::short_sqlx_error(&e))
+        })?;
     }
-    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+    for name in reverse {
+        sync::legacy_admin_statement(admin, &format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(name)))
+            .await
+            .map_err(|e| {
+                format!("cannot enable the reverse subscription {name} on legacy_db: {}", crate::error_line(&e))
+            })?;
+    }
+    Ok(())
 }
 
 /// Drops the reverse subscription (on legacy), its slot (on the split server) and publication.

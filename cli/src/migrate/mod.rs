@@ -39,6 +39,7 @@ pub mod progress;
 pub mod replication;
 pub mod rollback;
 pub mod run;
+pub mod staged;
 pub mod sync;
 pub mod tables;
 pub mod validate;

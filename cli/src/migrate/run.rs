@@ -112,7 +112,7 @@ pub async fn run_online(cfg: &Config, services: &[DbService], out: &Path, timeou
     for c in cut.checks {
         report.push(c);
     }
-    for key in ["write_pause_s", "rows_synced"] {
+    for key in ["write_pause_s", "rows_synced", "rechecked_rows"] {
         if let Some(v) = cut.metrics.get(key) {
             report.metric(key, v.clone());
         }

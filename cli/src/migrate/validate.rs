@@ -73,7 +73,11 @@ async fn table_sum(pool: &PgPool, spec: &TableSpec) -> Result<(i64, String), Str
         .map_err(|e| crate::pg::short_sqlx_error(&e))
 }
 
-async fn validate_table(legacy: &PgPool, split: &PgPool, spec: &'static TableSpec) -> anyhow::Result<(Check, u64)> {
+pub(super) async fn validate_table(
+    legacy: &PgPool,
+    split: &PgPool,
+    spec: &'static TableSpec,
+) -> anyhow::Result<(Check, u64)> {
     let started = Instant::now();
     let name = spec.label();
     let (l, s) = tokio::join!(table_sum(legacy, spec), table_sum(split, spec));
@@ -95,21 +99,12 @@ async fn validate_table(legacy: &PgPool, split: &PgPool, spec: &'static TableSpe
         return Ok((check, l_rows as u64));
     }
     let diff = diff_rows(legacy, split, spec).await?;
-    let mut parts = vec![format!("legacy {l_rows} rows, split {s_rows}")];
-    for (kind, n, ids) in [
-        ("missing", diff.n_missing, &diff.missing),
-        ("extra", diff.n_extra, &diff.extra),
-        ("changed", diff.n_changed, &diff.changed),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {kind} row(s) (ids: {})", ids.join(", ")));
-        }
-    }
+    let mut detail = format!("legacy {l_rows} rows, split {s_rows}; {}", diff_detail(&diff));
     if diff.n_missing + diff.n_extra + diff.n_changed == 0 {
-        parts.push("checksums differ but every row matches (concurrent writes?)".into());
+        detail.push_str("checksums differ but every row matches (concurrent writes?)");
     }
     let check = stats
-        .check(false, parts.join("; "))
+        .check(false, detail)
         .metric("legacy_rows", l_rows)
         .metric("split_rows", s_rows)
         .metric("missing_rows", diff.n_missing)
@@ -129,7 +124,22 @@ pub struct RowDiff {
     pub changed: Vec<String>,
 }
 
-fn sample(list: &mut Vec<String>, id: String) {
+/// What differs, e.g. `2 missing row(s) (ids: a, b); 1 changed row(s) (ids: c)`.
+pub(super) fn diff_detail(diff: &RowDiff) -> String {
+    let mut parts = Vec::new();
+    for (kind, n, ids) in [
+        ("missing", diff.n_missing, &diff.missing),
+        ("extra", diff.n_extra, &diff.extra),
+        ("changed", diff.n_changed, &diff.changed),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {kind} row(s) (ids: {})", ids.join(", ")));
+        }
+    }
+    parts.join("; ")
+}
+
+pub(super) fn sample(list: &mut Vec<String>, id: String) {
     if list.len() < N_SAMPLES {
         list.push(id);
     }
@@ -184,25 +194,65 @@ async fn diff_rows(legacy: &PgPool, split: &PgPool, spec: &TableSpec) -> anyhow:
     Ok(diff)
 }
 
+/// Of the text ids `$1`, those that are no `users.id` (run on auth_db).
+pub(super) const DANGLING_SQL: &str =
+    "SELECT x FROM unnest($1::text[]) AS x WHERE NOT EXISTS (SELECT 1 FROM \"users\" u WHERE u.\"id\" = x)";
+
 /// Every distinct non-null value of `spec.column` must be a user id of auth_db.
 async fn validate_refs(child: &PgPool, auth: &PgPool, spec: &TableSpec, column: &str) -> anyhow::Result<Check> {
     let started = Instant::now();
-    let name = format!("refs {}.{column} → auth_db.users", spec.label());
+    let name = refs_name(spec, column);
+    Ok(match dangling_refs(child, auth, spec, column, N_SAMPLES).await {
+        Ok(d) => {
+            let (passed, detail) = refs_verdict(d.n_checked, d.n_dangling, &d.ids);
+            StepStats::new(name, d.n_checked, 0, started).check(passed, detail).metric("dangling", d.n_dangling)
+        }
+        Err(detail) => Check::new(name, false, detail),
+    })
+}
+
+/// The name of the check of one reference column.
+pub(super) fn refs_name(spec: &TableSpec, column: &str) -> String {
+    format!("refs {}.{column} → auth_db.users", spec.label())
+}
+
+/// Passed, and the detail, of a reference check that found `n_dangling` of `n_checked` ids
+/// missing (`samples`: some of them).
+pub(super) fn refs_verdict(n_checked: u64, n_dangling: u64, samples: &[String]) -> (bool, String) {
+    if n_dangling == 0 {
+        (true, format!("{n_checked} distinct user ids, all in auth_db.users"))
+    } else {
+        let shown: Vec<&str> = samples.iter().take(N_SAMPLES).map(String::as_str).collect();
+        (false, format!("{n_dangling} of {n_checked} user ids missing from auth_db.users (ids: {})", shown.join(", ")))
+    }
+}
+
+/// The distinct values of a reference column that are no user id of auth_db.
+pub(super) struct Dangling {
+    pub n_checked: u64,
+    pub n_dangling: u64,
+    /// The first `keep` dangling ids met.
+    pub ids: Vec<String>,
+}
+
+/// Streams the distinct non-null values of `spec.column` from the child database and looks
+/// them up in auth_db in chunks; `Err` is the one line of a read failure.
+pub(super) async fn dangling_refs(
+    child: &PgPool,
+    auth: &PgPool,
+    spec: &TableSpec,
+    column: &str,
+    keep: usize,
+) -> Result<Dangling, String> {
     let col = quote_ident(column);
     let sql = format!("SELECT DISTINCT {col} FROM {} WHERE {col} IS NOT NULL", spec.ident());
-    let lookup =
-        "SELECT x FROM unnest($1::text[]) AS x WHERE NOT EXISTS (SELECT 1 FROM \"users\" u WHERE u.\"id\" = x)";
-    let mut ids = sqlx::query_scalar::<_, String>(&sql).fetch(child);
+    let mut values = sqlx::query_scalar::<_, String>(&sql).fetch(child);
     let mut chunk: Vec<String> = Vec::with_capacity(REF_CHUNK);
-    let (mut n_checked, mut n_dangling) = (0u64, 0u64);
-    let mut samples = Vec::new();
+    let mut out = Dangling { n_checked: 0, n_dangling: 0, ids: Vec::new() };
     loop {
-        let next = match ids.next().await {
+        let next = match values.next().await {
             Some(Ok(id)) => Some(id),
-            Some(Err(e)) => {
-                let detail = format!("cannot read {}: {}", spec.label(), crate::pg::short_sqlx_error(&e));
-                return Ok(Check::new(name, false, detail));
-            }
+            Some(Err(e)) => return Err(format!("cannot read {}: {}", spec.label(), crate::pg::short_sqlx_error(&e))),
             None => None,
         };
         let at_end = next.is_none();
@@ -210,32 +260,19 @@ async fn validate_refs(child: &PgPool, auth: &PgPool, spec: &TableSpec, column: 
             chunk.push(id);
         }
         if chunk.len() == REF_CHUNK || (at_end && !chunk.is_empty()) {
-            n_checked += chunk.len() as u64;
-            let dangling: Vec<String> = match sqlx::query_scalar(lookup).bind(&chunk).fetch_all(auth).await {
-                Ok(d) => d,
-                Err(e) => {
-                    let detail = format!("cannot read auth_db.users: {}", crate::pg::short_sqlx_error(&e));
-                    return Ok(Check::new(name, false, detail));
-                }
-            };
-            n_dangling += dangling.len() as u64;
-            for id in dangling {
-                sample(&mut samples, id);
-            }
+            out.n_checked += chunk.len() as u64;
+            let dangling: Vec<String> = sqlx::query_scalar(DANGLING_SQL)
+                .bind(&chunk)
+                .fetch_all(auth)
+                .await
+                .map_err(|e| format!("cannot read auth_db.users: {}", crate::pg::short_sqlx_error(&e)))?;
+            out.n_dangling += dangling.len() as u64;
+            let room = keep.saturating_sub(out.ids.len());
+            out.ids.extend(dangling.into_iter().take(room));
             chunk.clear();
         }
         if at_end {
-            break;
+            return Ok(out);
         }
     }
-    let stats = StepStats::new(name.clone(), n_checked, 0, started);
-    let check = if n_dangling == 0 {
-        stats.check(true, format!("{n_checked} distinct user ids, all in auth_db.users"))
-    } else {
-        stats.check(
-            false,
-            format!("{n_dangling} of {n_checked} user ids missing from auth_db.users (ids: {})", samples.join(", ")),
-        )
-    };
-    Ok(check.metric("dangling", n_dangling))
 }
