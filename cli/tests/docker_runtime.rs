@@ -189,6 +189,17 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
         assert_eq!(psql(port, db, "SELECT current_database()"), db);
     }
 
+    // A backup through the pg_dump of legacy_db's own container (what a docker-only host uses).
+    psql(28436, "mfe_poc2", "CREATE TABLE backed_up (v text); INSERT INTO backed_up VALUES ('in the dump')");
+    let out_dir = std::path::Path::new(&env["MFE_STATE_DIR"]).join("backups-test");
+    let backup = ok(&env, &["--json", "db", "backup", "--pg-dump", "container", "--out", out_dir.to_str().unwrap()]);
+    let backup: serde_json::Value = serde_json::from_str(&backup).unwrap();
+    let dump = backup["path"].as_str().unwrap();
+    let restored = Command::new("/usr/lib/postgresql/15/bin/pg_restore").args(["--data-only", "-f", "-", dump]).output().unwrap();
+    assert!(restored.status.success(), "pg_restore reads the dump: {}", String::from_utf8_lossy(&restored.stderr));
+    assert!(String::from_utf8_lossy(&restored.stdout).contains("in the dump"), "the row is in the dump");
+    psql(28436, "mfe_poc2", "DROP TABLE backed_up");
+
     let health = Command::new("curl")
         .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:30443/health"])
         .output()

@@ -13,7 +13,7 @@
 
 mod backup;
 
-pub use backup::{backup_legacy, backup_with_pg_dump, find_pg_dump, find_pg_tool, BackupInfo};
+pub use backup::{backup_legacy, backup_with_pg_dump, find_pg_dump, find_pg_tool, BackupInfo, DumpVia};
 
 use crate::config::{Config, DbService};
 use crate::report::{Check, Report};
@@ -103,6 +103,10 @@ pub struct BackupArgs {
     /// Directory the dump is written to (created if missing).
     #[arg(long, value_name = "DIR", default_value = "backups")]
     pub out: PathBuf,
+    /// Which pg_dump: a local one as new as the server, else the one in the database's
+    /// container (docker runtime); `local` or `container` forces one.
+    #[arg(long = "pg-dump", value_enum, default_value_t = DumpVia::Auto)]
+    pub pg_dump: DumpVia,
 }
 
 /// One migration applied or reverted by this run.
@@ -474,7 +478,7 @@ pub async fn run(ctx: &Ctx, args: DbArgs) -> anyhow::Result<()> {
         }
         DbCommand::Backup(a) => {
             let out = if a.out.is_absolute() { a.out.clone() } else { std::env::current_dir()?.join(&a.out) };
-            let info = backup_legacy(cfg, &out).await?;
+            let info = backup_legacy(cfg, &out, a.pg_dump).await?;
             eprintln!(
                 "backup: {} ({:.1} MB) in {:.1} s",
                 info.path.display(),

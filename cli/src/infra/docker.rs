@@ -179,6 +179,69 @@ impl Docker {
         }))
     }
 
+    /// True when `service`'s container exists and runs.
+    pub async fn is_running(&self, service: &str) -> anyhow::Result<bool> {
+        Ok(self.observe(service).await?.is_some_and(|o| o.running))
+    }
+
+    /// Runs `cmd` inside `service`'s running container (with `env` added) and streams its stdout
+    /// into `out`; `Err` carries the first line the command wrote to stderr when it fails.
+    pub async fn exec_to_writer(
+        &self,
+        service: &str,
+        cmd: &[&str],
+        env: &[String],
+        out: &mut (dyn Write + Send),
+    ) -> anyhow::Result<()> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let cname = self.container_name(service);
+        let exec = self
+            .api
+            .create_exec(
+                &cname,
+                CreateExecOptions {
+                    cmd: Some(cmd.iter().map(|c| c.to_string()).collect()),
+                    env: Some(env.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot run {} in {cname}: {}", cmd[0], docker_message(&e)))?;
+        let StartExecResults::Attached { mut output, .. } = self
+            .api
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot run {} in {cname}: {}", cmd[0], docker_message(&e)))?
+        else {
+            bail!("cannot run {} in {cname}: the daemon did not attach its output", cmd[0]);
+        };
+        let mut stderr = Vec::new();
+        while let Some(item) = output.next().await {
+            match item.map_err(|e| anyhow::anyhow!("{} in {cname}: {}", cmd[0], docker_message(&e)))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    out.write_all(&message).with_context(|| format!("cannot write the output of {}", cmd[0]))?
+                }
+                bollard::container::LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                _ => {}
+            }
+        }
+        let code = self
+            .api
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the exit code of {} in {cname}: {}", cmd[0], docker_message(&e)))?
+            .exit_code
+            .unwrap_or(-1);
+        if code != 0 {
+            let text = String::from_utf8_lossy(&stderr);
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("no error output");
+            bail!("{} in {cname} exited with code {code}: {first}", cmd[0]);
+        }
+        Ok(())
+    }
+
     /// Starts `comps` and what they depend on, creating whatever is missing; waits for health.
     pub async fn start(&self, comps: &[Component], explicit: bool) -> anyhow::Result<()> {
         let mut wanted = Vec::new();

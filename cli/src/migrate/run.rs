@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// The backup step both paths start with: POC-2 as it was before anything moved.
 async fn backup_step(cfg: &Config, out: &Path, report: &mut Report) -> anyhow::Result<()> {
     let t = Instant::now();
-    let backup = crate::db::backup_legacy(cfg, &out.join("backup")).await?;
+    let backup = crate::db::backup_legacy(cfg, &out.join("backup"), crate::db::DumpVia::Auto).await?;
     let stats = StepStats::new("backup", 0, backup.bytes, t);
     say(&format!(
         "backup: {} written to {} in {:.2} s",
