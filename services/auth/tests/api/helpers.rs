@@ -90,6 +90,10 @@ impl TestApp {
     pub async fn refresh(&self, refresh_token: &str) -> Response {
         self.post_json("/api/auth/refresh", &json!({"refreshToken": refresh_token}), None).await
     }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client.delete(self.url(path)).bearer_auth(token).send().await.expect("request sent")
+    }
 }
 
 /// A TCP forwarder in front of a PostgreSQL server that can be cut and restored, to play a
