@@ -185,8 +185,8 @@ pub async fn start_session(
 
 /// The refresh token stored for `presented`: its hash (tokens auth issued), or the presented
 /// value itself on a migrated row (`family_id IS NULL`; see the module doc). `FOR UPDATE`: two
-/// concurrent refreshes of one token serialise here, so exactly one rotates it and the other is
-/// seen as a reuse.
+/// concurrent refreshes of one token serialise here, so exactly one rotates it and the other
+/// sees the rotation (the grace window's successor, or a reuse).
 async fn find_token(conn: &mut PgConnection, presented: &str) -> Result<Option<TokenRow>, sqlx::Error> {
     // Both arms use the unique index on `token`. Should a raw migrated value ever equal the hash
     // of another presented token, the hashed (issued) row wins.
