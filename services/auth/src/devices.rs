@@ -1,7 +1,25 @@
-//! Device sessions (seed plan 7.2.1): one row per (user, client device). Signing in with a
-//! `deviceId` binds the session's refresh tokens to the device; revoking a device revokes
-//! those tokens and publishes `auth.session.revoked` {userId, deviceId} through the outbox,
-//! which the gateway pushes to the user's open tabs.
+//! Device sessions, with the API of seed plan 7.2.1 (SPEC §10): one row per (user, client
+//! device). Signing in with a `deviceId` binds the session's refresh tokens to the device;
+//! revoking a device revokes those tokens and publishes `auth.session.revoked`
+//! {userId, deviceId} through the outbox, which the gateway pushes to the user's open tabs.
+//!
+//! # The contract (what the seed's frontend reads)
+//! - `POST /api/auth/devices/register` `{deviceId, deviceName?, deviceType?}` → 200 and the
+//!   device (the seed answers `res.json(device)`); registering again refreshes its
+//!   `lastActiveAt` and user agent, and re-activates a logged-out device.
+//! - `GET /api/auth/devices` → a bare JSON array, newest-active first.
+//! - `DELETE /api/auth/devices/{deviceId}` → 204 (404 when the user has no such active device).
+//! - `POST /api/auth/devices/logout-others` `{currentDeviceId?}` → 204; without
+//!   `currentDeviceId` the device of the access token is kept.
+//!
+//! A device is `{id, deviceId, deviceName, deviceType, userAgent, lastActiveAt, createdAt}` —
+//! exactly the fields of the seed's model the frontend shows, without `userId` (always the
+//! caller) and without the client address auth records for the audit trail.
+//!
+//! Where this differs from the seed's Prisma code, on purpose: `deviceId` is unique per user,
+//! not globally (a client-chosen id of one user must not take over another's row), and a
+//! logged-out device is marked `revoked_at` rather than deleted, so its tokens stay traceable.
+//! `lastActiveAt` moves on sign-in, on register and on every refresh of the device's tokens.
 
 use axum::{
     extract::{Path, State},
@@ -26,6 +44,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/devices/{device_id}", delete(revoke))
 }
 
+/// The longest `deviceName` kept (the seed's frontend sends e.g. "Chrome Browser").
+const MAX_DEVICE_NAME: usize = 200;
+/// The longest `deviceType` kept (the seed's frontend sends browser, mobile or desktop).
+const MAX_DEVICE_TYPE: usize = 64;
+
 /// A client device id: 1 to 128 printable ASCII characters.
 pub fn check_device_id(raw: Option<&str>) -> Result<Option<String>, ApiError> {
     match raw.map(str::trim) {
@@ -37,72 +60,118 @@ pub fn check_device_id(raw: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Records (or re-activates) `device_id` of `user_id`, refreshing its metadata.
+/// What a client says about its device (register, sign-in, sign-up): both optional; blank
+/// counts as not given, so a re-registration without them keeps what was stored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLabel {
+    pub device_name: Option<String>,
+    pub device_type: Option<String>,
+}
+
+impl DeviceLabel {
+    /// The trimmed, non-blank name and type; 422 when one is too long or has control characters.
+    fn checked(&self) -> Result<(Option<String>, Option<String>), ApiError> {
+        let check = |field: &str, value: &Option<String>, max: usize| -> Result<Option<String>, ApiError> {
+            let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+            if v.chars().count() > max || v.chars().any(char::is_control) {
+                return Err(ApiError::Validation(format!(
+                    "{field} must be at most {max} characters without control characters"
+                )));
+            }
+            Ok(Some(v.to_string()))
+        };
+        Ok((
+            check("deviceName", &self.device_name, MAX_DEVICE_NAME)?,
+            check("deviceType", &self.device_type, MAX_DEVICE_TYPE)?,
+        ))
+    }
+}
+
+/// Records (or re-activates) `device_id` of `user_id`: a new name or type replaces the stored
+/// one, an absent one keeps it; user agent, address and `last_active_at` are always refreshed.
 pub async fn upsert(
     conn: &mut PgConnection,
     user_id: &str,
     device_id: &str,
-    name: Option<&str>,
+    label: &DeviceLabel,
     meta: &ClientMeta,
-) -> Result<Device, sqlx::Error> {
+) -> Result<Device, ApiError> {
+    let (name, kind) = label.checked()?;
     let now = Utc::now().naive_utc();
     let row: DeviceRow = sqlx::query_as(
-        "INSERT INTO devices (id, user_id, device_id, name, user_agent, ip_address, created_at, last_seen_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+        "INSERT INTO devices (id, user_id, device_id, device_name, device_type, user_agent, ip_address,
+                              created_at, last_active_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
          ON CONFLICT (user_id, device_id) DO UPDATE SET
-             name = COALESCE(EXCLUDED.name, devices.name),
+             device_name = COALESCE(EXCLUDED.device_name, devices.device_name),
+             device_type = COALESCE(EXCLUDED.device_type, devices.device_type),
              user_agent = EXCLUDED.user_agent,
              ip_address = EXCLUDED.ip_address,
-             last_seen_at = EXCLUDED.last_seen_at,
+             last_active_at = EXCLUDED.last_active_at,
              revoked_at = NULL
-         RETURNING device_id, name, user_agent, ip_address, created_at, last_seen_at",
+         RETURNING id, device_id, device_name, device_type, user_agent, created_at, last_active_at",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(user_id)
     .bind(device_id)
-    .bind(name.map(|n| n.trim().chars().take(200).collect::<String>()))
+    .bind(name)
+    .bind(kind)
     .bind(&meta.user_agent)
     .bind(&meta.ip)
     .bind(now)
     .fetch_one(conn)
     .await?;
-    Ok(row.into_device(None))
+    Ok(row.into())
 }
 
-/// A device session as the API shows it.
+/// Moves `last_active_at` of the device of a refreshed session (no-op without a device).
+pub async fn touch(conn: &mut PgConnection, user_id: &str, device_id: Option<&str>) -> Result<(), sqlx::Error> {
+    if let Some(device_id) = device_id {
+        sqlx::query("UPDATE devices SET last_active_at = $3 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(Utc::now().naive_utc())
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A device session as the API shows it (seed 7.2.1's model, see the module doc).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
+    id: String,
     device_id: String,
-    name: Option<String>,
+    device_name: Option<String>,
+    device_type: Option<String>,
     user_agent: Option<String>,
-    ip_address: Option<String>,
+    last_active_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
-    last_seen_at: DateTime<Utc>,
-    /// Whether this is the device of the token making the request.
-    current: bool,
 }
 
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
+    id: String,
     device_id: String,
-    name: Option<String>,
+    device_name: Option<String>,
+    device_type: Option<String>,
     user_agent: Option<String>,
-    ip_address: Option<String>,
     created_at: NaiveDateTime,
-    last_seen_at: NaiveDateTime,
+    last_active_at: NaiveDateTime,
 }
 
-impl DeviceRow {
-    fn into_device(self, current: Option<&str>) -> Device {
+impl From<DeviceRow> for Device {
+    fn from(row: DeviceRow) -> Self {
         Device {
-            current: current == Some(self.device_id.as_str()),
-            device_id: self.device_id,
-            name: self.name,
-            user_agent: self.user_agent,
-            ip_address: self.ip_address,
-            created_at: self.created_at.and_utc(),
-            last_seen_at: self.last_seen_at.and_utc(),
+            id: row.id,
+            device_id: row.device_id,
+            device_name: row.device_name,
+            device_type: row.device_type,
+            user_agent: row.user_agent,
+            last_active_at: row.last_active_at.and_utc(),
+            created_at: row.created_at.and_utc(),
         }
     }
 }
@@ -111,7 +180,8 @@ impl DeviceRow {
 #[serde(rename_all = "camelCase")]
 struct RegisterRequest {
     device_id: String,
-    name: Option<String>,
+    #[serde(flatten)]
+    label: DeviceLabel,
 }
 
 async fn register(
@@ -119,28 +189,21 @@ async fn register(
     auth: AuthUser,
     meta: ClientMeta,
     Json(body): Json<RegisterRequest>,
-) -> Result<(StatusCode, Json<Device>), ApiError> {
+) -> Result<Json<Device>, ApiError> {
     let device_id = check_device_id(Some(&body.device_id))?.expect("given");
     let mut conn = state.db.acquire().await?;
-    let mut device = upsert(&mut conn, auth.id(), &device_id, body.name.as_deref(), &meta).await?;
-    device.current = auth.device_id() == Some(device_id.as_str());
-    Ok((StatusCode::CREATED, Json(device)))
+    Ok(Json(upsert(&mut conn, auth.id(), &device_id, &body.label, &meta).await?))
 }
 
-#[derive(Serialize)]
-struct DeviceList {
-    devices: Vec<Device>,
-}
-
-async fn list(State(state): State<AppState>, auth: AuthUser) -> Result<Json<DeviceList>, ApiError> {
+async fn list(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Vec<Device>>, ApiError> {
     let rows: Vec<DeviceRow> = sqlx::query_as(
-        "SELECT device_id, name, user_agent, ip_address, created_at, last_seen_at FROM devices
-         WHERE user_id = $1 AND revoked_at IS NULL ORDER BY last_seen_at DESC, device_id",
+        "SELECT id, device_id, device_name, device_type, user_agent, created_at, last_active_at FROM devices
+         WHERE user_id = $1 AND revoked_at IS NULL ORDER BY last_active_at DESC, created_at DESC, device_id",
     )
     .bind(auth.id())
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(DeviceList { devices: rows.into_iter().map(|r| r.into_device(auth.device_id())).collect() }))
+    Ok(Json(rows.into_iter().map(Device::from).collect()))
 }
 
 /// Marks the given devices of `user_id` revoked, revokes their refresh tokens and enqueues one
@@ -203,14 +266,9 @@ async fn revoke(
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct LogoutOthersRequest {
-    /// The device to keep; defaults to the device of the access token.
-    device_id: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LogoutOthersResponse {
-    revoked: Vec<String>,
+    /// The device to keep (the seed sends the browser's own id); defaults to the device of the
+    /// access token.
+    current_device_id: Option<String>,
 }
 
 async fn logout_others(
@@ -218,14 +276,16 @@ async fn logout_others(
     auth: AuthUser,
     correlation: CorrelationId,
     body: axum::body::Bytes,
-) -> Result<Json<LogoutOthersResponse>, ApiError> {
+) -> Result<StatusCode, ApiError> {
     let body: LogoutOthersRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutOthersRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
     };
-    let keep = check_device_id(body.device_id.as_deref().or(auth.device_id()))?.ok_or_else(|| {
-        ApiError::Validation("say which device to keep: sign in with a deviceId or send {\"deviceId\": \"...\"}".into())
+    let keep = check_device_id(body.current_device_id.as_deref().or(auth.device_id()))?.ok_or_else(|| {
+        ApiError::Validation(
+            "say which device to keep: send {\"currentDeviceId\": \"...\"} or sign in with a deviceId".into(),
+        )
     })?;
     let mut tx = state.db.begin().await?;
     let revoked: Vec<String> = sqlx::query_scalar(
@@ -240,5 +300,6 @@ async fn logout_others(
     revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
     tx.commit().await?;
     state.relay.notify();
-    Ok(Json(LogoutOthersResponse { revoked }))
+    tracing::info!(user_id = auth.id(), kept = %keep, revoked = revoked.len(), "logged out the other devices");
+    Ok(StatusCode::NO_CONTENT)
 }

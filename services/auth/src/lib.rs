@@ -2,10 +2,13 @@
 //! database `auth_db`.
 //!
 //! # Layout
+//! - [`Settings`]: what the service reads at start-up (the common [`ServiceConfig`] plus
+//!   `AUTH_REFRESH_GRACE_SECONDS`).
 //! - [`Application`]: builds the state (pool, Redis, event hub, outbox relay), binds the
 //!   listener and serves; `port()` / `run_until_stopped()` so tests bind port 0.
 //! - [`users`]: signup, signin, me, user lookup for other services, admin listing.
-//! - [`sessions`]: refresh tokens (rotation, reuse detection, migrated POC-2 tokens), logout.
+//! - [`sessions`]: refresh tokens (rotation, the two-tab grace window, reuse detection,
+//!   migrated POC-2 tokens), logout.
 //! - [`devices`]: device sessions (register, list, revoke, logout-others).
 //! - [`password`]: input rules, argon2id hashing, verification of POC-2 hashes (bcrypt, argon2).
 //!
@@ -28,6 +31,7 @@ use axum::{
 use mfe_events::{outbox, Envelope, Hub, OutboxRelay, RelayHandle};
 use mfe_kit::{
     cache::{connect_redis, Cache},
+    config::{env_number, ConfigError, Service},
     health::Health,
     metrics::Metrics,
     server, shutdown, ApiError, CorrelationId, JwtKeys, ServiceConfig,
@@ -48,6 +52,48 @@ pub const REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a user lookup stays in Redis.
 pub const USER_CACHE_TTL: Duration = Duration::from_secs(60);
 
+/// `AUTH_REFRESH_GRACE_SECONDS` when unset: long enough for the tabs of one browser that woke
+/// up together (each refreshes the moment its access token expires), short enough that a
+/// thief replaying a rotated token a little later is still caught.
+pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the auth service reads at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port, database, broker, Redis and JWT secret, as every service reads them.
+    pub service: ServiceConfig,
+    /// `AUTH_REFRESH_GRACE_SECONDS` (default 5, 0 turns it off): for this long after a refresh
+    /// token was rotated, presenting it again answers with the same successor instead of
+    /// counting as reuse (two tabs refreshing at once; see [`sessions`]).
+    pub refresh_grace: Duration,
+}
+
+impl Settings {
+    /// Reads the whole configuration from the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::for_service(ServiceConfig::from_env(Service::Auth)?)
+    }
+
+    /// `service` plus the auth-only settings, read from the environment.
+    pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
+        let refresh_grace = refresh_grace(env_number("AUTH_REFRESH_GRACE_SECONDS")?)?;
+        Ok(Self { service, refresh_grace })
+    }
+}
+
+/// The grace window of `AUTH_REFRESH_GRACE_SECONDS=secs`: unset is the default, 0 turns it off,
+/// more than 5 minutes is refused (a rotated token would stay usable that long).
+fn refresh_grace(secs: Option<u64>) -> Result<Duration, ConfigError> {
+    match secs {
+        None => Ok(DEFAULT_REFRESH_GRACE),
+        Some(secs) if secs <= 300 => Ok(Duration::from_secs(secs)),
+        Some(secs) => Err(ConfigError(format!(
+            "AUTH_REFRESH_GRACE_SECONDS={secs} is too long: a rotated refresh token stays usable that long; \
+             use 0 to 300 (default 5)"
+        ))),
+    }
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -58,6 +104,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Woken after each commit that enqueued events, so they leave at once.
     pub relay: RelayHandle,
+    /// How refresh tokens rotate: the grace window and the key that derives successors.
+    pub rotation: sessions::Rotation,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -119,8 +167,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the dependencies, migrates auth_db and binds the listener.
+    /// [`Application::build_with`] the settings of `config` and of the environment.
     pub async fn build(config: ServiceConfig) -> anyhow::Result<Self> {
+        Self::build_with(Settings::for_service(config).context("auth service configuration")?).await
+    }
+
+    /// Connects to the dependencies, migrates auth_db and binds the listener.
+    pub async fn build_with(settings: Settings) -> anyhow::Result<Self> {
+        let config = settings.service;
         let db = server::lazy_pool(&config.database_url).context("invalid AUTH_DATABASE_URL")?;
         server::migrate_or_retry(&db, &MIGRATOR, "auth_db").await.context("cannot migrate auth_db")?;
         let redis = connect_redis(&config.redis_url).await.with_context(|| {
@@ -140,6 +194,7 @@ impl Application {
             users_cache: Cache::new("users", redis.clone(), USER_CACHE_TTL, metrics.clone()),
             metrics: metrics.clone(),
             relay: relay.clone(),
+            rotation: sessions::Rotation::new(&config.jwt_secret, settings.refresh_grace),
         };
         let probe_hub = hub.clone();
         let health = Health::new("auth").database(db).broker(move || probe_hub.is_connected()).redis(redis);
@@ -168,5 +223,19 @@ impl Application {
         self.relay.shutdown().await;
         self.hub.close().await;
         served.context("auth service stopped with an error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refresh_grace_defaults_to_5_s_can_be_off_and_is_at_most_5_min() {
+        assert_eq!(refresh_grace(None).unwrap(), Duration::from_secs(5));
+        assert_eq!(refresh_grace(Some(0)).unwrap(), Duration::ZERO);
+        assert_eq!(refresh_grace(Some(300)).unwrap(), Duration::from_secs(300));
+        let err = refresh_grace(Some(301)).unwrap_err().to_string();
+        assert!(err.contains("AUTH_REFRESH_GRACE_SECONDS=301") && err.contains("0 to 300"), "{err}");
     }
 }

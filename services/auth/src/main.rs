@@ -2,13 +2,12 @@
 //! SIGTERM or Ctrl-C.
 
 use anyhow::Context;
-use mfe_kit::{config::Service, ServiceConfig};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     mfe_kit::run::run_service("auth-service", async {
-        let config = ServiceConfig::from_env(Service::Auth).context("auth service configuration")?;
-        auth_service::Application::build(config).await?.run_until_stopped().await
+        let settings = auth_service::Settings::from_env().context("auth service configuration")?;
+        auth_service::Application::build_with(settings).await?.run_until_stopped().await
     })
     .await
 }

@@ -1,7 +1,36 @@
 //! Refresh tokens. Each sign-in starts a token *family*; `refresh` rotates (stamps `rotated_at`
 //! on the presented token and issues a successor in the same family). Presenting a token that
-//! was already rotated means it was copied: the whole family is revoked and the caller gets 401.
-//! Only the SHA-256 of a token auth issued is stored, so a database leak yields no usable token.
+//! was already rotated means it was copied: the whole family is revoked and the caller gets 401
+//! — unless it comes within the grace window, below. Only the SHA-256 of a token auth issued is
+//! stored, so a database leak yields no usable token.
+//!
+//! # Two tabs refreshing at once: the grace window
+//! The tabs of one browser share one refresh token and often refresh it at the same moment
+//! (each when its access token expires, or all together when the laptop wakes up). Without a
+//! grace, the second request is a reuse and revokes the family: every tab is logged out. So for
+//! [`Rotation::grace`] after a rotation (`AUTH_REFRESH_GRACE_SECONDS`, default 5 s), presenting
+//! the rotated token again answers with **the same successor** (and a fresh access token)
+//! instead of revoking; after the window it is a reuse, exactly as before.
+//!
+//! Why the same successor rather than a sibling token: with the same successor the family keeps
+//! exactly one live refresh token, so reuse detection stays exact. A sibling would leave a
+//! second live token nobody rotates — a thief who replayed the old token inside the window
+//! would keep it for its whole lifetime without ever tripping the detection; with the same
+//! successor, whichever of the thief and the user rotates it second is caught.
+//!
+//! Answering with the same successor without storing it: the successor is not random but
+//! `HMAC-SHA256(rotation key, presented token)`, the key derived from `JWT_SECRET`. The second
+//! request presents the same token, so it recomputes the same successor, and auth checks that
+//! its hash is the live token of the family. Nothing but SHA-256 hashes is stored; without the
+//! key the successor of a stolen token cannot be guessed (whoever holds `JWT_SECRET` can mint
+//! access tokens anyway). Sign-in tokens stay random. If `JWT_SECRET` changes in between, the
+//! recomputed successor is not found and the second request counts as a reuse.
+//!
+//! The two requests serialise on the row lock of `find_token`: the first rotates and commits,
+//! the second then sees `rotated_at` and takes the grace path. It also locks the successor, so
+//! a rotation of the successor racing with it is serialised too; a successor already rotated or
+//! revoked gets no grace (the family is revoked), and the window is measured from the
+//! `rotated_at` the first request stamped, on the service's clock.
 //!
 //! # Tokens migrated from POC-2: both forms are accepted
 //! POC-2 stored its refresh tokens as they are, and `mfe migrate` copies them into auth_db
@@ -17,23 +46,27 @@
 //! it, its `family_id` stays NULL (so the raw lookup still finds it) and the successor — hashed
 //! like every token auth issues — gets the migrated token's id as its family, which is how
 //! `revoke_family` already treats a NULL family (a family of one, keyed by the token id).
-//! Presenting the migrated token again is a reuse: the family (the migrated row and every
+//! Presenting the migrated token again within the grace window answers with that successor (two
+//! tabs after the migration); after it, it is a reuse: the family (the migrated row and every
 //! successor) is revoked and the caller gets 401. Logout finds migrated tokens the same way.
 //!
 //! The exposure of a migrated token is the legacy database's: whoever can read auth_db (or the
 //! legacy database) can use a POC-2 token until it is rotated, revoked or expired — once
 //! rotated it is refused, and its successor is only stored hashed. Nothing new is exposed.
 
+use std::{fmt, time::Duration};
+
 use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
 use chrono::{NaiveDateTime, Utc};
+use hmac::{Hmac, Mac};
 use mfe_events::types;
-use mfe_kit::{ApiError, AuthUser, CorrelationId, Json};
+use mfe_kit::{ApiError, AuthUser, CorrelationId, Json, Secret};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use crate::{users, AppState};
+use crate::{devices, users, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/auth/refresh", post(refresh)).route("/api/auth/logout", post(logout))
@@ -54,15 +87,65 @@ fn new_refresh_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// Inserts a refresh token of `family_id` and returns it with a new access token.
+/// How refresh tokens rotate (see the module doc): the grace window and the key that derives
+/// a token's successor from it.
+#[derive(Clone)]
+pub struct Rotation {
+    /// For this long after a rotation the rotated token answers with its successor.
+    pub grace: Duration,
+    /// HMAC-SHA256 keyed with the rotation key (itself derived from `JWT_SECRET`).
+    key: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rotation").field("grace", &self.grace).field("key", &"[redacted]").finish()
+    }
+}
+
+impl Rotation {
+    /// The rotation key is `HMAC-SHA256(JWT_SECRET, label)`: a key of its own (a successor is
+    /// never a valid JWT signature and the other way round) that needs no extra secret to run.
+    pub fn new(jwt_secret: &Secret, grace: Duration) -> Self {
+        let mut derive = Hmac::<Sha256>::new_from_slice(jwt_secret.expose().as_bytes()).expect("hmac takes any key");
+        derive.update(b"mfe auth-service refresh-token successor v1");
+        let key = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes()).expect("hmac takes any key");
+        Self { grace, key }
+    }
+
+    /// The successor of the refresh token `presented`: the same on every call, unguessable
+    /// without the key.
+    pub fn successor_of(&self, presented: &str) -> String {
+        let mut mac = self.key.clone();
+        mac.update(presented.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether a token rotated at `rotated_at` is still inside the grace window.
+    fn in_grace(&self, rotated_at: NaiveDateTime) -> bool {
+        // A stamp slightly ahead of this clock (another replica's) counts as just now.
+        let elapsed = (Utc::now().naive_utc() - rotated_at).to_std().unwrap_or(Duration::ZERO);
+        elapsed < self.grace
+    }
+}
+
+/// A new access token for `user` on `device_id`.
+fn access_token(state: &AppState, user: &users::User, device_id: Option<String>) -> Result<String, ApiError> {
+    let (token, _) =
+        state.jwt.issue(&user.id, user.role, crate::ACCESS_TTL, device_id).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(token)
+}
+
+/// Inserts `refresh_token` (stored as its hash) into `family_id` and returns it with a new
+/// access token.
 async fn issue(
     conn: &mut PgConnection,
     state: &AppState,
     user: &users::User,
     family_id: &str,
     device_id: Option<String>,
+    refresh_token: String,
 ) -> Result<Tokens, ApiError> {
-    let refresh_token = new_refresh_token();
     let now = Utc::now();
     let expires_at = now + chrono::Duration::from_std(crate::REFRESH_TTL).expect("ttl fits");
     sqlx::query(
@@ -78,9 +161,7 @@ async fn issue(
     .bind(&device_id)
     .execute(&mut *conn)
     .await?;
-    let (access_token, _) =
-        state.jwt.issue(&user.id, user.role, crate::ACCESS_TTL, device_id).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Tokens { access_token, refresh_token })
+    Ok(Tokens { access_token: access_token(state, user, device_id)?, refresh_token })
 }
 
 /// Starts a new token family for `user` (sign-up, sign-in) and records it on the device.
@@ -99,13 +180,13 @@ pub async fn start_session(
             .execute(&mut *conn)
             .await?;
     }
-    issue(conn, state, user, &family_id, device_id).await
+    issue(conn, state, user, &family_id, device_id, new_refresh_token()).await
 }
 
 /// The refresh token stored for `presented`: its hash (tokens auth issued), or the presented
 /// value itself on a migrated row (`family_id IS NULL`; see the module doc). `FOR UPDATE`: two
-/// concurrent refreshes of one token serialise here, so exactly one rotates it and the other is
-/// seen as a reuse.
+/// concurrent refreshes of one token serialise here, so exactly one rotates it and the other
+/// sees the rotation (the grace window's successor, or a reuse).
 async fn find_token(conn: &mut PgConnection, presented: &str) -> Result<Option<TokenRow>, sqlx::Error> {
     // Both arms use the unique index on `token`. Should a raw migrated value ever equal the hash
     // of another presented token, the hashed (issued) row wins.
@@ -163,11 +244,37 @@ struct TokenRow {
     device_id: Option<String>,
 }
 
+/// The live successor `successor` of a token of `family_id` (see the module doc), locked so a
+/// rotation of it waits for this transaction: not rotated, not revoked, not expired.
+async fn find_live_successor(
+    conn: &mut PgConnection,
+    successor: &str,
+    family_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM refresh_tokens
+         WHERE token = $1 AND family_id = $2 AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $3
+         FOR UPDATE",
+    )
+    .bind(token_hash(successor))
+    .bind(family_id)
+    .bind(Utc::now().naive_utc())
+    .fetch_optional(conn)
+    .await
+}
+
 async fn refresh(
     State(state): State<AppState>,
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<RefreshResponse>, ApiError> {
     let invalid = |why: &str| ApiError::Unauthorized(format!("refresh token {why}; sign in again"));
+    let respond = |tokens: Tokens| {
+        Json(RefreshResponse {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_in: crate::ACCESS_TTL.as_secs(),
+        })
+    };
     let mut tx = state.db.begin().await?;
     let Some(row) = find_token(&mut tx, &body.refresh_token).await? else { return Err(invalid("is unknown")) };
     // A migrated token (no family) becomes the family of its successors, keyed by its id.
@@ -175,7 +282,18 @@ async fn refresh(
     if row.revoked_at.is_some() {
         return Err(invalid("was revoked"));
     }
-    if row.rotated_at.is_some() {
+    let successor = state.rotation.successor_of(&body.refresh_token);
+    if let Some(rotated_at) = row.rotated_at {
+        // Another tab refreshed this token a moment ago: hand out the same successor.
+        if state.rotation.in_grace(rotated_at) && find_live_successor(&mut tx, &successor, &family_id).await?.is_some()
+        {
+            let user = users::find_user(&state, &row.user_id).await?.ok_or_else(|| invalid("belongs to no account"))?;
+            devices::touch(&mut tx, &row.user_id, row.device_id.as_deref()).await?;
+            tx.commit().await?;
+            tracing::info!(user_id = %row.user_id, family_id, "rotated refresh token presented again within the grace window");
+            let access_token = access_token(&state, &user, row.device_id)?;
+            return Ok(respond(Tokens { access_token, refresh_token: successor }));
+        }
         let n = revoke_family(&mut tx, &family_id).await?;
         tx.commit().await?;
         tracing::warn!(user_id = %row.user_id, family_id, revoked = n, "rotated refresh token reused; family revoked");
@@ -190,13 +308,10 @@ async fn refresh(
         .bind(Utc::now().naive_utc())
         .execute(&mut *tx)
         .await?;
-    let tokens = issue(&mut tx, &state, &user, &family_id, row.device_id).await?;
+    devices::touch(&mut tx, &row.user_id, row.device_id.as_deref()).await?;
+    let tokens = issue(&mut tx, &state, &user, &family_id, row.device_id, successor).await?;
     tx.commit().await?;
-    Ok(Json(RefreshResponse {
-        access_token: tokens.access_token,
-        refresh_token: tokens.refresh_token,
-        expires_in: crate::ACCESS_TTL.as_secs(),
-    }))
+    Ok(respond(tokens))
 }
 
 #[derive(Deserialize, Default)]
@@ -268,5 +383,31 @@ mod tests {
         assert_eq!(token_hash(&a).len(), 64);
         assert_ne!(token_hash(&a), a);
         assert_eq!(token_hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn a_successor_is_the_same_for_one_token_and_depends_on_the_token_and_the_secret() {
+        let rotation = Rotation::new(&Secret::new("a-test-secret-of-sufficient-length-1"), Duration::from_secs(5));
+        let other_secret = Rotation::new(&Secret::new("a-test-secret-of-sufficient-length-2"), Duration::from_secs(5));
+        let token = new_refresh_token();
+        let successor = rotation.successor_of(&token);
+        assert_eq!(successor, rotation.successor_of(&token), "both tabs get the same successor");
+        assert_eq!(successor.len(), 64);
+        assert_ne!(successor, rotation.successor_of(&new_refresh_token()));
+        assert_ne!(successor, other_secret.successor_of(&token), "keyed: unguessable without the secret");
+        assert_ne!(successor, token_hash(&token), "the successor is not the stored hash of its parent");
+        assert!(!format!("{rotation:?}").contains("secret"), "the key never prints");
+    }
+
+    #[test]
+    fn the_grace_window_counts_from_the_rotation_and_zero_turns_it_off() {
+        let secret = Secret::new("a-test-secret-of-sufficient-length-1");
+        let rotation = Rotation::new(&secret, Duration::from_secs(5));
+        let now = Utc::now().naive_utc();
+        assert!(rotation.in_grace(now));
+        assert!(rotation.in_grace(now - chrono::Duration::seconds(4)));
+        assert!(!rotation.in_grace(now - chrono::Duration::seconds(6)));
+        assert!(rotation.in_grace(now + chrono::Duration::seconds(1)), "a stamp from a clock slightly ahead");
+        assert!(!Rotation::new(&secret, Duration::ZERO).in_grace(now));
     }
 }

@@ -99,7 +99,9 @@ pub struct SignupRequest {
     /// CUSTOMER (default) or VENDOR; ADMIN cannot be chosen at signup.
     role: Option<Role>,
     device_id: Option<String>,
-    device_name: Option<String>,
+    /// `deviceName` and `deviceType`, recorded on the device when `deviceId` is given.
+    #[serde(flatten)]
+    device: devices::DeviceLabel,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +111,9 @@ pub struct SigninRequest {
     password: String,
     /// The client's device id; given, the session is bound to that device.
     device_id: Option<String>,
-    device_name: Option<String>,
+    /// `deviceName` and `deviceType`, recorded on the device when `deviceId` is given.
+    #[serde(flatten)]
+    device: devices::DeviceLabel,
 }
 
 #[derive(Serialize)]
@@ -167,7 +171,7 @@ async fn signup(
     };
     let (user, _) = row.into_user()?;
     if let Some(device_id) = &device_id {
-        devices::upsert(&mut tx, &user.id, device_id, body.device_name.as_deref(), &meta).await?;
+        devices::upsert(&mut tx, &user.id, device_id, &body.device, &meta).await?;
     }
     let tokens = sessions::start_session(&mut tx, &state, &user, device_id).await?;
     state.enqueue_event(&mut tx, types::AUTH_USER_REGISTERED, event_data(&user), &correlation).await?;
@@ -227,7 +231,7 @@ async fn signin(
         None => {}
     }
     if let Some(device_id) = &device_id {
-        devices::upsert(&mut tx, &user.id, device_id, body.device_name.as_deref(), &meta).await?;
+        devices::upsert(&mut tx, &user.id, device_id, &body.device, &meta).await?;
     }
     let tokens = sessions::start_session(&mut tx, &state, &user, device_id.clone()).await?;
     let mut data = event_data(&user);

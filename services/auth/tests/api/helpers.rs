@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use auth_service::Application;
+use auth_service::{Application, Settings};
 use mfe_kit::{config::Service, testing, ServiceConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -15,15 +15,31 @@ pub struct TestApp {
     pub client: reqwest::Client,
 }
 
-/// The auth service on a free port with a fresh, migrated database.
+/// The auth service on a free port with a fresh, migrated database, with the settings of the
+/// environment (the default refresh grace window, 5 s).
 pub async fn spawn_app() -> TestApp {
     mfe_kit::telemetry::init_tracing("auth-service-tests");
     let config = testing::test_config(Service::Auth).await;
     spawn_with(config).await
 }
 
+/// [`spawn_app`] with a refresh grace window of `grace`, so a test of "after the window" waits
+/// only that long.
+pub async fn spawn_app_with_grace(grace: Duration) -> TestApp {
+    mfe_kit::telemetry::init_tracing("auth-service-tests");
+    let config = testing::test_config(Service::Auth).await;
+    let mut settings = Settings::for_service(config).expect("auth settings");
+    settings.refresh_grace = grace;
+    spawn_settings(settings).await
+}
+
 pub async fn spawn_with(config: ServiceConfig) -> TestApp {
-    let app = Application::build(config.clone())
+    spawn_settings(Settings::for_service(config).expect("auth settings")).await
+}
+
+pub async fn spawn_settings(settings: Settings) -> TestApp {
+    let config = settings.service.clone();
+    let app = Application::build_with(settings)
         .await
         .unwrap_or_else(|e| panic!("cannot start the auth service: {e:#} — {}", testing::START_HINT));
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -89,6 +105,10 @@ impl TestApp {
 
     pub async fn refresh(&self, refresh_token: &str) -> Response {
         self.post_json("/api/auth/refresh", &json!({"refreshToken": refresh_token}), None).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client.delete(self.url(path)).bearer_auth(token).send().await.expect("request sent")
     }
 }
 

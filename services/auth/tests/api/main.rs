@@ -8,3 +8,4 @@ mod helpers;
 mod migrated;
 mod ops;
 mod tokens;
+mod two_tabs;

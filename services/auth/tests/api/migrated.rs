@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{spawn_app, TestApp};
+use std::time::Duration;
+
+use crate::helpers::{spawn_app, spawn_app_with_grace, TestApp};
 
 /// What every rehashed password must look like: today's argon2id parameters.
 const CURRENT_ARGON2ID: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
@@ -131,15 +133,30 @@ async fn migrated_bcrypt_and_argon2_users_sign_in_and_are_rehashed_to_todays_arg
 
 #[tokio::test]
 async fn a_migrated_refresh_token_refreshes_once_and_its_reuse_revokes_the_successor() {
-    let app = spawn_app().await;
+    let grace = Duration::from_millis(800);
+    let app = spawn_app_with_grace(grace).await;
     insert_sample_token_owner(&app).await;
 
-    let res = app.refresh(SAMPLE_TOKEN).await;
-    assert_eq!(res.status(), StatusCode::OK, "a POC-2 token refreshes after the migration");
-    let body: Value = res.json().await.unwrap();
+    // Two tabs refresh the POC-2 token at the same moment: one rotation, one shared successor.
+    let (a, b) = tokio::join!(app.refresh(SAMPLE_TOKEN), app.refresh(SAMPLE_TOKEN));
+    assert_eq!(
+        (a.status(), b.status()),
+        (StatusCode::OK, StatusCode::OK),
+        "a POC-2 token refreshes after the migration"
+    );
+    let (body, other): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
     let successor = body["refreshToken"].as_str().unwrap().to_string();
+    assert_eq!(other["refreshToken"], successor.as_str(), "both tabs got the same successor");
     assert_ne!(successor, SAMPLE_TOKEN);
     assert_eq!(app.me(body["accessToken"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(app.me(other["accessToken"].as_str().unwrap()).await.status(), StatusCode::OK);
+    let n_family: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens WHERE family_id = 'd6fdc608-9e10-4d4d-805b-935b608bde30'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(n_family, 1, "refreshed once: one successor");
 
     // The migrated row keeps its legacy columns byte for byte and no family; it is rotated.
     let (token, family, rotated): (String, Option<String>, bool) = sqlx::query_as(
@@ -160,7 +177,8 @@ async fn a_migrated_refresh_token_refreshes_once_and_its_reuse_revokes_the_succe
     // A stored hash is no raw token: only family-less (migrated) rows are compared raw.
     assert_eq!(app.refresh(&successor_hash).await.status(), StatusCode::UNAUTHORIZED, "a stored hash is refused");
 
-    // Second use of the migrated token: a reuse, 401, and the successor dies with it.
+    // Its use after the grace window: a reuse, 401, and the successor dies with it.
+    tokio::time::sleep(grace + Duration::from_millis(300)).await;
     let res = app.refresh(SAMPLE_TOKEN).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let body: Value = res.json().await.unwrap();

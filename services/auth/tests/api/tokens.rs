@@ -4,7 +4,7 @@ use mfe_kit::{JwtKeys, Role};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{b64url, spawn_app};
+use crate::helpers::{b64url, spawn_app, spawn_app_with_grace};
 
 #[tokio::test]
 async fn expired_forged_and_alg_none_tokens_are_refused_with_401() {
@@ -44,7 +44,8 @@ async fn expired_forged_and_alg_none_tokens_are_refused_with_401() {
 
 #[tokio::test]
 async fn a_refresh_token_rotates_and_its_reuse_revokes_the_family() {
-    let app = spawn_app().await;
+    let grace = Duration::from_millis(500);
+    let app = spawn_app_with_grace(grace).await;
     let signed = app.new_user(None).await;
 
     let res = app.refresh(&signed.refresh_token).await;
@@ -62,7 +63,9 @@ async fn a_refresh_token_rotates_and_its_reuse_revokes_the_family() {
         .unwrap();
     assert_eq!(n_plain, 0);
 
-    // Replaying the rotated first token: refused, and the whole family dies with it.
+    // Replaying the rotated first token after the grace window: refused, and the whole family
+    // dies with it.
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
     let res = app.refresh(&signed.refresh_token).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let body: Value = res.json().await.unwrap();
