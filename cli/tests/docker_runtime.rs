@@ -195,7 +195,8 @@ fn the_docker_stack_starts_healthy_keeps_data_across_restarts_and_cleans_up_comp
     let backup = ok(&env, &["--json", "db", "backup", "--pg-dump", "container", "--out", out_dir.to_str().unwrap()]);
     let backup: serde_json::Value = serde_json::from_str(&backup).unwrap();
     let dump = backup["path"].as_str().unwrap();
-    let restored = Command::new("/usr/lib/postgresql/15/bin/pg_restore").args(["--data-only", "-f", "-", dump]).output().unwrap();
+    let restored =
+        Command::new("/usr/lib/postgresql/15/bin/pg_restore").args(["--data-only", "-f", "-", dump]).output().unwrap();
     assert!(restored.status.success(), "pg_restore reads the dump: {}", String::from_utf8_lossy(&restored.stderr));
     assert!(String::from_utf8_lossy(&restored.stdout).contains("in the dump"), "the row is in the dump");
     psql(28436, "mfe_poc2", "DROP TABLE backed_up");

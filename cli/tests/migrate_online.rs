@@ -366,6 +366,55 @@ async fn an_online_run_loses_nothing_a_writer_commits_across_sync_and_cutover_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cutover_killed_inside_its_write_block_is_completed_by_running_it_again() {
+    let stack = Stack::logical().await;
+    let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(40));
+    writer.wait_more(100, Duration::from_secs(60)).await;
+    assert_ok(&stack.mfe_async(&["migrate", "sync", "start"]).await, "sync start");
+    writer.wait_more(100, Duration::from_secs(60)).await;
+
+    let mut child = stack
+        .command(&["migrate", "cutover", "--timeout", "60"])
+        .env("MFE_CUTOVER_PAUSE_IN_BLOCK", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed at the worst moment: POC-2 blocked, the reverse path enabled, the forward one alive.
+    // A connection per look: the block ends the sessions it finds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut legacy = PgConnection::connect(&stack.urls["LEGACY_DATABASE_URL"]).await.unwrap();
+        let enabled: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname LIKE 'mfe_rev_%' AND subenabled)",
+        )
+        .fetch_one(&mut legacy)
+        .await
+        .unwrap();
+        legacy.close().await.unwrap();
+        if enabled {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the cutover ended before its pause point");
+        assert!(Instant::now() < deadline, "the cutover never reached its pause point");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let refused_before = writer.refused();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(writer.refused() > refused_before, "POC-2 stays blocked after the kill");
+
+    let out = stack.mfe_async(&["--json", "migrate", "cutover", "--timeout", "60"]).await;
+    assert_ok(&out, "cutover run again after the kill");
+    assert_eq!(json(&out)["passed"], true);
+    let log = writer.finish().await;
+    assert_split_matches_the_writer_log(&stack, &log).await;
+    assert_ok(&stack.mfe_async(&["migrate", "finish"]).await, "finish");
+    assert_eq!(stack.replication_leftovers().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_difference_found_at_cutover_lifts_the_block_keeps_syncing_and_a_later_cutover_passes() {
     let stack = Stack::logical().await;
     let writer = Writer::start(stack.urls["LEGACY_DATABASE_URL"].clone(), Duration::from_millis(40));

@@ -116,6 +116,15 @@ impl TupleScanner {
         Self { ids: Some(Ids::default()), ..Self::new() }
     }
 
+    /// [`TupleScanner::capturing_ids`] with room for `rows` ids of about `id_len` bytes made up
+    /// front: a chunk's id buffers then never grow by doubling (each regrowth holds the old
+    /// buffer beside the new one, and three import jobs grow theirs at once).
+    pub fn capturing_ids_for(rows: u64, id_len: usize) -> Self {
+        let rows = rows as usize;
+        let ids = Ids { bytes: Vec::with_capacity(rows * id_len), ends: Vec::with_capacity(rows) };
+        Self { ids: Some(ids), ..Self::new() }
+    }
+
     /// The first fields kept so far (empty unless made with [`TupleScanner::capturing_ids`]).
     pub fn take_ids(&mut self) -> Ids {
         self.ids.as_mut().map(std::mem::take).unwrap_or_default()

@@ -171,8 +171,10 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
         bail!("cutover refused: no sync is running — start one with `mfe migrate sync start`");
     }
     let admin = super::legacy_admin_pool(cfg).await?;
-    // A cutover killed inside its write block may have left a forward publication muted.
+    // A cutover killed inside its write block may have left its reverse path (perhaps enabled)
+    // and a forward publication muted: the reverse path goes first, so nothing can loop.
     for s in &split {
+        drop_reverse(&admin, s, &reverse_name(s)).await;
         let _ = set_forward_publishing(&admin, state(s), true).await;
     }
     let streams = sync::forward_streams(cfg, &admin, &split).await?;
@@ -230,6 +232,7 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
             set_forward_publishing(&admin, state(s), false).await?;
         }
         enable_reverse(&admin, &split, &reverse).await?;
+        pause_point().await;
         say(&format!(
             "write pause: caught up after {caught_up:.3} s, {rechecked} changed row(s) rechecked by {rechecked_at:.3} s, reverse path on at {:.3} s",
             blocked.elapsed().as_secs_f64()
@@ -308,6 +311,15 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     report.metric("write_pause_s", round3(pause));
     report.metric("rows_synced", rows_synced);
     Ok(report)
+}
+
+/// Test hook: `MFE_CUTOVER_PAUSE_IN_BLOCK=1` stops the cutover at its worst moment to be killed —
+/// inside the block, the reverse path enabled, the forward path not yet dropped.
+async fn pause_point() {
+    if std::env::var("MFE_CUTOVER_PAUSE_IN_BLOCK").is_ok_and(|v| v == "1") {
+        say("paused inside the write block with the reverse path enabled (MFE_CUTOVER_PAUSE_IN_BLOCK)");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
 }
 
 /// Everything of the cutover that can happen before the block: per service the reverse path,
