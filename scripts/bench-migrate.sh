@@ -394,6 +394,9 @@ if has_online:
             p = None
         if p is not None:
             pauses.append(p)
+            m = json.load(open(path)).get("metrics", {})
+            print(f"(f) {os.path.basename(path)}: write pause {p:.3f} s, rows rechecked in the block "
+                  f"{m.get('rechecked_rows', '?')}, row changes synced {m.get('rows_synced', '?')}")
     if pauses and e:
         pauses.sort()
         goals.append(("(f) write pause <= 1 % of (e)'s wall time", pauses[len(pauses) // 2] / e[1] * 100, 1.0, "<=", " %"))
