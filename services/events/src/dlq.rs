@@ -162,6 +162,8 @@ pub struct DeadLetterList {
     pub queue: String,
     /// Messages in the queue when the scan began.
     pub total: usize,
+    /// How many matched the filter (shown or not).
+    pub matched: usize,
     /// The matching ones, in queue order (at most the limit asked for).
     pub dead_letters: Vec<DeadLetter>,
     /// True when more matched than the limit allowed to show.
@@ -215,10 +217,11 @@ impl Hub {
     pub async fn dead_letters(&self, filter: &DeadLetterFilter, limit: usize) -> Result<DeadLetterList, HubError> {
         let mut scan = Scan::open(self).await?;
         let total = scan.expected;
-        let (mut shown, mut truncated) = (Vec::new(), false);
+        let (mut shown, mut truncated, mut matched) = (Vec::new(), false, 0);
         while let Some(d) = scan.next().await? {
             let dl = describe(&d, self.config(), scan.seen);
             if filter.matches(&dl) {
+                matched += 1;
                 if shown.len() < limit {
                     shown.push(dl);
                 } else {
@@ -227,7 +230,7 @@ impl Hub {
             }
         }
         scan.finish().await?;
-        Ok(DeadLetterList { queue: self.config().dlq.clone(), total, dead_letters: shown, truncated })
+        Ok(DeadLetterList { queue: self.config().dlq.clone(), total, matched, dead_letters: shown, truncated })
     }
 
     /// Sends every dead letter matching `filter` back to its failing consumer's queue only, and
