@@ -33,6 +33,8 @@ pub enum HubError {
     },
     #[error("rabbitmq: {queue} is being read by another consumer (another `mfe events dlq` run?) — wait for it to finish and try again")]
     InUse { queue: String },
+    #[error("refusing to delete the topology of exchange {exchange:?}: it is not an isolated (test) topology")]
+    NotIsolated { exchange: String },
     #[error("the hub is closed")]
     Closed,
 }
