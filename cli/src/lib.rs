@@ -7,6 +7,7 @@
 //! - [`report`]: the one JSON report shape and status table every report command prints.
 //! - one module per command group, each with its clap arguments beside its `run`:
 //!   [`infra`], [`ssl`], [`db`], [`fixtures`], [`migrate`], [`hub_test`] (`mfe test`), [`ws`],
+//!   [`events`] (`mfe events dlq|tail`),
 //!   [`stack`] (`mfe up|down|status`), [`doctor`].
 //! - [`tls`]: what every HTTP and WebSocket client of the CLI trusts (system store + the
 //!   stack's own dev CA + `--ca`), and the line a certificate failure prints.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod db;
 pub mod doctor;
+pub mod events;
 pub mod fixtures;
 pub mod hub_test;
 pub mod infra;
@@ -70,6 +72,8 @@ pub enum Command {
     Test(hub_test::TestArgs),
     /// WebSocket end-to-end probes.
     Ws(ws::WsArgs),
+    /// Dead letters (list, show, replay, purge) and a live tail of events.
+    Events(events::EventsArgs),
     /// Bring the whole stack up: infrastructure, schemas, services, gateway.
     Up(stack::UpArgs),
     /// Stop the whole stack in reverse order.
@@ -119,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(a) => migrate::run(&ctx, a).await,
         Command::Test(a) => hub_test::run(&ctx, a).await,
         Command::Ws(a) => ws::run(&ctx, a).await,
+        Command::Events(a) => events::run(&ctx, a).await,
         Command::Up(a) => stack::up(&ctx, a).await,
         Command::Down(a) => stack::down(&ctx, a).await,
         Command::Status(a) => stack::status(&ctx, a).await,

@@ -189,3 +189,61 @@ async fn test_proxy_as_written_passes_its_nginx_half_trusting_the_stacks_ca() {
     assert!(trusted["detail"].as_str().unwrap().ends_with(&stack_ca), "{trusted}");
     assert!(report["checks"].as_array().unwrap().iter().any(|c| c["name"] == "nginx: PATCH /api/payments/{id}/status"));
 }
+
+/// The admin service on port 0 (fresh database, an exclusive events queue) behind a gateway
+/// whose other routes lead nowhere; returns the gateway's WebSocket URL.
+async fn admin_behind_gateway() -> (String, String) {
+    let mut settings = admin_service::Settings::from_env().expect("admin settings");
+    let (url, db) = mfe_kit::testing::fresh_migrated_database("ADMIN_DATABASE_URL", &admin_service::MIGRATOR).await;
+    settings.service.port = 0;
+    settings.service.database_url = url;
+    settings.events_queue = format!("mfe.test.admin.{}", uuid::Uuid::new_v4().simple());
+    settings.events_queue_exclusive = true;
+    let admin = admin_service::Application::build(settings).await.expect("admin service builds");
+    let admin_port = admin.port();
+    tokio::spawn(admin.run_until_stopped());
+    let mut cfg = mfe_gateway::GatewayConfig::from_env().expect("gateway configuration");
+    cfg.host = "127.0.0.1".into();
+    cfg.port = 0;
+    for route in &mut cfg.routes {
+        route.upstream = match route.name.as_str() {
+            "admin" => format!("http://127.0.0.1:{admin_port}"),
+            _ => "http://127.0.0.1:9".into(),
+        };
+    }
+    let mut gateway = mfe_gateway::Application::build(cfg).await.expect("the gateway builds");
+    assert!(gateway.wait_for_events(std::time::Duration::from_secs(15)).await, "the bridge did not reach RabbitMQ");
+    let port = gateway.port();
+    tokio::spawn(gateway.run_until(std::future::pending()));
+    (format!("ws://127.0.0.1:{port}/ws"), db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_through_the_admin_api_reaches_every_socket_as_notification_new() {
+    let (ws, db) = admin_behind_gateway().await;
+    let admin = format!("probe-admin-{}", uuid::Uuid::new_v4().simple());
+    let args = probe_args(&[
+        "--url",
+        &ws,
+        "--user-id",
+        &admin,
+        "--role",
+        "ADMIN",
+        "--trigger",
+        "announcement",
+        "--connections",
+        "3",
+        "--duration",
+        "1",
+    ]);
+    let report = mfe::ws::probe::probe(&ctx(), &args).await.unwrap();
+    assert!(report.passed, "{:#?}", report.checks);
+    let fan_out = report.checks.iter().find(|c| c.name == "fan-out").expect("a fan-out check");
+    assert!(fan_out.detail.starts_with("3/3 notification:new deliveries"), "{}", fan_out.detail);
+    // A customer's token is refused by the admin API: the trigger fails with its answer.
+    let customer = probe_args(&["--url", &ws, "--user-id", &admin, "--trigger", "announcement"]);
+    let report = mfe::ws::probe::probe(&ctx(), &customer).await.unwrap();
+    let trigger = report.checks.iter().find(|c| c.name == "trigger-announcement").expect("a trigger check");
+    assert!(!trigger.passed && trigger.detail.contains("403"), "{}", trigger.detail);
+    mfe_kit::testing::drop_database("ADMIN_DATABASE_URL", &db).await;
+}

@@ -6,9 +6,16 @@
 //! | `payments.payment.*` | `user:{senderId}`, `role:admin` | `payment:<last part>` |
 //! | `auth.user.login` / `auth.user.logout` | `user:{userId}` | `session:login` / `session:logout` |
 //! | `auth.session.revoked` | `user:{userId}` (and closes that device's sockets) | `session:revoked` |
-//! | `admin.*` | `role:admin` | `admin:<rest, dashed>` |
+//! | `admin.announcement.created` | `broadcast` (every socket) | `notification:new` |
+//! | `admin.*` (the rest) | `role:admin` | `admin:<rest, dashed>` |
 //!
 //! Anything else (e.g. `auth.user.registered`) is not forwarded to browsers.
+//!
+//! The seed's "fanout for broadcast events" is the `broadcast` row: every socket joins that
+//! room, and every gateway replica already receives every event on its own queue (bound `#`),
+//! so the topic exchange fans an announcement out to all replicas and the room to all their
+//! sockets. A separate fanout exchange would be a second path to the same queues, with no
+//! receiver the topic exchange does not reach already.
 
 use mfe_events::Envelope;
 use serde_json::Value;
@@ -73,6 +80,11 @@ pub fn route(event_type: &str, data: &Value) -> Option<Routed> {
             });
             Some(Routed { rooms: vec![user_room(&user_id)], message_type: message_type.to_string(), revoke })
         }
+        "admin" if rest == "announcement.created" => Some(Routed {
+            rooms: vec![BROADCAST_ROOM.to_string()],
+            message_type: "notification:new".to_string(),
+            revoke: None,
+        }),
         "admin" if !rest.is_empty() => Some(Routed {
             rooms: vec![role_room("admin")],
             message_type: format!("admin:{}", rest.replace('.', "-")),
@@ -138,6 +150,12 @@ mod tests {
         let r = route("admin.config.updated", &json!({"key": "x"})).unwrap();
         assert_eq!((r.rooms, r.message_type), (vec!["role:admin".to_string()], "admin:config-updated".to_string()));
         assert_eq!(route("admin.audit.created", &json!({})).unwrap().message_type, "admin:audit-created");
+    }
+
+    #[test]
+    fn an_announcement_goes_to_every_socket_as_a_new_notification() {
+        let r = route("admin.announcement.created", &json!({"id": "a1", "message": "hi"})).unwrap();
+        assert_eq!((r.rooms, r.message_type), (vec!["broadcast".to_string()], "notification:new".to_string()));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `mfe ws probe` (SPEC §8): connects to `/ws` with a token and checks what a browser relies on —
 //! the `connection:ack`, a `{"type":"ping"}` answered by `{"type":"pong"}` — then optionally
-//! triggers `payment:created` (through the API, or straight onto RabbitMQ) and measures its
-//! delivery; with `--connections N` it holds N sockets for `--duration` seconds and measures
+//! triggers `payment:created` (through the API, or straight onto RabbitMQ) or an announcement's
+//! `notification:new` (through the admin API, to every socket) and measures its delivery; with `--connections N` it holds N sockets for `--duration` seconds and measures
 //! the fan-out latency of one event per second to all of them.
 //!
 //! The token comes from `--token`, a sign-in (`--email`/`--password`), a local signature
@@ -47,6 +47,19 @@ pub enum Trigger {
     Payment,
     /// Publish a `payments.payment.created` event straight to RabbitMQ (`RABBITMQ_URL`).
     Event,
+    /// Publish an announcement through the API (`POST /api/admin/announcements`; the token
+    /// must be an ADMIN's) and wait for its `notification:new`, which every socket receives.
+    Announcement,
+}
+
+impl Trigger {
+    /// The WebSocket message type each triggered event arrives as.
+    fn message_type(self) -> &'static str {
+        match self {
+            Trigger::Payment | Trigger::Event => "payment:created",
+            Trigger::Announcement => "notification:new",
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -76,8 +89,8 @@ pub struct ProbeArgs {
     pub api_url: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// Trigger an event and wait for its `payment:created`. With --connections above 1 the
-    /// default is `event`.
+    /// Trigger an event and wait for its `payment:created` (`notification:new` for an
+    /// announcement). With --connections above 1 the default is `event`.
     #[arg(long, value_enum)]
     pub trigger: Option<Trigger>,
     /// Sockets to hold at once.
@@ -338,15 +351,18 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
     // 4. Readers on every socket, then one trigger per second for --duration.
     let n_events = if n > 1 { args.duration.max(1) as usize } else { 1 };
     let deliveries = Arc::new(Deliveries::new(connected, n_events));
-    let readers: Vec<_> =
-        sockets.into_iter().enumerate().map(|(i, s)| tokio::spawn(read_events(s, i, deliveries.clone()))).collect();
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| tokio::spawn(read_events(s, i, deliveries.clone(), trigger.message_type())))
+        .collect();
     let hub = match trigger {
         Trigger::Event => Some(
             mfe_events::Hub::connect(mfe_events::HubConfig::from_env().with_connection_name("mfe-ws-probe"))
                 .await
                 .context("--trigger event publishes to RABBITMQ_URL")?,
         ),
-        Trigger::Payment => None,
+        Trigger::Payment | Trigger::Announcement => None,
     };
     let sender = claims_sub.clone().unwrap_or_default();
     let mut trigger_errors = Vec::new();
@@ -365,6 +381,12 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
                 hub.as_ref().expect("hub for events").publish(&env).await.map_err(anyhow::Error::from)
             }
             Trigger::Payment => create_payment(&http, &tls, &api_url, &token, &marker, i, &deliveries.aliases).await,
+            Trigger::Announcement => {
+                let body =
+                    json!({"title": "mfe ws probe", "message": format!("mfe ws probe {marker}"), "level": "info"});
+                let url = format!("{api_url}/api/admin/announcements");
+                post_json(&http, &tls, &url, Some(&token), &body, "publishing an announcement").await.map(|_| ())
+            }
         };
         match sent {
             Ok(()) => markers.push(i),
@@ -403,10 +425,14 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
     let name = match trigger {
         Trigger::Payment => "trigger-payment",
         Trigger::Event => "trigger-event",
+        Trigger::Announcement => "trigger-announcement",
     };
     let ok = trigger_errors.is_empty() && total >= expected && expected > 0;
-    let mut detail =
-        format!("{total}/{expected} payment:created deliveries ({} events × {expected_each} sockets)", markers.len());
+    let mut detail = format!(
+        "{total}/{expected} {} deliveries ({} events × {expected_each} sockets)",
+        trigger.message_type(),
+        markers.len()
+    );
     if let Some(e) = trigger_errors.first() {
         detail = format!("{} of {n_events} triggers failed: {e}", trigger_errors.len());
     }
@@ -581,7 +607,7 @@ async fn next_json(socket: &mut Socket, wait: Duration) -> anyhow::Result<Value>
 }
 
 /// Reads socket number `reader` until it ends, recording when each probe event arrives.
-async fn read_events(mut socket: Socket, reader: usize, deliveries: Arc<Deliveries>) {
+async fn read_events(mut socket: Socket, reader: usize, deliveries: Arc<Deliveries>, message_type: &'static str) {
     while let Some(frame) = socket.next().await {
         // The receipt time comes first: whatever follows must not count as delivery latency.
         let now = Instant::now();
@@ -590,7 +616,7 @@ async fn read_events(mut socket: Socket, reader: usize, deliveries: Arc<Deliveri
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
-        if !text.as_str().contains("payment:created") {
+        if !text.as_str().contains(message_type) {
             continue;
         }
         if let Some(event) = deliveries.event_of(text.as_str()) {

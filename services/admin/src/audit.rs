@@ -1,8 +1,16 @@
 //! The audit log: one `audit_logs` row per event of the platform, written by consuming every
 //! event (`#`) idempotently, and the filtered, paginated read of it.
+//!
+//! Every row written is announced as `admin.audit.created` (the admin dashboard's live feed,
+//! `admin:audit-created` on the admins' sockets) through the outbox, in the row's own
+//! transaction ([`record`]): a row and its announcement are never split. The announcement is
+//! itself an event the audit consumer receives, and skips: auditing the audit trail's own
+//! announcements would only echo them, and each echo would be announced again, forever.
+
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use mfe_events::{idempotency, types, Envelope, Handler, HandlerError};
+use mfe_events::{idempotency, service_link, service_link::ServiceLink, types, Envelope, Handler, HandlerError};
 use serde::Serialize;
 use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
 
@@ -70,9 +78,15 @@ impl AuditLog {
 
 /// Inserts `log` unless a row with its id exists; returns whether it was written.
 pub async fn insert(conn: &mut PgConnection, log: &AuditLog) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    Ok(insert_returning_time(conn, log).await?.is_some())
+}
+
+/// The insert of [`insert`]; `Some(created_at as stored)` (millisecond precision, rounded by
+/// PostgreSQL) when it wrote the row.
+async fn insert_returning_time(conn: &mut PgConnection, log: &AuditLog) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let stored: Option<NaiveDateTime> = sqlx::query_scalar(
         "INSERT INTO audit_logs (id, user_id, action, resource_type, resource_id, details, ip_address, user_agent, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING created_at",
     )
     .bind(&log.id)
     .bind(&log.user_id)
@@ -83,21 +97,46 @@ pub async fn insert(conn: &mut PgConnection, log: &AuditLog) -> Result<bool, sql
     .bind(&log.ip_address)
     .bind(&log.user_agent)
     .bind(log.created_at.naive_utc())
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(stored.map(|t| t.and_utc()))
 }
+
+/// The `source` of the events this service emits.
+pub const EVENT_SOURCE: &str = "admin-service";
+
+/// Inserts `log` (unless a row with its id exists) and, when it wrote one, puts its
+/// `admin.audit.created` announcement in the outbox, in the caller's transaction. Returns
+/// whether a row was written; the caller wakes the relay after its commit.
+pub async fn record(
+    conn: &mut PgConnection,
+    log: &AuditLog,
+    correlation_id: Option<String>,
+) -> Result<bool, sqlx::Error> {
+    let Some(created_at) = insert_returning_time(conn, log).await? else { return Ok(false) };
+    // The row as `GET /api/admin/audit-logs` shows it, stored time included.
+    let row = AuditLog { created_at, ..log.clone() };
+    let data = serde_json::to_value(&row).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let env = Envelope::new(types::ADMIN_AUDIT_CREATED, EVENT_SOURCE, data).with_correlation_id(correlation_id);
+    service_link::enqueue(conn, &env).await?;
+    Ok(true)
+}
+
+/// The broker link, set once it exists (it is built from the handler), to wake the relay after
+/// a commit that announced a row; until then the relay's own poll picks the rows up.
+pub type RelayWake = Arc<OnceLock<ServiceLink>>;
 
 /// Writes the audit row of every consumed event, once per event id.
 #[derive(Clone)]
 pub struct AuditHandler {
     pub db: PgPool,
     pub metrics: Metrics,
+    pub wake: RelayWake,
 }
 
 impl Handler for AuditHandler {
     async fn handle(&self, env: Envelope) -> Result<(), HandlerError> {
-        // Auditing the audit trail's own announcements would only echo them.
+        // The audit trail's own announcements: see the module docs.
         if env.event_type == types::ADMIN_AUDIT_CREATED {
             return Ok(());
         }
@@ -106,9 +145,15 @@ impl Handler for AuditHandler {
             tracing::debug!(event_id = %env.id, "event already audited; skipping the redelivery");
             return Ok(());
         }
-        insert(&mut tx, &AuditLog::of_event(&env)).await?;
+        let announced = record(&mut tx, &AuditLog::of_event(&env), env.correlation_id.clone()).await?;
         tx.commit().await?;
         self.metrics.event_consumed(&env.event_type);
+        if announced {
+            self.metrics.event_published(types::ADMIN_AUDIT_CREATED);
+            if let Some(link) = self.wake.get() {
+                link.notify();
+            }
+        }
         Ok(())
     }
 }

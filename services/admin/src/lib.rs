@@ -3,7 +3,9 @@
 //! Every route is ADMIN only.
 //!
 //! # Layout
-//! - [`audit`]: the audit consumer (every event `#`, once per event id) and the filtered list.
+//! - [`audit`]: the audit consumer (every event `#`, once per event id), the filtered list, and
+//!   the `admin.audit.created` announcement of every row written.
+//! - [`announcements`]: `POST /api/admin/announcements` → `notification:new` on every socket.
 //! - [`system_config`]: configuration entries; a change commits its event and audit row together.
 //! - [`routes`]: the HTTP API under `/api/admin/`.
 //! - [`startup`]: [`Settings`], [`AppState`], the background broker link and [`Application`].
@@ -13,6 +15,7 @@
 //!   come from events; this service never connects to another service's database.
 //! - An audit row's id is the id of the event it records, so an event is audited at most once
 //!   whether the consumer or the writer of the event (config changes) records it first.
+pub mod announcements;
 pub mod audit;
 pub mod routes;
 pub mod startup;

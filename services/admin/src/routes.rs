@@ -1,5 +1,6 @@
 //! The HTTP API under `/api/admin/`, every route ADMIN only (401 without a token, 403 for other
-//! roles): users (through the auth service), audit logs, system config, system health.
+//! roles): users (through the auth service), audit logs, system config, system health,
+//! announcements.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use axum::{
     extract::{rejection::QueryRejection, Path, Query, RawQuery, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Router,
 };
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use mfe_kit::{telemetry::CORRELATION_HEADER, ApiError, CorrelationId, Json, Requ
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    announcements::{self, Announcement, NewAnnouncement},
     audit::{self, AuditFilter, AuditLog, Cursor},
     startup::AppState,
     system_config::{self, valid_key, Actor, ConfigEntry},
@@ -31,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/config", get(list_config))
         .route("/api/admin/config/{key}", get(get_config).put(put_config))
         .route("/api/admin/system/health", get(system_health))
+        .route("/api/admin/announcements", post(post_announcement))
 }
 
 /// `GET /api/admin/users`: the auth service's `GET /api/auth/users`, called with the caller's
@@ -182,6 +185,38 @@ pub struct PutConfig {
     pub description: Option<String>,
 }
 
+/// Who is calling and from where (the gateway sets X-Real-IP / X-Forwarded-For; direct
+/// callers have neither), for audit rows.
+fn actor_of(user_id: &str, headers: &HeaderMap, correlation: CorrelationId) -> Actor {
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    Actor {
+        user_id: user_id.to_string(),
+        ip_address: header_text("x-real-ip")
+            .or_else(|| header_text("x-forwarded-for").map(|f| f.split(',').next().unwrap_or("").trim().to_string())),
+        user_agent: header_text("user-agent"),
+        correlation_id: Some(correlation.0),
+    }
+}
+
+/// `POST /api/admin/announcements` `{message, title?, level?}` → 201 with the announcement;
+/// every connected socket receives it as `notification:new` (room `broadcast`).
+async fn post_announcement(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Json(body): Json<NewAnnouncement>,
+) -> Result<(StatusCode, Json<Announcement>), ApiError> {
+    let (title, message, level) = body.validate().map_err(ApiError::Validation)?;
+    let actor = actor_of(admin.id(), &headers, correlation);
+    let announcement = announcements::publish(&state.db, title, message, level, &actor).await?;
+    state.broker.notify();
+    state.metrics.event_published(mfe_events::types::ADMIN_ANNOUNCEMENT_CREATED);
+    state.metrics.event_published(mfe_events::types::ADMIN_AUDIT_CREATED);
+    tracing::info!(announcement = %announcement.id, sent_by = %actor.user_id, "announcement published");
+    Ok((StatusCode::CREATED, Json(announcement)))
+}
+
 async fn put_config(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,
@@ -192,18 +227,11 @@ async fn put_config(
 ) -> Result<Json<ConfigEntry>, ApiError> {
     checked_key(&key)?;
     let value = body.value.ok_or_else(|| ApiError::Validation("body must carry a non-null \"value\"".into()))?;
-    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
-    let actor = Actor {
-        user_id: admin.id().to_string(),
-        // The gateway sets X-Real-IP / X-Forwarded-For; direct callers have neither.
-        ip_address: header_text("x-real-ip")
-            .or_else(|| header_text("x-forwarded-for").map(|f| f.split(',').next().unwrap_or("").trim().to_string())),
-        user_agent: header_text("user-agent"),
-        correlation_id: Some(correlation.0),
-    };
+    let actor = actor_of(admin.id(), &headers, correlation);
     let entry = system_config::set(&state.db, &key, value, body.description, &actor).await?;
     state.broker.notify();
     state.metrics.event_published(mfe_events::types::ADMIN_CONFIG_UPDATED);
+    state.metrics.event_published(mfe_events::types::ADMIN_AUDIT_CREATED);
     tracing::info!(key = %key, updated_by = %actor.user_id, "system config updated");
     Ok(Json(entry))
 }

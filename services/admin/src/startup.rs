@@ -121,7 +121,8 @@ impl Application {
             bindings: vec!["#".to_string()],
             exclusive: settings.events_queue_exclusive,
         };
-        let handler = AuditHandler { db: db.clone(), metrics: metrics.clone() };
+        let wake = crate::audit::RelayWake::default();
+        let handler = AuditHandler { db: db.clone(), metrics: metrics.clone(), wake: wake.clone() };
         let broker = ServiceLink::connect_consuming_in_background(
             cfg.hub.clone().with_connection_name("admin-service"),
             db.clone(),
@@ -129,6 +130,7 @@ impl Application {
             subscription,
             handler,
         );
+        let _ = wake.set(broker.clone());
         let probe = broker.clone();
         let health = Health::new(Service::Admin.name()).database(db.clone()).broker(move || probe.is_connected());
         let http = reqwest::Client::builder()

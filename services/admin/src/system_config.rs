@@ -8,8 +8,7 @@ use sqlx::{postgres::PgRow, PgPool, Row};
 
 use crate::audit::{self, AuditLog};
 
-/// The `source` of the events this service emits.
-pub const EVENT_SOURCE: &str = "admin-service";
+pub use crate::audit::EVENT_SOURCE;
 
 /// One configuration entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,7 +64,7 @@ pub struct Actor {
 
 /// Sets `key` to `value` (creating it if needed). In one transaction: the upsert, the
 /// `admin.config.updated` event in the outbox, and its audit row (same id as the event, so the
-/// consumer seeing the event later does not audit it twice).
+/// consumer seeing the event later does not audit it twice) with its `admin.audit.created`.
 pub async fn set(
     pool: &PgPool,
     key: &str,
@@ -110,7 +109,7 @@ pub async fn set(
     let mut log = AuditLog::of_event(&env);
     log.ip_address = actor.ip_address.clone();
     log.user_agent = actor.user_agent.clone();
-    audit::insert(&mut tx, &log).await?;
+    audit::record(&mut tx, &log, actor.correlation_id.clone()).await?;
     tx.commit().await?;
     Ok(entry)
 }

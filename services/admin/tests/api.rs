@@ -158,7 +158,7 @@ async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
 #[tokio::test]
 async fn audit_logs_filter_by_user_action_resource_and_time_and_page_newest_first() {
     let app = spawn_app().await;
-    let handler = AuditHandler { db: app.db.clone(), metrics: app.state.metrics.clone() };
+    let handler = AuditHandler { db: app.db.clone(), metrics: app.state.metrics.clone(), wake: Default::default() };
     let user = format!("filter-user-{}", uuid::Uuid::new_v4().simple());
     let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
     let mut ids = Vec::new();

@@ -65,6 +65,9 @@ pub mod types {
     pub const PAYMENTS_PAYMENT_FAILED: &str = "payments.payment.failed";
     pub const ADMIN_AUDIT_CREATED: &str = "admin.audit.created";
     pub const ADMIN_CONFIG_UPDATED: &str = "admin.config.updated";
+    /// An announcement for every connected socket (`POST /api/admin/announcements`); the
+    /// gateway sends it to the `broadcast` room as `notification:new`.
+    pub const ADMIN_ANNOUNCEMENT_CREATED: &str = "admin.announcement.created";
 
     /// All of the above, for validation and documentation.
     pub const ALL: &[&str] = &[
@@ -78,6 +81,7 @@ pub mod types {
         PAYMENTS_PAYMENT_FAILED,
         ADMIN_AUDIT_CREATED,
         ADMIN_CONFIG_UPDATED,
+        ADMIN_ANNOUNCEMENT_CREATED,
     ];
 }
 

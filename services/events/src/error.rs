@@ -31,6 +31,10 @@ pub enum HubError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("rabbitmq: {queue} is being read by another consumer (another `mfe events dlq` run?) — wait for it to finish and try again")]
+    InUse { queue: String },
+    #[error("refusing to delete the topology of exchange {exchange:?}: it is not an isolated (test) topology")]
+    NotIsolated { exchange: String },
     #[error("the hub is closed")]
     Closed,
 }

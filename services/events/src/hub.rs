@@ -35,6 +35,14 @@ pub const H_FAILED_CONSUMER: &str = "x-failed-consumer";
 pub const H_ATTEMPTS: &str = "x-attempts";
 /// Header: the routing key the event was first published with (retries travel by queue name).
 pub const H_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// Header on a dead-lettered message: the queue of the failing consumer, where a replay goes.
+pub const H_FAILED_QUEUE: &str = "x-failed-queue";
+/// Header: when the first handler run of this delivery chain failed (RFC 3339, set once).
+pub const H_FIRST_FAILURE: &str = "x-first-failure";
+/// Header on a dead-lettered message: when it was moved to the dead-letter queue (RFC 3339).
+pub const H_DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+/// Header: how many times `mfe events dlq replay` sent this event back to its consumer.
+pub const H_REPLAYS: &str = "x-replays";
 
 /// The current connection and a number that changes on every reconnect.
 #[derive(Clone)]
@@ -711,6 +719,10 @@ async fn process<H: Handler>(
     if !headers.inner().contains_key(H_ORIGINAL_ROUTING_KEY) {
         headers.insert(H_ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(LongString::from(d.routing_key.as_str())));
     }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if !headers.inner().contains_key(H_FIRST_FAILURE) {
+        headers.insert(H_FIRST_FAILURE.into(), AMQPValue::LongString(LongString::from(now.as_str())));
+    }
     let retry_delay = if failure.fatal { None } else { cfg.retry_delays.get(attempt as usize) };
     let (exchange, routing_key) = match retry_delay {
         Some(delay) => {
@@ -722,7 +734,9 @@ async fn process<H: Handler>(
         None => {
             headers.insert(H_DEATH_REASON.into(), AMQPValue::LongString(LongString::from(failure.reason.as_str())));
             headers.insert(H_FAILED_CONSUMER.into(), AMQPValue::LongString(LongString::from(sub.consumer.as_str())));
+            headers.insert(H_FAILED_QUEUE.into(), AMQPValue::LongString(LongString::from(sub.queue.as_str())));
             headers.insert(H_ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(attempt) + 1));
+            headers.insert(H_DEAD_LETTERED_AT.into(), AMQPValue::LongString(LongString::from(now.as_str())));
             warn!(consumer = %sub.consumer, attempts = attempt + 1, "dead-lettering an event: {failure}");
             (cfg.dlx.clone(), cfg.dlq.clone())
         }

@@ -3,7 +3,8 @@
 //! Events are [`Envelope`]s published to the topic exchange `events` with their type as routing
 //! key. Each consuming service reads its own durable queue; failures are retried with
 //! exponential backoff through per-queue retry queues (so only the failing consumer sees the
-//! retry) and then dead-lettered to `events.dlq` with the reason in headers.
+//! retry) and then dead-lettered to `events.dlq` with the reason in headers, where an operator
+//! lists, replays (to the failing consumer only) or purges them ([`dlq`]).
 //!
 //! # Layout
 //! - [`envelope`]: the envelope and the event type names ([`types`]).
@@ -12,6 +13,8 @@
 //! - [`hub`]: [`Hub`], the connection manager, confirmed publisher and consumer runner.
 //! - [`handler`]: the [`Handler`] trait and [`handler_fn`] for closures.
 //! - [`outbox`]: the transactional outbox and its relay.
+//! - [`dlq`]: list, show, replay and purge dead letters (named operations on [`Hub`]).
+//! - [`tail`]: a live view of the events passing through the exchange.
 //! - [`idempotency`]: once-per-consumer processing of an event id.
 //! - [`trace`]: W3C trace context carried from the emitting request to the consumer.
 //!
@@ -19,6 +22,7 @@
 //! which each service's migrations include.
 
 pub mod config;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod handler;
@@ -26,15 +30,18 @@ pub mod hub;
 pub mod idempotency;
 pub mod outbox;
 pub mod service_link;
+pub mod tail;
 pub mod topology;
 pub mod trace;
 
 pub use config::{HubConfig, QueueType};
+pub use dlq::{DeadLetter, DeadLetterFilter, DeadLetterList, PurgeReport, ReplayReport};
 pub use envelope::{types, Envelope};
 pub use error::{HandlerError, HubError};
 pub use handler::{handler_fn, Handler};
 pub use hub::{Hub, SubscriptionHandle};
 pub use outbox::{OutboxRelay, RelayHandle};
+pub use tail::{Tail, TailedEvent};
 pub use topology::Subscription;
 
 /// The DDL of the event hub tables, for tests and tools that create scratch databases.

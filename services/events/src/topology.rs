@@ -278,6 +278,36 @@ pub async fn declare_platform(channel: &Channel, cfg: &HubConfig) -> Result<(), 
     apply(channel, &platform_plan(cfg)).await
 }
 
+impl crate::Hub {
+    /// Deletes the topology of this hub's configuration and `subs` (queues with their retry
+    /// queues, the DLQ, the exchanges) — only for an isolated configuration
+    /// ([`HubConfig::isolated`]): the live topology is never deleted this way.
+    pub async fn delete_isolated_topology(&self, subs: &[Subscription]) -> Result<(), crate::HubError> {
+        let cfg = self.config();
+        let default = HubConfig::default();
+        if cfg.dlq == default.dlq || !cfg.dlq.ends_with(&format!(".{}", default.dlq)) {
+            return Err(crate::HubError::NotIsolated { exchange: cfg.exchange.clone() });
+        }
+        let ch = self.channel().await?;
+        let mut plan = base_plan(cfg);
+        for s in subs.iter().filter(|s| !s.queue.is_empty()) {
+            plan.extend(subscription_plan(cfg, s));
+        }
+        for q in &plan.queues {
+            ch.queue_delete(&q.name, lapin::options::QueueDeleteOptions::default())
+                .await
+                .map_err(crate::HubError::amqp(format!("deleting queue {:?}", q.name)))?;
+        }
+        for e in &plan.exchanges {
+            ch.exchange_delete(&e.name, lapin::options::ExchangeDeleteOptions::default())
+                .await
+                .map_err(crate::HubError::amqp(format!("deleting exchange {:?}", e.name)))?;
+        }
+        let _ = ch.close(200, "deleted").await;
+        Ok(())
+    }
+}
+
 /// For docs and errors: `classic` or `quorum`.
 pub fn queue_type_name(t: QueueType) -> &'static str {
     t.as_str()
