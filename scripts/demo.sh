@@ -131,6 +131,50 @@ ws_probe_when_routed() {
   "$MFE" ws probe "$@"
 }
 
+# A dead letter, replayed: the profile service loses its database while a user signs up, so its
+# consumer retries auth.user.registered (1, 2, 4 s) and dead-letters it; `mfe events dlq list`
+# shows it with its consumer and reason. With the database back, `mfe events dlq replay` sends
+# it to the profile consumer only (auth, admin and the gateways had it the first time) and the
+# user's profile appears.
+dead_letter_replayed() {
+  local email="dlq-demo-$(date +%s)@example.com" body token user id code
+  "$MFE" infra stop profile_db >/dev/null || return 1
+  body=$(curl -s --cacert "$CA" --fail-with-body -X POST "$BASE/api/auth/signup" -H 'content-type: application/json' \
+    -d "{\"email\":\"$email\",\"password\":\"$PASSWORD\",\"name\":\"Dead Letter\"}") \
+    || { echo "demo: sign-up failed: $body"; "$MFE" infra start profile_db >/dev/null; return 1; }
+  token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])' <<<"$body") || return 1
+  user=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["user"]["id"])' <<<"$body") || return 1
+  echo "signed up $email while profile_db is down; waiting for the profile consumer to give up..."
+  for _ in $(seq 1 90); do
+    id=$("$MFE" --json events dlq list --consumer profile --type auth.user.registered 2>/dev/null | python3 -c '
+import json, sys
+user = sys.argv[1]
+print(next((d["id"] for d in json.load(sys.stdin)["deadLetters"] if d["envelope"]["data"].get("userId") == user), ""))' "$user")
+    [ -n "$id" ] && break
+    sleep 1
+  done
+  [ -n "$id" ] || { echo "demo: no dead letter of the profile consumer for $user after 90 s"; "$MFE" infra start profile_db >/dev/null; return 1; }
+  "$MFE" events dlq list --consumer profile
+  "$MFE" infra start profile_db >/dev/null || return 1
+  "$MFE" events dlq replay --id "$id" || return 1
+  for _ in $(seq 1 60); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CA" "$BASE/api/profile/me" -H "authorization: Bearer $token")
+    [ "$code" = 200 ] && break
+    sleep 0.5
+  done
+  [ "$code" = 200 ] || { echo "demo: GET /api/profile/me answered $code after the replay, not 200"; return 1; }
+  echo "the replayed event created the profile of $email (GET /api/profile/me → 200)"
+  "$MFE" events dlq list --consumer profile
+}
+
+# An announcement reaching sockets: an admin's POST /api/admin/announcements arrives on every
+# connected socket (the broadcast room) as notification:new, through nginx.
+announcement_to_sockets() {
+  auth_routed_again || return 1
+  "$MFE" ws probe --user-id "demo-admin-$(date +%s)" --role ADMIN --trigger announcement --connections 3 --duration 1 \
+    --ca "$CA" --url "wss://localhost:${HTTPS_PORT}/ws"
+}
+
 step "mfe up (infra, certificates, schemas, services, gateway)" "$MFE" up
 step "load the sample legacy (POC-2) data" "$MFE" fixtures load --dataset sample
 step "mfe migrate run (backup, migrate, export, import, validate)" "$MFE" migrate run
@@ -139,6 +183,8 @@ step "sign up, sign in and /me through nginx" sign_in_through_nginx
 step "mfe test proxy (gateway and nginx)" "$MFE" test proxy --ca "$CA"
 step "mfe test event-hub" "$MFE" test event-hub
 step "mfe ws probe --trigger payment (through nginx)" ws_probe_when_routed --email "$EMAIL" --password "$PASSWORD" --trigger payment --ca "$CA" --url "wss://localhost:${HTTPS_PORT}/ws"
+step "dead letter: listed, replayed to its consumer only (mfe events dlq)" dead_letter_replayed
+step "announcement → notification:new on every socket (nginx)" announcement_to_sockets
 
 echo
 printf '%-62s %-6s %s\n' "demo step" "result" "seconds"
