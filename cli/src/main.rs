@@ -3,6 +3,15 @@
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: every thread that allocates (tokio's workers, and the
+/// blocking pool behind every file read of the export and import) gets a glibc arena of its own
+/// that keeps what it freed. Peak RSS of `mfe migrate run` / `run --online` on the 4.4 M-row
+/// benchmark: glibc 99.5 / 107.3 MB, mimalloc 92.3 / 94.5 MB. (glibc capped at two arenas with
+/// `MALLOC_ARENA_MAX=2` measured 75.9 / 77.7 MB, but that can only be set before the process
+/// starts, and `mallopt` needs the `unsafe` this workspace forbids.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = mfe::Cli::parse();
     mfe::init_logging(cli.global.verbose);
