@@ -178,4 +178,37 @@ fn up_with_observability_starts_prometheus_scraping_every_service_and_the_gatewa
         reqwest::blocking::get(format!("{PROMETHEUS}/-/ready")).is_err(),
         "prometheus still answers after mfe down"
     );
+    let status = mfe(&["--json", "infra", "status"], Duration::from_secs(60));
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("\"prometheus\""),
+        "no prometheus row once stopped by mfe down: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    // `infra start --observability` without the services: Prometheus runs, says which targets
+    // are down and why, and `infra stop` stops it.
+    let start = mfe(&["infra", "start", "redis", "--observability"], Duration::from_secs(120));
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let row = loop {
+        let status = mfe(&["--json", "infra", "status"], Duration::from_secs(60));
+        let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let row = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "prometheus").cloned();
+        let row = row.unwrap_or_else(|| panic!("no prometheus row in mfe infra status: {report}"));
+        let detail = row["detail"].as_str().unwrap();
+        // Once every target was scraped once: none `unknown` any more.
+        if detail.contains("targets 1/6 up") && !detail.contains("unknown") {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "the services' targets never showed down: {row}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(row["passed"], true, "Prometheus itself is healthy: {row}");
+    assert!(row["detail"].as_str().unwrap().contains("auth down"), "{row}");
+    let stop = mfe(&["infra", "stop"], Duration::from_secs(120));
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(
+        reqwest::blocking::get(format!("{PROMETHEUS}/-/ready")).is_err(),
+        "prometheus still answers after infra stop"
+    );
 }
