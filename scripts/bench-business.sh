@@ -3,6 +3,8 @@
 # on a fresh database of the test stack, driven by `oha` at a fixed rate:
 #   POST /api/payments  at 500 req/s   goal p99 < 10 ms
 #   GET  /api/payments  at 1000 req/s  goal p99 < 5 ms  (one user's first page, served from the Redis cache)
+# Then a read-heavy mix (a few users, 95 % reads of their payments by id and of their list, 5 %
+# creates) and the hit rate of each Redis cache during it (seed target > 80 %).
 # Prints p50/p99 and the achieved req/s. Traffic goes to 127.0.0.1 only; every run is bounded
 # in time (BENCH_SECONDS, default 10 s per phase) and so in count (rate x seconds). The phases
 # alternate BENCH_ROUNDS times (default 3) after a warm-up at the same rates; each figure is the
@@ -70,8 +72,9 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-# An HS256 access token for a CUSTOMER, signed with the stack's JWT_SECRET (the claims of mfe_kit::jwt).
-token="$(python3 - <<'PY'
+# An HS256 access token for a new CUSTOMER, signed with the stack's JWT_SECRET (the claims of mfe_kit::jwt).
+mint_token() {
+  python3 - <<'PY'
 import base64, hashlib, hmac, json, os, time, uuid
 def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 now = int(time.time())
@@ -81,7 +84,8 @@ claims = b64(json.dumps({"sub": str(uuid.uuid4()), "role": "CUSTOMER", "iat": no
 sig = b64(hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest())
 print(f"{header}.{claims}.{sig}")
 PY
-)"
+}
+token="$(mint_token)"
 base="http://127.0.0.1:$port/api/payments"
 code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$base")"
 [ "$code" = 200 ] || { echo "bench-business: GET $base answered $code with the bench token — is JWT_SECRET the service's?" >&2; exit 1; }
@@ -192,6 +196,50 @@ done
 curl -fsS "http://127.0.0.1:$port/metrics" >/tmp/bench-business-create-metrics.txt || true
 checkpoints_after="$(checkpoints)"
 
+# The read-heavy mix (the seed's cache goal: hit rate > 80 %): BENCH_MIX_USERS users (default
+# 4), each with 20 payments, for BENCH_MIX_SECONDS (default 10 s) at BENCH_MIX_RATE in all
+# (default 1000 req/s): BENCH_MIX_WRITE_PERCENT (default 5) of the requests are creates, each
+# user's own, which make that user's list pages stale; the rest are reads of the user's own data,
+# alternately one of their payments by id (`payment:{id}`) and their first list page
+# (`payments-list`). The hit rate of each cache is the change of the service's own counters
+# (cache_hits_total / cache_misses_total) across the mix.
+mix_seconds="${BENCH_MIX_SECONDS:-10}"
+mix_rate="${BENCH_MIX_RATE:-1000}"
+mix_users="${BENCH_MIX_USERS:-4}"
+mix_write_pct="${BENCH_MIX_WRITE_PERCENT:-5}"
+write_rate=$(( mix_rate * mix_write_pct / 100 / mix_users ))
+read_rate=$(( (mix_rate - mix_rate * mix_write_pct / 100) / mix_users ))
+mix_pids=() read_files=() write_files=()
+declare -a mix_tokens
+for u in $(seq 1 "$mix_users"); do
+  mix_tokens[$u]="$(mint_token)"
+  "$oha" --no-tui --output-format quiet -n 20 -c 1 -m POST -T application/json -H "Authorization: Bearer ${mix_tokens[$u]}" \
+    -d '{"amount":"5.00","currency":"EUR","description":"mix"}' "$base" >/dev/null 2>&1
+  curl -fsS -H "Authorization: Bearer ${mix_tokens[$u]}" "$base?limit=50" | python3 -c '
+import json, sys
+base, ids = sys.argv[1], [p["id"] for p in json.load(sys.stdin)["data"]]
+for i in ids:
+    print(f"{base}/{i}")
+    print(f"{base}?limit=20")
+' "$base" >"/tmp/bench-business-mix-urls-$u.txt"
+done
+metrics_before_mix="$(curl -fsS "http://127.0.0.1:$port/metrics" || true)"
+echo "bench-business: read-heavy mix: $mix_users users, each $read_rate reads/s + $write_rate creates/s, for ${mix_seconds}s" >&2
+for u in $(seq 1 "$mix_users"); do
+  if [ "$write_rate" -gt 0 ]; then
+    "$oha" --no-tui --output-format json --latency-correction -q "$write_rate" -z "${mix_seconds}s" -m POST \
+      -T application/json -H "Authorization: Bearer ${mix_tokens[$u]}" \
+      -d '{"amount":"1.00","currency":"EUR","description":"mix"}' "$base" >"/tmp/bench-business-mix-writes-$u.json" &
+    mix_pids+=($!) write_files+=("/tmp/bench-business-mix-writes-$u.json")
+  fi
+  "$oha" --no-tui --output-format json --latency-correction -q "$read_rate" -z "${mix_seconds}s" \
+    -H "Authorization: Bearer ${mix_tokens[$u]}" --urls-from-file "/tmp/bench-business-mix-urls-$u.txt" \
+    >"/tmp/bench-business-mix-reads-$u.json" &
+  mix_pids+=($!) read_files+=("/tmp/bench-business-mix-reads-$u.json")
+done
+for p in "${mix_pids[@]}"; do wait "$p" || true; done
+metrics_after_mix="$(curl -fsS "http://127.0.0.1:$port/metrics" || true)"
+
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "=== business services (payments-service release, test stack, $(nproc) cores, load average $load_before before, $load_after after)"
 report "payments create (POST)" "$create_rate" 10 "${create_files[@]}"
@@ -220,7 +268,7 @@ for line in open(sys.argv[1]):
     labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
     le = labels.pop("le")
     if name == "http_request_duration_seconds":
-        if labels.get("method") != "POST" or not labels.get("route", "").startswith("/api/payments"):
+        if labels.get("method") != "POST" or not labels.get("path", "").startswith("/api/payments"):
             continue
         key = "request (whole POST)"
     elif name == "payments_create_phase_seconds":
@@ -248,6 +296,32 @@ for key in sorted(series):
     p99, _ = quantile(series[key], 0.99)
     over = n - series[key].get(0.01, 0)
     print(f"  in the service: {key:<22} n {n:>6.0f}  p50 ~{p50:6.2f} ms  p99 ~{p99:6.2f} ms  over 10 ms: {over:.0f}")
+PY
+# The read-heavy mix's figures: latency of reads and writes, and each cache's hit rate.
+report "mix: reads, one user" "$read_rate" - "${read_files[@]}"
+[ "${#write_files[@]}" -gt 0 ] && report "mix: writes, one user" "$write_rate" - "${write_files[@]}"
+python3 - <(printf '%s\n' "$metrics_before_mix") <(printf '%s\n' "$metrics_after_mix") <<'PY'
+import re, sys
+def counts(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'cache_(hits|misses)_total\{(.*)\} (\S+)$', line.strip())
+        if m:
+            cache = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))).get("cache", "?")
+            out[(cache, m.group(1))] = float(m.group(3))
+    return out
+before, after = counts(sys.argv[1]), counts(sys.argv[2])
+caches = sorted({c for c, _ in after})
+parts, hits_all, total_all = [], 0.0, 0.0
+for c in caches:
+    h = after.get((c, "hits"), 0) - before.get((c, "hits"), 0)
+    m = after.get((c, "misses"), 0) - before.get((c, "misses"), 0)
+    if h + m:
+        parts.append(f"{c} {100 * h / (h + m):.1f} % of {h + m:.0f}")
+        hits_all, total_all = hits_all + h, total_all + h + m
+rate = 100 * hits_all / max(total_all, 1)
+print(f"cache hit rate, read-heavy mix: {rate:.1f} % of {total_all:.0f} lookups "
+      f"(seed target > 80 %: {'met' if rate > 80 else 'MISSED'}); by cache: " + ", ".join(parts))
 PY
 # Baseline: the same one-statement create (payment, history row, outbox row) straight from
 # pgbench at the same fixed rate, on the same database, with the service idle. Its p99 is the

@@ -12,6 +12,8 @@ have pg_dump || need+=(postgresql-client)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 have redis-server || need+=(redis-server)
 have /usr/sbin/nginx || need+=(nginx)
+# `mfe up --observability` / `mfe infra start --observability` (native Prometheus).
+have prometheus || need+=(prometheus)
 have openssl || need+=(openssl)
 have curl || need+=(curl)
 have dockerd || need+=(docker.io)

@@ -53,6 +53,8 @@ pub struct UpArgs {
     /// Directory holding the service binaries (default: beside this `mfe`).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub observability: infra::ObservabilityArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +92,8 @@ fn default_bin_dir() -> anyhow::Result<PathBuf> {
     Ok(exe.parent().context("the mfe binary has no directory")?.to_path_buf())
 }
 
-/// `mfe up`: infra → certificates → schemas → services and gateway → health → status table.
+/// `mfe up`: infra → certificates → schemas → services and gateway → health → (with
+/// `--observability`, Prometheus) → status table.
 pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let bin_dir = match args.bin_dir {
@@ -116,6 +119,9 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     crate::db::migrate_all(&ctx.config, &split).await?;
     start_supervisor(ctx, &bin_dir)?;
     wait_apps_healthy(Duration::from_secs(90)).await?;
+    if args.observability.observability {
+        infra::prometheus::Prometheus::new(&ctx.config)?.start().await?;
+    }
     let report = status_report(ctx, &rt).await?;
     eprintln!("up: stack ready in {:.1} s ({} runtime)", t0.elapsed().as_secs_f64(), rt.name());
     eprintln!(
@@ -129,6 +135,7 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
 
 /// `mfe down`: services and gateway (reverse order), then infrastructure.
 pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<()> {
+    infra::prometheus::Prometheus::new(&ctx.config)?.stop();
     stop_supervisor(ctx)?;
     if !args.keep_infra {
         let rt = Runtime::select(ctx, args.runtime.runtime).await?;
@@ -151,6 +158,9 @@ async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
     }
     for p in APP_PROCESSES {
         report.push(app_check(ctx, p).await);
+    }
+    if let Some(check) = infra::prometheus::Prometheus::new(&ctx.config)?.check().await {
+        report.push(check);
     }
     report.metric("runtime", rt.name());
     Ok(report)

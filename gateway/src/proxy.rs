@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     config::Route,
-    metrics::{GatewayMetrics, RouteRequests},
+    metrics::{GatewayMetrics, HttpSeries, RouteRequests},
 };
 
 /// The header carrying the correlation id across the platform.
@@ -85,6 +85,13 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
     (status, axum::Json(body)).into_response()
 }
 
+/// The `path` label of everything proxied under `prefix`: the gateway's route template, in
+/// axum's syntax (`/api/payments/{*path}`); the gateway does not know the service's own
+/// templates, and a raw path would put ids into labels.
+pub fn route_template(prefix: &str) -> String {
+    format!("{}/{{*path}}", prefix.trim_end_matches('/'))
+}
+
 /// One upstream service: where it is and whether its last health check passed.
 struct Upstream {
     route: Route,
@@ -94,6 +101,8 @@ struct Upstream {
     histogram: prometheus::Histogram,
     /// `gateway_proxy_requests_total{route=..}` by status, resolved once per status seen.
     requests: RouteRequests,
+    /// `http_requests_total` / `http_request_duration_seconds` of the route's template.
+    http: HttpSeries,
     /// The `Host` header of requests to this upstream (its authority).
     host: HeaderValue,
     /// Idle keep-alive connections (HTTP/1.1), most recently used last.
@@ -140,6 +149,7 @@ impl Proxy {
             upstreams.push(Arc::new(Upstream {
                 histogram: metrics.upstream_histogram(&route.name),
                 requests: metrics.route_requests(&route.name),
+                http: metrics.http_series(&route_template(&route.prefix)),
                 route: route.clone(),
                 authority,
                 up: AtomicBool::new(true),
@@ -186,6 +196,11 @@ impl Proxy {
             .collect()
     }
 
+    /// The gateway's metrics, which the proxy records into.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
     /// Whether each upstream passed its last health check, for the gateway's `/health`.
     pub fn upstream_states(&self) -> Vec<(String, bool)> {
         self.upstreams.iter().map(|u| (u.route.name.clone(), u.up.load(Ordering::Relaxed))).collect()
@@ -202,6 +217,8 @@ impl Proxy {
     /// streams the answer back; every failure is a JSON error.
     pub async fn forward(&self, req: Request, peer: Option<SocketAddr>) -> Response {
         let correlation_id = correlation_id_of(req.headers());
+        // Cloning a standard method copies a tag, nothing is allocated.
+        let method = req.method().clone();
         // Only visible ASCII gets here (checked or generated), so this never falls back.
         let id = correlation_id.to_str().unwrap_or_default();
         let span = mfe_kit::telemetry::proxy_span(id, req.method(), req.uri().path(), req.headers());
@@ -231,8 +248,13 @@ impl Proxy {
             }
         };
         let status = response.status().as_u16();
-        if let Some(upstream) = upstream {
-            upstream.requests.inc(status);
+        let seconds = started.elapsed().as_secs_f64();
+        match upstream {
+            Some(upstream) => {
+                upstream.requests.inc(status);
+                upstream.http.observe(&method, status, seconds);
+            }
+            None => self.metrics.observe_http(&method, mfe_kit::metrics::UNMATCHED_PATH, status, seconds),
         }
         if !span.is_disabled() {
             span.in_scope(|| {

@@ -11,7 +11,14 @@
 //! Shutdown is graceful like `axum::serve`'s: the listener closes, every connection finishes its
 //! request in flight (keep-alive ends), and the server returns once all have closed.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{body::Body, extract::ConnectInfo, response::Response, Router};
 use hyper::body::Incoming;
@@ -19,12 +26,13 @@ use hyper_util::rt::TokioIo;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::proxy::Proxy;
+use crate::{metrics::GatewayMetrics, proxy::Proxy};
 
 /// What every connection of the server shares.
 struct Shared {
     router: Router,
     proxy: Proxy,
+    metrics: GatewayMetrics,
 }
 
 /// The service of one connection: the peer's address and the shared routes.
@@ -50,8 +58,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Frontend {
         let peer = self.peer;
         if served_by_router(req.uri().path()) {
             req.extensions_mut().insert(ConnectInfo(peer));
-            let router = self.shared.router.clone();
-            Box::pin(async move { router.oneshot(req).await })
+            let shared = self.shared.clone();
+            Box::pin(async move {
+                // The router's routes are exact paths, so the path is its own template.
+                let (method, path, started) = (req.method().clone(), req.uri().path().to_string(), Instant::now());
+                let response = shared.router.clone().oneshot(req).await?;
+                let seconds = started.elapsed().as_secs_f64();
+                shared.metrics.observe_http(&method, &path, response.status().as_u16(), seconds);
+                Ok(response)
+            })
         } else {
             let shared = self.shared.clone();
             Box::pin(async move { Ok(shared.proxy.forward(req, Some(peer)).await) })
@@ -67,7 +82,8 @@ pub async fn serve(
     proxy: Proxy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let shared = Arc::new(Shared { router, proxy });
+    let metrics = proxy.metrics().clone();
+    let shared = Arc::new(Shared { router, proxy, metrics });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
     // Cancelled at shutdown: every connection then shuts down gracefully; the tracker says when

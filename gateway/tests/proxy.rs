@@ -201,6 +201,58 @@ async fn metrics_count_requests_per_route_and_status_and_time_the_upstream() {
     );
 }
 
+/// The value of the sample of `metric` whose labels include `label`.
+fn sample(text: &str, metric: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn http_metrics_use_the_seeds_names_with_the_route_template_never_the_raw_path() {
+    let upstream = spawn_upstream().await;
+    let gw = spawn_gateway(config(&upstream.url)).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    for _ in 0..3 {
+        // Answered 404 by the upstream (no such route there): still the gateway's template.
+        client().get(format!("{}/api/payments/{id}", gw.base)).send().await.unwrap();
+    }
+    client().post(format!("{}/api/payments/echo", gw.base)).body("x").send().await.unwrap();
+    client().get(format!("{}/api/unknown/{id}", gw.base)).send().await.unwrap();
+    client().get(format!("{}/health", gw.base)).send().await.unwrap();
+    let text = client().get(format!("{}/metrics", gw.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        sample(&text, "http_requests_total", r#"method="GET",path="/api/payments/{*path}",status="404""#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "http_requests_total", r#"method="POST",path="/api/payments/{*path}",status="200""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "http_requests_total", r#"method="GET",path="unmatched",status="404""#), Some(1.0));
+    assert_eq!(sample(&text, "http_requests_total", r#"method="GET",path="/health",status="200""#), Some(1.0));
+    assert!(!text.contains(&id), "no raw id in any label:\n{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "http_request_duration_seconds_count",
+            r#"method="GET",path="/api/payments/{*path}",status="404""#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    for name in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"));
+        assert!(value > 0.0, "{name} = {value}");
+    }
+}
+
 #[tokio::test]
 async fn a_shutdown_lets_the_request_in_flight_finish_then_stops_accepting() {
     let upstream = spawn_upstream().await;

@@ -14,6 +14,7 @@ pub mod health;
 pub mod native;
 pub mod nginx;
 pub mod ports;
+pub mod prometheus;
 
 use crate::config::{Component, RuntimeKind};
 use crate::report::{Check, Report};
@@ -42,8 +43,10 @@ pub enum InfraCommand {
         services: Vec<String>,
         #[command(flatten)]
         runtime: RuntimeArg,
+        #[command(flatten)]
+        observability: ObservabilityArg,
     },
-    /// Stop components (all when none given); data is kept.
+    /// Stop components (all when none given, Prometheus too); data is kept.
     Stop {
         services: Vec<String>,
         #[command(flatten)]
@@ -84,6 +87,15 @@ pub enum InfraCommand {
     Ui,
     /// Build the local images (debootstrap) that stand in for the official ones offline.
     BuildImages(docker::BuildImagesArgs),
+}
+
+/// `--observability`, shared by `mfe up` and `mfe infra start`.
+#[derive(Debug, Clone, Args)]
+pub struct ObservabilityArg {
+    /// Also start Prometheus (127.0.0.1:PROMETHEUS_PORT, 9090) scraping /metrics of the gateway
+    /// and every service; `mfe status` then shows it and its targets' health.
+    #[arg(long)]
+    pub observability: bool,
 }
 
 /// The observed state of one component, from either runtime.
@@ -270,10 +282,14 @@ async fn clean_these(ctx: &Ctx, facts: &choice::RuntimeFacts, docker: Option<doc
 }
 
 /// Builds the status report of `comps` on `rt`.
-pub async fn status_report(rt: &Runtime, comps: &[Component]) -> anyhow::Result<Report> {
+/// Prometheus's row is added when it was started with `--observability` ([`prometheus`]).
+pub async fn status_report(ctx: &Ctx, rt: &Runtime, comps: &[Component]) -> anyhow::Result<Report> {
     let mut report = Report::new("infra status");
     for s in rt.status(comps).await? {
         report.push(s.check());
+    }
+    if let Some(check) = prometheus::Prometheus::new(&ctx.config)?.check().await {
+        report.push(check);
     }
     report.metric("runtime", rt.name());
     Ok(report)
@@ -281,15 +297,21 @@ pub async fn status_report(rt: &Runtime, comps: &[Component]) -> anyhow::Result<
 
 pub async fn run(ctx: &Ctx, args: InfraArgs) -> anyhow::Result<()> {
     match args.command {
-        InfraCommand::Start { services, runtime } => {
+        InfraCommand::Start { services, runtime, observability } => {
             let comps = Component::parse_list(&services)?;
             let rt = Runtime::select(ctx, runtime.runtime).await?;
             rt.start(&comps, !services.is_empty()).await?;
-            status_report(&rt, &comps).await?.emit(ctx.json)
+            if observability.observability {
+                prometheus::Prometheus::new(&ctx.config)?.start().await?;
+            }
+            status_report(ctx, &rt, &comps).await?.emit(ctx.json)
         }
         InfraCommand::Stop { services, runtime } => {
             let comps = Component::parse_list(&services)?;
             let rt = Runtime::select(ctx, runtime.runtime).await?;
+            if services.is_empty() {
+                prometheus::Prometheus::new(&ctx.config)?.stop();
+            }
             rt.stop(&comps).await?;
             eprintln!("stopped: {}", comps.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "));
             Ok(())
@@ -298,11 +320,11 @@ pub async fn run(ctx: &Ctx, args: InfraArgs) -> anyhow::Result<()> {
             let comps = Component::parse_list(&services)?;
             let rt = Runtime::select(ctx, runtime.runtime).await?;
             rt.restart(&comps).await?;
-            status_report(&rt, &comps).await?.emit(ctx.json)
+            status_report(ctx, &rt, &comps).await?.emit(ctx.json)
         }
         InfraCommand::Status { runtime } => {
             let rt = Runtime::select(ctx, runtime.runtime).await?;
-            status_report(&rt, &Component::ALL).await?.emit(ctx.json)
+            status_report(ctx, &rt, &Component::ALL).await?.emit(ctx.json)
         }
         InfraCommand::Logs { service, follow, tail, runtime } => {
             let comp = service.as_deref().map(Component::parse).transpose()?;
@@ -314,6 +336,8 @@ pub async fn run(ctx: &Ctx, args: InfraArgs) -> anyhow::Result<()> {
                 yes,
                 "`mfe infra clean` deletes all infrastructure data — run it again with --yes to confirm"
             );
+            // Its data lives in the native state dir, which a native clean removes.
+            prometheus::Prometheus::new(&ctx.config)?.stop();
             clean(ctx, runtime.runtime).await
         }
         InfraCommand::Ui => {

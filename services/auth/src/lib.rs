@@ -49,8 +49,12 @@ pub const SOURCE: &str = "auth-service";
 pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 /// Lifetime of a refresh token (each rotation issues a new one with a fresh lifetime).
 pub const REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How long a user lookup stays in Redis.
-pub const USER_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long a user lookup stays in Redis, under `user:{id}` (the seed's key and lifetime, 5 min).
+/// No write changes what the cache holds of a user (the password hash is not in it), so the
+/// lifetime only bounds how long a user deleted straight from the database is still seen.
+pub const USER_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
+/// The name of the user cache: its keys are `user:{id}`, its hit/miss counters `cache="user"`.
+pub const USER_CACHE: &str = "user";
 
 /// `AUTH_REFRESH_GRACE_SECONDS` when unset: long enough for the tabs of one browser that woke
 /// up together (each refreshes the moment its access token expires), short enough that a
@@ -191,7 +195,7 @@ impl Application {
         let state = AppState {
             db: db.clone(),
             jwt: JwtKeys::new(config.jwt_secret.expose()),
-            users_cache: Cache::new("users", redis.clone(), USER_CACHE_TTL, metrics.clone()),
+            users_cache: Cache::new(USER_CACHE, redis.clone(), USER_CACHE_TTL, metrics.clone()),
             metrics: metrics.clone(),
             relay: relay.clone(),
             rotation: sessions::Rotation::new(&config.jwt_secret, settings.refresh_grace),

@@ -224,12 +224,15 @@ async fn signin(
     };
 
     let mut tx = state.db.begin().await?;
-    match rehashed {
+    let wrote_user = match rehashed {
         Some(Ok(new_hash)) => rehash(&mut tx, &user, &hash, &new_hash).await?,
         // The old hash still verifies, so the sign-in goes on; the next one tries again.
-        Some(Err(e)) => tracing::error!(user_id = %user.id, "cannot rehash the password to argon2id: {e}"),
-        None => {}
-    }
+        Some(Err(e)) => {
+            tracing::error!(user_id = %user.id, "cannot rehash the password to argon2id: {e}");
+            false
+        }
+        None => false,
+    };
     if let Some(device_id) = &device_id {
         devices::upsert(&mut tx, &user.id, device_id, &body.device, &meta).await?;
     }
@@ -239,6 +242,10 @@ async fn signin(
     state.enqueue_event(&mut tx, types::AUTH_USER_LOGIN, data, &correlation).await?;
     tx.commit().await?;
     state.relay.notify();
+    if wrote_user {
+        // Every write of a user drops `user:{id}`, even one the cached fields do not show.
+        state.users_cache.delete(&user.id).await;
+    }
     Ok(Json(AuthResponse {
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
@@ -251,7 +258,8 @@ async fn signin(
 /// transaction: the new hash is stored exactly when the sign-in's session is. Compared with
 /// `old`, so a password changed meanwhile is never overwritten. `updated_at` stays: the account
 /// did not change, only how its password is stored (and `updatedAt` is what clients see).
-async fn rehash(conn: &mut sqlx::PgConnection, user: &User, old: &str, new: &str) -> Result<(), ApiError> {
+/// Returns whether the row was written.
+async fn rehash(conn: &mut sqlx::PgConnection, user: &User, old: &str, new: &str) -> Result<bool, ApiError> {
     let done = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
         .bind(&user.id)
         .bind(old)
@@ -261,7 +269,7 @@ async fn rehash(conn: &mut sqlx::PgConnection, user: &User, old: &str, new: &str
     if done.rows_affected() == 1 {
         tracing::info!(user_id = %user.id, from = password::Scheme::of(old).as_str(), "password rehashed to argon2id");
     }
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<User>, ApiError> {

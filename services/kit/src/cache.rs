@@ -1,5 +1,15 @@
 //! A small Redis cache of JSON values with a TTL. Redis is a cache only: every failure is
 //! logged and treated as a miss, so a Redis outage slows requests down but never fails them.
+//!
+//! Keys are `<name>:<key>`: a cache named `user` keeps user `42` under `user:42`, the seed's
+//! key patterns (`user:{id}`, `payment:{id}`, `profile:{userId}`). Three kinds of entries:
+//! - plain JSON values ([`Cache::get`], [`Cache::set`], [`Cache::delete`]), for records whose
+//!   cached fields no write changes once read (or whose writer deletes after its commit and
+//!   whose readers cannot race it);
+//! - versioned records ([`Cache::get_versioned`], [`Cache::put_versioned`]), for records that
+//!   change while they are read: an entry is replaced only by a newer version, so a reader that
+//!   read the database before a write can never put its older copy back after the writer's;
+//! - tagged entries (list pages, [`Cache::get_tagged`]), invalidated a whole tag at a time.
 
 use std::time::Duration;
 
@@ -61,6 +71,70 @@ impl Cache {
         let result: Result<(), _> = conn.del(self.full_key(key)).await;
         if let Err(e) = result {
             tracing::warn!(cache = self.name, error = %e, "redis delete failed; the entry expires with its ttl");
+        }
+    }
+}
+
+/// Stores a versioned record (`KEYS[1]`, a hash of `version` and `body`) unless the stored one
+/// is as new or newer: `ARGV` are the version, the body and the lifetime in seconds. Returns 1
+/// when stored. One script, so the compare and the write are one atomic step.
+const PUT_IF_NEWER: &str = r"
+local stored = redis.call('HGET', KEYS[1], 'version')
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Versioned records: each entry is a Redis hash `<name>:<key>` of `version` (a number that
+/// grows with every write of the record, such as its `updated_at` in milliseconds when writes
+/// keep it strictly increasing) and `body` (the JSON). Both readers that fill the entry after a
+/// miss and writers after their commit call [`Cache::put_versioned`], which keeps the newest:
+/// - a reader that read the database before a write and fills after the writer's put is
+///   refused (its version is older), so a read after a write never gets the old record back;
+/// - two writers whose puts arrive out of order leave the later write's record.
+///
+/// This replaces delete-on-write for such records: a delete leaves the window where a reader
+/// that read before the commit fills the old record back after the delete, for a whole TTL.
+/// The one way to a stale entry left is a writer's put that fails (Redis down or timing out),
+/// which is logged as an error and lasts at most the TTL.
+impl Cache {
+    /// The record stored under `key` (counting a hit or a miss).
+    pub async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let mut conn = self.conn.clone();
+        let raw: Result<Option<String>, _> = conn.hget(self.full_key(key), "body").await;
+        let value = match raw {
+            Ok(Some(s)) => serde_json::from_str(&s).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(cache = self.name, error = %e, "redis hget failed; treating as a miss");
+                None
+            }
+        };
+        match value {
+            Some(_) => self.metrics.cache_hit(self.name),
+            None => self.metrics.cache_miss(self.name),
+        }
+        value
+    }
+
+    /// Stores `value` as version `version` of `key` for the cache's TTL, unless a version as
+    /// new or newer is stored already. Returns whether it was stored (`false` also when Redis
+    /// failed, which is logged as an error: the stored entry may then be older than the
+    /// database until its TTL).
+    pub async fn put_versioned<T: Serialize>(&self, key: &str, version: i64, value: &T) -> bool {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(PUT_IF_NEWER));
+        let Ok(json) = serde_json::to_string(value) else { return false };
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation.key(self.full_key(key)).arg(version).arg(json).arg(self.ttl.as_secs().max(1));
+        let mut conn = self.conn.clone();
+        match invocation.invoke_async::<i64>(&mut conn).await {
+            Ok(stored) => stored == 1,
+            Err(e) => {
+                tracing::error!(cache = self.name, key, error = %e, "cannot store a versioned entry; an older one may be served until its ttl");
+                false
+            }
         }
     }
 }
@@ -325,5 +399,24 @@ mod tests {
         cache.end_tagged_write(&["user:1"]).await;
         cache.begin_tagged_write(&["user:1"]).await;
         assert!(cache.get_tagged("user:1", "page").await.expect("redis answers").writing);
+    }
+
+    #[tokio::test]
+    async fn a_versioned_entry_is_replaced_only_by_a_newer_version() {
+        let cache = cache().await;
+        let key = "p1";
+        assert_eq!(cache.get_versioned::<String>(key).await, None, "nothing stored yet");
+        // A reader fills version 10...
+        assert!(cache.put_versioned(key, 10, &"v10".to_string()).await);
+        // ...a writer commits version 11 and puts it...
+        assert!(cache.put_versioned(key, 11, &"v11".to_string()).await);
+        // ...and a reader that read version 10 before the commit tries to fill it back.
+        assert!(!cache.put_versioned(key, 10, &"v10".to_string()).await, "an older version is refused");
+        assert!(!cache.put_versioned(key, 11, &"v11 again".to_string()).await, "the same version is kept");
+        assert_eq!(cache.get_versioned::<String>(key).await.as_deref(), Some("v11"));
+
+        let mut conn = cache.conn.clone();
+        let ttl: i64 = redis::cmd("TTL").arg(format!("{}:{key}", cache.name)).query_async(&mut conn).await.unwrap();
+        assert!((25..=30).contains(&ttl), "the entry lives for the cache's ttl (30 s), got {ttl}");
     }
 }

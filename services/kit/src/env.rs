@@ -95,6 +95,11 @@ pub const VARS: &[Var] = &[
     },
     Var { name: "WS_URL", default: "wss://localhost/ws", doc: "public WebSocket URL (through nginx)" },
     Var {
+        name: "PROMETHEUS_PORT",
+        default: "9090",
+        doc: "Prometheus of `mfe up --observability` / `mfe infra start --observability` (127.0.0.1)",
+    },
+    Var {
         name: "MFE_STATE_DIR",
         default: ".mfe",
         doc: "where the native runtime keeps data, logs and pid files (gitignored)",

@@ -6,6 +6,8 @@
 //! - [`store`]: every SQL statement; writes are one transaction with their history row and event.
 //! - [`routes`]: the HTTP API under `/api/payments/`.
 //! - [`list_cache`]: the Redis cache of list pages, invalidated by per-user tags.
+//! - [`payment_cache`]: the Redis cache of single payments (`payment:{id}`, 1 min), written
+//!   through on every write.
 //! - [`psp`]: the stubbed payment provider that completes payments when configured.
 //! - [`metrics`]: business metrics (payments created, amounts) beside the kit's.
 //! - [`startup`]: [`Settings`], [`AppState`], the background broker link and [`Application`].
@@ -18,6 +20,7 @@
 pub mod domain;
 pub mod list_cache;
 pub mod metrics;
+pub mod payment_cache;
 pub mod psp;
 pub mod routes;
 pub mod startup;

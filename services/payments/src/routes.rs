@@ -179,10 +179,24 @@ fn json_body(json: String) -> Response {
 }
 
 /// The payment if `user` may see it: its sender, its recipient or an admin. Anyone else gets
-/// the same 404 as for a payment that does not exist, so ids cannot be probed.
+/// the same 404 as for a payment that does not exist, so ids cannot be probed. Read through
+/// `payment:{id}` (a missing payment is not cached: a create needs no invalidation).
 async fn visible_payment(state: &AppState, user: &AuthUser, id: &str) -> Result<Payment, ApiError> {
     let not_found = || ApiError::NotFound(format!("payment {id} not found"));
-    let payment = store::get(&state.db, id).await?.ok_or_else(not_found)?;
+    let cached = match &state.payments_cache {
+        Some(cache) => cache.get(id).await,
+        None => None,
+    };
+    let payment = match cached {
+        Some(payment) => payment,
+        None => {
+            let payment = store::get(&state.db, id).await?.ok_or_else(not_found)?;
+            if let Some(cache) = &state.payments_cache {
+                cache.put(&payment).await;
+            }
+            payment
+        }
+    };
     if user.role() == Role::Admin || payment.involves(user.id()) {
         Ok(payment)
     } else {

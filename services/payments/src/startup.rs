@@ -23,6 +23,7 @@ use crate::{
     domain::PaymentStatus,
     list_cache::ListCache,
     metrics::BusinessMetrics,
+    payment_cache::PaymentCache,
     psp::Psp,
     routes,
     store::{self, Payment, StatusChangeError},
@@ -65,6 +66,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// `None` when Redis was unreachable at start: lists are then read from the database.
     pub cache: Option<ListCache>,
+    /// `payment:{id}`; `None` like `cache`.
+    pub payments_cache: Option<PaymentCache>,
     pub metrics: Metrics,
     pub business: BusinessMetrics,
     pub health: Health,
@@ -85,11 +88,20 @@ impl FromRef<AppState> for Health {
 }
 
 impl AppState {
-    /// After a committed write of `payment`: stale list pages out, relay woken.
+    /// After a committed write of `payment`: stale list pages out and the new record into
+    /// `payment:{id}` (both at once), relay woken.
     pub async fn after_write(&self, payment: &Payment) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(payment).await;
-        }
+        let pages = async {
+            if let Some(cache) = &self.cache {
+                cache.invalidate(payment).await;
+            }
+        };
+        let record = async {
+            if let Some(cache) = &self.payments_cache {
+                cache.put(payment).await;
+            }
+        };
+        tokio::join!(pages, record);
         self.broker.notify();
     }
 
@@ -160,6 +172,9 @@ impl Application {
         // Cache keys carry the database name, so apps on different databases (tests) never share pages.
         let namespace = db.connect_options().get_database().unwrap_or("payments").to_string();
         let cache = redis.clone().map(|conn| ListCache::new(conn, settings.list_cache_ttl, metrics.clone(), namespace));
+        // Keyed by id alone (`payment:{id}`, as the seed names it): ids are UUIDs, unique across
+        // databases, and every replica of the service shares the entries.
+        let payments_cache = redis.clone().map(|conn| PaymentCache::new(conn, metrics.clone()));
         let broker = ServiceLink::connect_in_background(
             cfg.hub.clone().with_connection_name("payments-service"),
             db.clone(),
@@ -175,6 +190,7 @@ impl Application {
             db,
             jwt: JwtKeys::new(cfg.jwt_secret.expose()),
             cache,
+            payments_cache,
             metrics,
             business: BusinessMetrics::new(),
             health,

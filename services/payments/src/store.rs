@@ -304,7 +304,10 @@ pub async fn change_status(
         .ok_or(StatusChangeError::NotFound)?;
     let before = Payment::from_row(&row)?;
     check_transition(before.status, status)?;
-    let now = now_millis();
+    // Strictly after the previous write, even within one millisecond or behind a clock step:
+    // `updated_at` is the version of the cached record (`payment:{id}`, [`crate::payment_cache`]),
+    // so a write must never keep it.
+    let now = now_millis().max(before.updated_at.naive_utc() + chrono::Duration::milliseconds(1));
     let completed_at = (status == PaymentStatus::Completed).then_some(now);
     let row = sqlx::query(&format!(
         "UPDATE payments SET status = $2::\"PaymentStatus\", updated_at = $3, \

@@ -29,7 +29,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// The consumer name recorded in `processed_events` and on dead-lettered messages.
 pub const CONSUMER: &str = "profile";
 
-/// How long a profile stays in Redis.
+/// How long a profile stays in Redis, under `profile:{userId}` (the seed's key and lifetime).
 pub const PROFILE_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// What every handler can reach.
@@ -86,7 +86,7 @@ impl Application {
         // keeps the pattern uniform should it start to.
         let relay = OutboxRelay::spawn(db.clone(), hub.clone());
         let metrics = Metrics::new("profile");
-        let profiles_cache = Cache::new("profiles", redis.clone(), PROFILE_CACHE_TTL, metrics.clone());
+        let profiles_cache = Cache::new("profile", redis.clone(), PROFILE_CACHE_TTL, metrics.clone());
         let handler =
             consumer::UserRegistered { db: db.clone(), cache: profiles_cache.clone(), metrics: metrics.clone() };
         let consumer =

@@ -132,6 +132,49 @@ async fn migrated_bcrypt_and_argon2_users_sign_in_and_are_rehashed_to_todays_arg
 }
 
 #[tokio::test]
+async fn a_rehash_drops_the_cached_user() {
+    let app = spawn_app().await;
+    let user = sample_rows("users")
+        .into_iter()
+        .find(|u| u["password_hash"].as_str().is_some_and(|h| h.starts_with("$2")))
+        .expect("a bcrypt user in the sample");
+    // Its own id: the sample's ids are shared by every test, and `user:{id}` by every app.
+    let id = uuid::Uuid::new_v4().to_string();
+    let email = format!("rehash-{}@poc2.example.com", uuid::Uuid::new_v4().simple());
+    insert_legacy_user(&app, &id, &email, user["password_hash"].as_str().unwrap()).await;
+    let url = mfe_kit::env::get("REDIS_URL");
+    let mut redis = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("user:{id}");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(r#"{"cached":"before the rehash"}"#)
+        .arg("EX")
+        .arg(300)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    assert_eq!(app.signin(&email, SAMPLE_PASSWORD, None).await.status(), StatusCode::OK);
+    assert!(stored_hash(&app, &email).await.starts_with(CURRENT_ARGON2ID));
+    let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut redis).await.unwrap();
+    assert!(!exists, "the sign-in wrote the user (its hash), so {key} is gone");
+
+    // A sign-in that writes nothing leaves the entry.
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(r#"{"cached":"after"}"#)
+        .arg("EX")
+        .arg(300)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(app.signin(&email, SAMPLE_PASSWORD, None).await.status(), StatusCode::OK);
+    let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut redis).await.unwrap();
+    assert!(exists, "no write, no invalidation");
+    let () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_migrated_refresh_token_refreshes_once_and_its_reuse_revokes_the_successor() {
     let grace = Duration::from_millis(800);
     let app = spawn_app_with_grace(grace).await;

@@ -76,7 +76,7 @@ async fn a_put_invalidates_the_cached_profile() {
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let hits = metrics
         .lines()
-        .find(|l| l.starts_with("cache_hits_total{") && l.contains(r#"cache="profiles""#))
+        .find(|l| l.starts_with("cache_hits_total{") && l.contains(r#"cache="profile""#))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(hits.unwrap_or(0.0) >= 1.0, "the second GET was a cache hit: {metrics}");
     assert!(
@@ -127,7 +127,7 @@ async fn health_and_metrics_answer() {
     }
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.text().await.unwrap().contains(r#"http_requests_total{method="GET",route="/health""#));
+    assert!(res.text().await.unwrap().contains(r#"http_requests_total{method="GET",path="/health""#));
 }
 
 /// PUT `/api/profile/me` with `mib` MiB of spaces streamed as the body, declared or chunked.
