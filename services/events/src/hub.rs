@@ -55,6 +55,27 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+impl Inner {
+    /// After a nack, the next publish opens a new channel. A channel whose publish to a quorum
+    /// queue was nacked while the queue's leader moved (RabbitMQ 3.10, node killed) keeps
+    /// nacking every later publish to that queue, for as long as it lives — measured: 60 s of
+    /// nacks on the old channel, the first publish on a new one confirmed at once.
+    fn drop_channel_if_nacked(&self, ch: &Channel, results: &[Result<(), HubError>]) {
+        if !results.iter().any(|r| matches!(r, Err(HubError::Nacked { .. }))) {
+            return;
+        }
+        if let Ok(mut slot) = self.publisher.try_lock() {
+            if slot.as_ref().is_some_and(|(_, c)| c.id() == ch.id()) {
+                *slot = None;
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    let _ = ch.close(200, "replaced after a nack").await;
+                });
+            }
+        }
+    }
+}
+
 /// The connection manager: cheap to clone, shared by publishers and consumers of a process.
 #[derive(Clone)]
 pub struct Hub {
@@ -176,7 +197,9 @@ impl Hub {
         let payload = serde_json::to_vec(env).map_err(|source| HubError::Encode { id: env.id, source })?;
         let (exchange, rk) = (self.inner.cfg.exchange.as_str(), env.event_type.as_str());
         let confirm = send(&ch, exchange, rk, &payload, envelope_properties(env)).await?;
-        await_confirm(confirm, exchange, rk, self.inner.cfg.publish_timeout).await
+        let confirmed = await_confirm(confirm, exchange, rk, self.inner.cfg.publish_timeout).await;
+        self.inner.drop_channel_if_nacked(&ch, std::slice::from_ref(&confirmed));
+        confirmed
     }
 
     /// Publishes several events in order with their confirms in flight together, then waits
@@ -226,7 +249,9 @@ impl Hub {
                 }
             }
         });
-        futures::future::join_all(waits).await
+        let results = futures::future::join_all(waits).await;
+        self.inner.drop_channel_if_nacked(&ch, &results);
+        results
     }
 
     /// Publishes raw bytes with the given properties (mandatory, confirmed). The retry and
@@ -240,7 +265,9 @@ impl Hub {
     ) -> Result<(), HubError> {
         let ch = self.publish_channel().await?;
         let confirm = send(&ch, exchange, routing_key, payload, properties).await?;
-        await_confirm(confirm, exchange, routing_key, self.inner.cfg.publish_timeout).await
+        let confirmed = await_confirm(confirm, exchange, routing_key, self.inner.cfg.publish_timeout).await;
+        self.inner.drop_channel_if_nacked(&ch, std::slice::from_ref(&confirmed));
+        confirmed
     }
 
     /// Starts consuming `sub` with `handler`; returns once the queue is declared, bound and
