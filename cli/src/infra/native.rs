@@ -405,12 +405,12 @@ impl Native {
             self.spawn_broker(&dir, &node)
         };
         let timeout = Duration::from_secs(120);
-        let log_hint = |n: &HaNode| format!("see its log: {}", self.node_log(n).display());
+        let log_hint = |n: &HaNode| format!("see its logs: {} and stdout.log beside it", self.node_log(n).display());
         let mut rest = pending.clone();
         if fresh {
             let first = &topo.nodes[0];
             spawn(0, first)?;
-            wait_amqp(&first.url, timeout).await.with_context(|| log_hint(first))?;
+            wait_amqp(&first.url, timeout, || self.node_pid(first).is_some()).await.with_context(|| log_hint(first))?;
             rest.retain(|n| n.name != first.name);
         }
         for n in &rest {
@@ -418,7 +418,7 @@ impl Native {
             spawn(k, n)?;
         }
         for n in &pending {
-            wait_amqp(&n.url, timeout).await.with_context(|| log_hint(n))?;
+            wait_amqp(&n.url, timeout, || self.node_pid(n).is_some()).await.with_context(|| log_hint(n))?;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -850,13 +850,17 @@ fn live_pid(file: &Path) -> Option<u32> {
     alive.then_some(pid)
 }
 
-/// Waits until an AMQP connection to `url` opens.
-async fn wait_amqp(url: &str, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until an AMQP connection to `url` opens; fails at once when `alive` says the node's
+/// process is gone (a node that cannot boot exits, it does not hang).
+async fn wait_amqp(url: &str, timeout: Duration, alive: impl Fn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let probe = tokio::time::timeout(Duration::from_secs(5), health::probe_amqp(url)).await;
         match probe {
             Ok(Ok(_)) => return Ok(()),
+            _ if !alive() => {
+                bail!("the node of {} exited while starting", crate::config::redact_url_password(url))
+            }
             _ if Instant::now() >= deadline => {
                 bail!("{} did not accept AMQP within {} s", crate::config::redact_url_password(url), timeout.as_secs())
             }
