@@ -219,7 +219,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub runtime: RuntimeKind,
     pub project: String,
+    /// The first broker of `RABBITMQ_URL` (the one node of a single-node stack).
     pub rabbitmq_url: String,
+    /// Every broker of the comma-separated `RABBITMQ_URL`, in order (one entry on one node).
+    pub rabbitmq_urls: Vec<String>,
+    /// `--ha`: RabbitMQ runs as the three-node cluster of [`crate::infra::cluster`].
+    pub rabbitmq_ha: bool,
     pub rabbitmq_port: u16,
     pub rabbitmq_user: String,
     pub rabbitmq_password: String,
@@ -248,7 +253,8 @@ impl Config {
             other => bail!("MFE_RUNTIME must be auto, docker or native (got `{other}`)"),
         };
         let rabbitmq_url = env::get("RABBITMQ_URL");
-        let first_broker = rabbitmq_url.split(',').next().unwrap_or_default().trim().to_string();
+        let rabbitmq_urls = mfe_events::config::parse_urls(&rabbitmq_url);
+        let first_broker = rabbitmq_urls.first().cloned().unwrap_or_default();
         let amqp = Url::parse(&first_broker).context("RABBITMQ_URL is not a valid amqp:// URL")?;
         let vhost_raw = amqp.path().trim_start_matches('/');
         let rabbitmq_vhost = if vhost_raw.is_empty() || vhost_raw == "%2f" || vhost_raw == "%2F" {
@@ -267,6 +273,8 @@ impl Config {
             rabbitmq_password: amqp.password().unwrap_or("guest").to_string(),
             rabbitmq_vhost,
             rabbitmq_url: first_broker,
+            rabbitmq_urls,
+            rabbitmq_ha: false,
             rabbitmq_management_port: port_var("RABBITMQ_MANAGEMENT_PORT")?,
             redis_port: redis.port().unwrap_or(6379),
             redis_url,

@@ -50,6 +50,8 @@ impl AppProcess {
 pub struct UpArgs {
     #[command(flatten)]
     pub runtime: infra::RuntimeArg,
+    #[command(flatten)]
+    pub ha: infra::HaArg,
     /// Directory holding the service binaries (default: beside this `mfe`).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
@@ -113,11 +115,18 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
             ctx.config.ssl_cert_path.parent().unwrap_or(Path::new(".")).display()
         );
     }
+    let mut ha_ctx = ctx.clone();
+    ha_ctx.config.rabbitmq_ha |= args.ha.ha;
+    let ctx = &ha_ctx;
     let rt = Runtime::select(ctx, args.runtime.runtime).await?;
+    if args.ha.ha {
+        infra::refuse_docker_ha(&rt)?;
+    }
     rt.start(&Component::ALL, false).await?;
     let split = crate::config::DbService::SPLIT;
     crate::db::migrate_all(&ctx.config, &split).await?;
-    start_supervisor(ctx, &bin_dir)?;
+    // On the HA broker the services get every node as a failover candidate and quorum queues.
+    start_supervisor(ctx, &bin_dir, &rt.broker_env()?)?;
     wait_apps_healthy(Duration::from_secs(90)).await?;
     if args.observability.observability {
         infra::prometheus::Prometheus::new(&ctx.config)?.start().await?;
@@ -154,7 +163,9 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
 async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
     let mut report = Report::new("status");
     for s in rt.status(&Component::ALL).await? {
-        report.push(s.check());
+        for check in s.checks() {
+            report.push(check);
+        }
     }
     for p in APP_PROCESSES {
         report.push(app_check(ctx, p).await);
@@ -261,7 +272,7 @@ fn read_pid(path: &Path) -> Option<u32> {
     (!stat.contains(") Z ")).then_some(pid)
 }
 
-fn start_supervisor(ctx: &Ctx, bin_dir: &Path) -> anyhow::Result<()> {
+fn start_supervisor(ctx: &Ctx, bin_dir: &Path, env: &[(&'static str, String)]) -> anyhow::Result<()> {
     let dir = stack_dir(ctx);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if let Some(pid) = read_pid(&supervisor_pid_file(ctx)) {
@@ -287,7 +298,7 @@ fn start_supervisor(ctx: &Ctx, bin_dir: &Path) -> anyhow::Result<()> {
         _ => std::env::current_exe()?,
     };
     let mut cmd = std::process::Command::new(mfe);
-    cmd.arg("supervise").arg("--bin-dir").arg(bin_dir);
+    cmd.arg("supervise").arg("--bin-dir").arg(bin_dir).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
     let child = cmd.spawn().context("cannot start the service supervisor")?;

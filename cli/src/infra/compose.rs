@@ -46,6 +46,10 @@ pub struct Service {
     /// the configuration hash of services without limits is what it was before this field.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ulimits: BTreeMap<String, Ulimit>,
+    /// Compose profiles the service belongs to (none: always part of the stack). Left out of the
+    /// serialisation when empty, like `ulimits`, so existing configuration hashes stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
 }
 
 /// One resource limit of `ulimits:`, as compose writes it.
@@ -500,6 +504,64 @@ mod tests {
         assert!(order.contains(&"rabbitmq".to_string()) && order.contains(&"redis".to_string()));
         let pg_test = file.services["auth_db"].healthcheck.as_ref().unwrap().test_vec();
         assert!(pg_test[1].contains("${POSTGRES_USER}"), "$$ escapes survive for the container shell: {pg_test:?}");
+    }
+
+    #[test]
+    fn the_ha_profile_defines_three_clustered_nodes_sharing_one_cookie_and_an_import_once_they_are_healthy() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+        let file =
+            ComposeFile::load(&path, &env(&[("RABBITMQ_ERLANG_COOKIE", "c00kie"), ("RABBITMQ_HA_PORT_2", "35673")]))
+                .unwrap();
+        let nodes = ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"];
+        for (k, name) in nodes.iter().enumerate() {
+            let svc = &file.services[*name];
+            assert_eq!(svc.profiles, vec!["ha".to_string()], "{name}");
+            assert_eq!(svc.hostname.as_deref(), Some(*name), "the node name rabbit@{name} needs a fixed host name");
+            let env = svc.environment.to_vec();
+            assert!(
+                env.iter()
+                    .any(|e| e.starts_with("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=") && e.ends_with("-setcookie c00kie")),
+                "{name}: {env:?}"
+            );
+            assert!(env.contains(&"RABBITMQ_CTL_ERL_ARGS=-setcookie c00kie".to_string()), "{name}: {env:?}");
+            assert!(svc.healthcheck.is_some(), "{name}");
+            let mounts: Vec<VolumeMount> =
+                svc.volumes.iter().map(|v| VolumeMount::parse(v, Path::new("/r")).unwrap()).collect();
+            assert!(
+                mounts.iter().any(|m| matches!(m, VolumeMount::Bind { source, target, .. }
+                    if source.ends_with("docker/rabbitmq-ha.conf") && target == "/etc/rabbitmq/conf.d/20-mfe.conf")),
+                "{name}: {mounts:?}"
+            );
+            assert!(
+                mounts.iter().any(
+                    |m| matches!(m, VolumeMount::Named { name: v, .. } if *v == format!("rabbitmq_ha_{}_data", k + 1))
+                ),
+                "{name} keeps its own data: {mounts:?}"
+            );
+            assert!(
+                !mounts
+                    .iter()
+                    .any(|m| matches!(m, VolumeMount::Bind { source, .. } if source.ends_with("definitions.json"))),
+                "{name}"
+            );
+        }
+        assert_eq!(file.services["rabbitmq-2"].ports[0], "127.0.0.1:35673:5672");
+        // Nodes 2 and 3 join node 1 once it answers; the queues come once all three do.
+        assert_eq!(file.start_order(&["rabbitmq-2".into()]).unwrap(), vec!["rabbitmq-1", "rabbitmq-2"]);
+        let init = &file.services["rabbitmq-ha-init"];
+        let deps: Vec<(String, bool)> = init.depends_on.services();
+        assert_eq!(deps, nodes.iter().map(|n| (n.to_string(), true)).collect::<Vec<_>>());
+        let cmd = init.command.as_ref().unwrap().to_vec();
+        assert_eq!(cmd.last().map(String::as_str), Some("/etc/rabbitmq/definitions-ha.json"), "{cmd:?}");
+        assert!(init.volumes.iter().any(|v| v.starts_with("./rabbitmq/definitions-ha.json:")), "{:?}", init.volumes);
+        // The single-node stack is untouched: its broker is in no profile and loads the classic topology.
+        assert!(file.services["rabbitmq"].profiles.is_empty());
+        let conf =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/rabbitmq-ha.conf")).unwrap();
+        for n in nodes {
+            assert!(conf.contains(&format!("= rabbit@{n}\n")), "docker/rabbitmq-ha.conf lists {n}");
+        }
+        assert!(conf.contains("cluster_partition_handling = pause_minority"));
     }
 
     #[test]

@@ -816,7 +816,7 @@ impl Docker {
                     (state, healthy, health.unwrap_or_else(|| "no health check".into()))
                 }
             };
-            out.push(ComponentStatus { component: c, state, healthy, detail, ports });
+            out.push(ComponentStatus::new(c, state, healthy, detail, ports));
         }
         Ok(out)
     }

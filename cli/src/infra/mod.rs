@@ -8,6 +8,7 @@
 //! and which image a docker service runs, is decided in [`choice`].
 
 pub mod choice;
+pub mod cluster;
 pub mod compose;
 pub mod docker;
 pub mod health;
@@ -45,6 +46,8 @@ pub enum InfraCommand {
         runtime: RuntimeArg,
         #[command(flatten)]
         observability: ObservabilityArg,
+        #[command(flatten)]
+        ha: HaArg,
     },
     /// Stop components (all when none given, Prometheus too); data is kept.
     Stop {
@@ -98,6 +101,15 @@ pub struct ObservabilityArg {
     pub observability: bool,
 }
 
+/// `--ha`, shared by `infra start` and `up`.
+#[derive(Debug, Clone, Args)]
+pub struct HaArg {
+    /// RabbitMQ as a three-node cluster with quorum queues (native runtime; see
+    /// cli/src/infra/cluster.rs for its ports). Later commands find the cluster by its data.
+    #[arg(long)]
+    pub ha: bool,
+}
+
 /// The observed state of one component, from either runtime.
 #[derive(Debug, Clone)]
 pub struct ComponentStatus {
@@ -108,13 +120,32 @@ pub struct ComponentStatus {
     /// Health detail or the reason it is unhealthy.
     pub detail: String,
     pub ports: Vec<u16>,
+    /// Figures added to the component's check.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Checks of its parts, reported after it (the HA broker's nodes and quorum queues).
+    pub extra: Vec<Check>,
 }
 
 impl ComponentStatus {
+    pub fn new(component: Component, state: String, healthy: bool, detail: String, ports: Vec<u16>) -> Self {
+        Self { component, state, healthy, detail, ports, metrics: Default::default(), extra: Vec::new() }
+    }
+
     pub fn check(&self) -> Check {
         let ports = self.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        Check::new(self.component.name(), self.healthy, format!("{} ({}) ports {}", self.state, self.detail, ports))
-            .metric("ports", ports)
+        let mut check = Check::new(
+            self.component.name(),
+            self.healthy,
+            format!("{} ({}) ports {}", self.state, self.detail, ports),
+        )
+        .metric("ports", ports);
+        check.metrics.extend(self.metrics.clone());
+        check
+    }
+
+    /// The component's check followed by those of its parts.
+    pub fn checks(&self) -> Vec<Check> {
+        std::iter::once(self.check()).chain(self.extra.iter().cloned()).collect()
     }
 }
 
@@ -190,6 +221,25 @@ impl Runtime {
             Runtime::Docker(d) => d.clean().await,
         }
     }
+
+    /// The variables services need to use the broker when it is the HA cluster
+    /// (`RABBITMQ_URL` listing every node, `RABBITMQ_QUEUE_TYPE=quorum`); empty on one node.
+    pub fn broker_env(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
+        match self {
+            Runtime::Native(n) => Ok(n.ha_topology()?.map(|t| t.service_env()).unwrap_or_default()),
+            Runtime::Docker(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// `--ha` on the docker runtime: not driven by mfe yet; one line saying what works instead.
+pub fn refuse_docker_ha(rt: &Runtime) -> anyhow::Result<()> {
+    if matches!(rt, Runtime::Docker(_)) {
+        anyhow::bail!(
+            "--ha runs on the native runtime only for now — use --runtime native, or start the cluster with `docker compose --profile ha up -d rabbitmq-1 rabbitmq-2 rabbitmq-3`"
+        );
+    }
+    Ok(())
 }
 
 fn kind_name(kind: RuntimeKind) -> &'static str {
@@ -281,12 +331,30 @@ async fn clean_these(ctx: &Ctx, facts: &choice::RuntimeFacts, docker: Option<doc
     Ok(())
 }
 
+/// After starting the HA broker: the line saying what services need to use it (passwords hidden).
+fn print_broker_env(rt: &Runtime) -> anyhow::Result<()> {
+    let env = rt.broker_env()?;
+    if !env.is_empty() {
+        let shown: Vec<String> = env
+            .iter()
+            .map(|(k, v)| {
+                let v = v.split(',').map(crate::config::redact_url_password).collect::<Vec<_>>().join(",");
+                format!("{k}={v}")
+            })
+            .collect();
+        eprintln!("rabbitmq: services use the cluster with {} (`mfe up --ha` sets them)", shown.join(" "));
+    }
+    Ok(())
+}
+
 /// Builds the status report of `comps` on `rt`.
 /// Prometheus's row is added when it was started with `--observability` ([`prometheus`]).
 pub async fn status_report(ctx: &Ctx, rt: &Runtime, comps: &[Component]) -> anyhow::Result<Report> {
     let mut report = Report::new("infra status");
     for s in rt.status(comps).await? {
-        report.push(s.check());
+        for check in s.checks() {
+            report.push(check);
+        }
     }
     if let Some(check) = prometheus::Prometheus::new(&ctx.config)?.check().await {
         report.push(check);
@@ -297,14 +365,22 @@ pub async fn status_report(ctx: &Ctx, rt: &Runtime, comps: &[Component]) -> anyh
 
 pub async fn run(ctx: &Ctx, args: InfraArgs) -> anyhow::Result<()> {
     match args.command {
-        InfraCommand::Start { services, runtime, observability } => {
+        InfraCommand::Start { services, runtime, observability, ha } => {
             let comps = Component::parse_list(&services)?;
-            let rt = Runtime::select(ctx, runtime.runtime).await?;
+            let mut ctx = ctx.clone();
+            ctx.config.rabbitmq_ha |= ha.ha;
+            let rt = Runtime::select(&ctx, runtime.runtime).await?;
+            if ha.ha {
+                refuse_docker_ha(&rt)?;
+            }
             rt.start(&comps, !services.is_empty()).await?;
             if observability.observability {
                 prometheus::Prometheus::new(&ctx.config)?.start().await?;
             }
-            status_report(ctx, &rt, &comps).await?.emit(ctx.json)
+            if comps.contains(&Component::Rabbitmq) {
+                print_broker_env(&rt)?;
+            }
+            status_report(&ctx, &rt, &comps).await?.emit(ctx.json)
         }
         InfraCommand::Stop { services, runtime } => {
             let comps = Component::parse_list(&services)?;

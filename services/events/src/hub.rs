@@ -44,11 +44,13 @@ pub const H_DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
 /// Header: how many times `mfe events dlq replay` sent this event back to its consumer.
 pub const H_REPLAYS: &str = "x-replays";
 
-/// The current connection and a number that changes on every reconnect.
+/// The current connection, a number that changes on every reconnect, and which of
+/// [`HubConfig::urls`] it is connected to.
 #[derive(Clone)]
 struct Link {
     conn: Arc<Connection>,
     generation: u64,
+    url: usize,
 }
 
 struct Inner {
@@ -59,6 +61,27 @@ struct Inner {
     publisher: Mutex<Option<(u64, Channel)>>,
     /// Cancelled by [`Hub::close`]; every consumer's token is a child of it.
     shutdown: CancellationToken,
+}
+
+impl Inner {
+    /// After a nack, the next publish opens a new channel. A channel whose publish to a quorum
+    /// queue was nacked while the queue's leader moved (RabbitMQ 3.10, node killed) keeps
+    /// nacking every later publish to that queue, for as long as it lives — measured: 60 s of
+    /// nacks on the old channel, the first publish on a new one confirmed at once.
+    fn drop_channel_if_nacked(&self, ch: &Channel, results: &[Result<(), HubError>]) {
+        if !results.iter().any(|r| matches!(r, Err(HubError::Nacked { .. }))) {
+            return;
+        }
+        if let Ok(mut slot) = self.publisher.try_lock() {
+            if slot.as_ref().is_some_and(|(_, c)| c.id() == ch.id()) {
+                *slot = None;
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    let _ = ch.close(200, "replaced after a nack").await;
+                });
+            }
+        }
+    }
 }
 
 /// The connection manager: cheap to clone, shared by publishers and consumers of a process.
@@ -91,11 +114,11 @@ impl Hub {
     /// Connects to the first reachable broker of `cfg.urls`, declares the shared topology and
     /// starts the supervisor that reconnects when the connection drops.
     pub async fn connect(cfg: HubConfig) -> Result<Hub, HubError> {
-        let conn = try_connect(&cfg).await?;
+        let first = try_connect(&cfg, 0).await?;
         let (link, _) = watch::channel(None);
         let inner = Arc::new(Inner { cfg, link, publisher: Mutex::new(None), shutdown: CancellationToken::new() });
         let (up_tx, up_rx) = oneshot::channel();
-        tokio::spawn(supervise(inner.clone(), conn, up_tx));
+        tokio::spawn(supervise(inner.clone(), first, up_tx));
         match up_rx.await {
             Ok(Ok(())) => Ok(Hub { inner }),
             Ok(Err(e)) => {
@@ -113,6 +136,14 @@ impl Hub {
     /// True while a connection to a broker is up.
     pub fn is_connected(&self) -> bool {
         self.inner.link.borrow().as_ref().is_some_and(|l| l.conn.status().connected())
+    }
+
+    /// The broker URL (password hidden) of the live connection, if one is up: which node of a
+    /// cluster this process talks to.
+    pub fn connected_url(&self) -> Option<String> {
+        let link = self.inner.link.borrow();
+        let link = link.as_ref().filter(|l| l.conn.status().connected())?;
+        self.inner.cfg.urls.get(link.url).map(|u| redact(u))
     }
 
     /// Stops every consumer and closes the connection.
@@ -174,7 +205,9 @@ impl Hub {
         let payload = serde_json::to_vec(env).map_err(|source| HubError::Encode { id: env.id, source })?;
         let (exchange, rk) = (self.inner.cfg.exchange.as_str(), env.event_type.as_str());
         let confirm = send(&ch, exchange, rk, &payload, envelope_properties(env)).await?;
-        await_confirm(confirm, exchange, rk, self.inner.cfg.publish_timeout).await
+        let confirmed = await_confirm(confirm, exchange, rk, self.inner.cfg.publish_timeout).await;
+        self.inner.drop_channel_if_nacked(&ch, std::slice::from_ref(&confirmed));
+        confirmed
     }
 
     /// Publishes several events in order with their confirms in flight together, then waits
@@ -224,7 +257,9 @@ impl Hub {
                 }
             }
         });
-        futures::future::join_all(waits).await
+        let results = futures::future::join_all(waits).await;
+        self.inner.drop_channel_if_nacked(&ch, &results);
+        results
     }
 
     /// Publishes raw bytes with the given properties (mandatory, confirmed). The retry and
@@ -238,7 +273,9 @@ impl Hub {
     ) -> Result<(), HubError> {
         let ch = self.publish_channel().await?;
         let confirm = send(&ch, exchange, routing_key, payload, properties).await?;
-        await_confirm(confirm, exchange, routing_key, self.inner.cfg.publish_timeout).await
+        let confirmed = await_confirm(confirm, exchange, routing_key, self.inner.cfg.publish_timeout).await;
+        self.inner.drop_channel_if_nacked(&ch, std::slice::from_ref(&confirmed));
+        confirmed
     }
 
     /// Starts consuming `sub` with `handler`; returns once the queue is declared, bound and
@@ -348,13 +385,20 @@ async fn await_confirm(
     }
 }
 
-/// Tries every URL once, in order.
-async fn try_connect(cfg: &HubConfig) -> Result<Connection, HubError> {
+/// Tries every URL once, in order from `start` (wrapping around); returns the connection and
+/// the index of its URL.
+///
+/// A reconnect starts with the URL after the one that just failed: the node that dropped the
+/// connection is the likeliest to still be down, and one that stopped answering (paused, or cut
+/// off by a partition) would cost the whole connect timeout before the next is tried.
+async fn try_connect(cfg: &HubConfig, start: usize) -> Result<(Connection, usize), HubError> {
     let mut reasons = Vec::new();
-    for url in &cfg.urls {
+    let n = cfg.urls.len();
+    for i in (0..n).map(|k| (start + k) % n) {
+        let url = &cfg.urls[i];
         let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.as_str().into());
         match tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props)).await {
-            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Ok(conn)) => return Ok((conn, i)),
             Ok(Err(e)) => reasons.push(format!("{}: {e}", redact(url))),
             Err(_) => reasons.push(format!("{}: timed out after 5 s", redact(url))),
         }
@@ -378,9 +422,9 @@ fn redact(url: &str) -> String {
 }
 
 /// Owns the connection: publishes it to waiters, watches it, and replaces it when it dies.
-async fn supervise(inner: Arc<Inner>, first: Connection, up: oneshot::Sender<Result<(), HubError>>) {
+async fn supervise(inner: Arc<Inner>, first: (Connection, usize), up: oneshot::Sender<Result<(), HubError>>) {
     let mut up = Some(up);
-    let mut conn = first;
+    let (mut conn, mut url) = first;
     let mut generation = 0u64;
     loop {
         generation += 1;
@@ -391,12 +435,12 @@ async fn supervise(inner: Arc<Inner>, first: Connection, up: oneshot::Sender<Res
         let conn_arc = Arc::new(conn);
         match declare_base(&conn_arc, &inner.cfg).await {
             Ok(()) => {
-                inner.link.send_replace(Some(Link { conn: conn_arc.clone(), generation }));
+                inner.link.send_replace(Some(Link { conn: conn_arc.clone(), generation, url }));
                 if let Some(tx) = up.take() {
                     let _ = tx.send(Ok(()));
                 }
                 if generation > 1 {
-                    info!(generation, "rabbitmq: reconnected, topology re-declared");
+                    info!(generation, url = %redact(&inner.cfg.urls[url]), "rabbitmq: reconnected, topology re-declared");
                 }
                 loop {
                     tokio::select! {
@@ -429,12 +473,12 @@ async fn supervise(inner: Arc<Inner>, first: Connection, up: oneshot::Sender<Res
         inner.link.send_replace(None);
         let _ = conn_arc.close(320, "reconnecting").await;
         let mut delay = inner.cfg.reconnect_min;
-        conn = loop {
+        (conn, url) = loop {
             tokio::select! {
                 _ = inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            match try_connect(&inner.cfg).await {
+            match try_connect(&inner.cfg, url + 1).await {
                 Ok(c) => break c,
                 Err(e) => {
                     debug!("rabbitmq: reconnect failed, retrying in {:?}: {e}", delay);
