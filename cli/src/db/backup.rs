@@ -125,13 +125,18 @@ pub async fn backup_legacy(cfg: &Config, out_dir: &Path, via: DumpVia) -> anyhow
         sqlx::query_scalar("SELECT current_setting('server_version_num')::int4").fetch_one(&pool).await?;
     pool.close().await;
     let local = find_pg_dump().and_then(|p| pg_dump_major(&p).map(|m| (p, m)));
-    let docker = if via == DumpVia::Local || local.as_ref().is_some_and(|(_, m)| *m as i32 >= version / 10000) {
-        None
+    let local_fits = local.as_ref().is_some_and(|(_, m)| *m as i32 >= version / 10000);
+    let docker = if via == DumpVia::Local || (via == DumpVia::Auto && local_fits) {
+        Err("not needed".to_string())
     } else {
         legacy_container(cfg).await
     };
-    let facts = DumpFacts { server_major: (version / 10000) as u32, local, in_container: docker.is_some() };
-    let dumper = choose(via, &facts).map_err(|e| anyhow::anyhow!("cannot back up legacy_db: {e}"))?;
+    let facts = DumpFacts { server_major: (version / 10000) as u32, local, in_container: docker.is_ok() };
+    let dumper = choose(via, &facts).map_err(|e| match &docker {
+        Err(why) if via != DumpVia::Local => anyhow::anyhow!("cannot back up legacy_db: {e} ({why})"),
+        _ => anyhow::anyhow!("cannot back up legacy_db: {e}"),
+    })?;
+    let docker = docker.ok();
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create backup directory {}", out_dir.display()))?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
@@ -146,14 +151,19 @@ pub async fn backup_legacy(cfg: &Config, out_dir: &Path, via: DumpVia) -> anyhow
     Ok(BackupInfo { path, bytes, elapsed: t0.elapsed() })
 }
 
-/// The docker runtime, when legacy_db runs in a container of it (and not on mfe's native runtime).
-async fn legacy_container(cfg: &Config) -> Option<crate::infra::docker::Docker> {
+/// The docker runtime, when legacy_db runs in a container of it (and not on mfe's native
+/// runtime); else why not.
+async fn legacy_container(cfg: &Config) -> Result<crate::infra::docker::Docker, String> {
     let component = DbService::Legacy.component();
     if crate::infra::native::Native::new(cfg).pid(component).is_some() {
-        return None;
+        return Err("legacy_db runs on the native runtime".into());
     }
-    let docker = crate::infra::docker::Docker::connect(cfg).await.ok()?;
-    docker.is_running(component.name()).await.ok()?.then_some(docker)
+    let docker = crate::infra::docker::Docker::connect(cfg).await.map_err(|e| crate::error_line(&e))?;
+    match docker.is_running(component.name()).await {
+        Ok(true) => Ok(docker),
+        Ok(false) => Err(format!("no running {} container in project {}", component.name(), docker.project())),
+        Err(e) => Err(crate::error_line(&e)),
+    }
 }
 
 /// `pg_dump` inside legacy_db's container, to its own server (the container's port 5432), its
