@@ -401,9 +401,18 @@ async fn a_cutover_killed_inside_its_write_block_is_completed_by_running_it_agai
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // POC-2 stays blocked after the kill: a new session is read-only and the writer is refused.
+    let mut legacy = PgConnection::connect(&stack.urls["LEGACY_DATABASE_URL"]).await.unwrap();
+    let read_only: String =
+        sqlx::query_scalar("SHOW default_transaction_read_only").fetch_one(&mut legacy).await.unwrap();
+    legacy.close().await.unwrap();
+    assert_eq!(read_only, "on", "POC-2 stays blocked after the kill");
     let refused_before = writer.refused();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(writer.refused() > refused_before, "POC-2 stays blocked after the kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writer.refused() == refused_before {
+        assert!(Instant::now() < deadline, "the writer was not refused within 30 s of the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let out = stack.mfe_async(&["--json", "migrate", "cutover", "--timeout", "60"]).await;
     assert_ok(&out, "cutover run again after the kill");
