@@ -194,12 +194,12 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
     let (reverse, base) = match prepared {
         Ok(v) => v,
         Err(e) => {
-            undo_prepare(&admin, &split, &[]).await;
+            undo_prepare(&admin, &split).await;
             return Err(e.context("cutover refused, POC-2 was not blocked"));
         }
     };
     if let Some(why) = base.refusal() {
-        undo_prepare(&admin, &split, &reverse).await;
+        undo_prepare(&admin, &split).await;
         bail!("cutover refused, POC-2 was not blocked: {why}");
     }
 
@@ -252,7 +252,7 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
                 let _ = set_forward_publishing(&admin, state(s), true).await;
             }
         }
-        undo_prepare(&admin, &split, &reverse).await;
+        undo_prepare(&admin, &split).await;
         let ended = lift_block(&admin, &legacy_db, "legacy_db").await.with_context(|| {
             format!(
                 "cutover failed ({reason}) and the write block could not be lifted: POC-2 is still read-only — \
@@ -349,13 +349,12 @@ async fn prepare(
     Ok((names, base))
 }
 
-/// Undoes [`prepare`]: reverse objects of `reverse` (and of an earlier attempt), change tracking.
-async fn undo_prepare(admin: &PgPool, split: &[ServiceSync], reverse: &[String]) {
+/// Undoes [`prepare`]: each service's reverse objects and its change tracking.
+async fn undo_prepare(admin: &PgPool, split: &[ServiceSync]) {
     for s in split {
         drop_reverse(admin, s, &reverse_name(s)).await;
         staged::untrack(&s.pool, &tables::tables_of(&[s.db])).await;
     }
-    debug_assert!(reverse.iter().all(|n| split.iter().any(|s| reverse_name(s) == *n)));
 }
 
 fn reverse_name(s: &ServiceSync) -> String {
