@@ -12,6 +12,7 @@
 //! - [`tls`]: what every HTTP and WebSocket client of the CLI trusts (system store + the
 //!   stack's own dev CA + `--ca`), and the line a certificate failure prints.
 
+pub mod chaos;
 pub mod config;
 pub mod db;
 pub mod doctor;
