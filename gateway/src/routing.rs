@@ -94,10 +94,13 @@ pub fn route(event_type: &str, data: &Value) -> Option<Routed> {
     }
 }
 
-/// The WebSocket message of an event: `{type, payload, timestamp, correlationId?}`.
+/// The WebSocket message of an event: `{type, eventId, payload, timestamp, correlationId?}`.
+/// `eventId` is the envelope's id: a client (or `mfe test chaos`) tells a redelivery from a new
+/// event by it.
 pub fn render(message_type: &str, envelope: &Envelope) -> String {
     let mut message = serde_json::json!({
         "type": message_type,
+        "eventId": envelope.id,
         "payload": envelope.data,
         "timestamp": envelope.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
@@ -168,11 +171,12 @@ mod tests {
     }
 
     #[test]
-    fn a_rendered_message_carries_type_payload_timestamp_and_correlation_id() {
+    fn a_rendered_message_carries_type_event_id_payload_timestamp_and_correlation_id() {
         let env = Envelope::new("payments.payment.created", "payments-service", json!({"senderId": "u1"}))
             .with_correlation_id(Some("c-1".into()));
         let v: Value = serde_json::from_str(&render("payment:created", &env)).unwrap();
         assert_eq!(v["type"], "payment:created");
+        assert_eq!(v["eventId"], env.id.to_string());
         assert_eq!(v["payload"]["senderId"], "u1");
         assert_eq!(v["correlationId"], "c-1");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
