@@ -27,8 +27,12 @@ pub struct Subscription {
     pub queue: String,
     /// Routing keys (topic patterns) bound to the queue, e.g. `["auth.user.registered"]`.
     pub bindings: Vec<String>,
-    /// A per-replica queue (the gateway's): non-durable, exclusive to the connection, deleted
-    /// with it. Its retry queues expire when unused.
+    /// A per-replica queue (the gateway's). On classic queues: non-durable, exclusive to the
+    /// connection, deleted with it. On quorum queues (the HA broker): a quorum queue of its own
+    /// that expires when no consumer used it for [`REPLICA_QUEUE_EXPIRES_MS`], so it survives the
+    /// death of the node the replica was connected to and the replica resumes it from another
+    /// node with nothing lost (an exclusive queue dies with its node: `mfe test chaos` counted the
+    /// socket deliveries a killed or paused node cost). Its retry queues expire when unused.
     pub exclusive: bool,
 }
 
@@ -80,6 +84,11 @@ pub fn retry_queue_name(queue: &str, delay_ms: u64) -> String {
 
 /// Idle retry queues of exclusive subscriptions disappear after this long.
 const EXCLUSIVE_RETRY_EXPIRES_MS: i64 = 10 * 60 * 1000;
+
+/// A per-replica quorum queue disappears after this long without a consumer: longer than any
+/// failover (seconds), short enough that a replica gone for good does not collect every event
+/// for long.
+pub const REPLICA_QUEUE_EXPIRES_MS: i64 = 2 * 60 * 1000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDecl {
@@ -152,15 +161,20 @@ pub fn subscription_plan(cfg: &HubConfig, sub: &Subscription) -> Plan {
     let mut plan = Plan::default();
     let mut main_args =
         args(&[("x-dead-letter-exchange", json!(cfg.dlx)), ("x-dead-letter-routing-key", json!(cfg.dlq))]);
-    if !sub.exclusive {
+    // On the quorum broker a replica's queue is a replicated one that expires (see `exclusive`).
+    let connection_bound = sub.exclusive && cfg.queue_type != QueueType::Quorum;
+    if !connection_bound {
         // Exclusive queues are always classic; a queue type argument would be refused for quorum.
         main_args.insert("x-queue-type".into(), json!(cfg.queue_type.as_str()));
     }
+    if sub.exclusive && !connection_bound {
+        main_args.insert("x-expires".into(), json!(REPLICA_QUEUE_EXPIRES_MS));
+    }
     plan.queues.push(QueueDecl {
         name: sub.queue.clone(),
-        durable: !sub.exclusive,
-        exclusive: sub.exclusive,
-        auto_delete: sub.exclusive,
+        durable: !connection_bound,
+        exclusive: connection_bound,
+        auto_delete: connection_bound,
         arguments: main_args,
     });
     let mut delays: Vec<u64> = cfg.retry_delays.iter().map(|d| d.as_millis() as u64).collect();
@@ -173,12 +187,13 @@ pub fn subscription_plan(cfg: &HubConfig, sub: &Subscription) -> Plan {
         ]);
         if sub.exclusive {
             a.insert("x-expires".into(), json!(EXCLUSIVE_RETRY_EXPIRES_MS));
-        } else {
+        }
+        if !connection_bound {
             a.insert("x-queue-type".into(), json!(cfg.queue_type.as_str()));
         }
         plan.queues.push(QueueDecl {
             name: retry_queue_name(&sub.queue, ms),
-            durable: !sub.exclusive,
+            durable: !connection_bound,
             exclusive: false,
             auto_delete: false,
             arguments: a,
@@ -352,6 +367,25 @@ mod tests {
         assert_eq!(retry.arguments["x-dead-letter-exchange"], json!(""));
         assert_eq!(retry.arguments["x-dead-letter-routing-key"], json!("profile.events.queue"));
         assert!(plan.bindings.iter().all(|b| b.destination == "profile.events.queue"));
+    }
+
+    #[test]
+    fn a_replica_queue_is_bound_to_its_connection_on_classic_and_replicated_on_quorum() {
+        let mut sub = Subscription::exclusive("gateway", &["#"]);
+        sub.queue = "gateway.r1".into();
+        let classic = subscription_plan(&HubConfig::default(), &sub);
+        let q = &classic.queues[0];
+        assert!(q.exclusive && q.auto_delete && !q.durable);
+        assert!(!q.arguments.contains_key("x-queue-type") && !q.arguments.contains_key("x-expires"));
+
+        let quorum = HubConfig { queue_type: QueueType::Quorum, ..HubConfig::default() };
+        let plan = subscription_plan(&quorum, &sub);
+        for q in &plan.queues {
+            assert!(q.durable && !q.exclusive && !q.auto_delete, "{}", q.name);
+            assert_eq!(q.arguments["x-queue-type"], json!("quorum"), "{}", q.name);
+            assert!(q.arguments.contains_key("x-expires"), "{}", q.name);
+        }
+        assert_eq!(plan.queues[0].arguments["x-expires"], json!(REPLICA_QUEUE_EXPIRES_MS));
     }
 
     #[test]
