@@ -36,6 +36,9 @@ pub enum TestCommand {
     EventHub(EventHubArgs),
     /// Sign-in and CRUD through the gateway and nginx.
     Proxy(crate::proxy_test::ProxyTestArgs),
+    /// A steady workload through nginx while broker nodes die and pause and a database
+    /// restarts; a history checker counts lost, duplicated and out-of-order events.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +55,7 @@ pub async fn run(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
     match args.command {
         TestCommand::EventHub(a) => event_hub(ctx, a).await,
         TestCommand::Proxy(a) => crate::proxy_test::run(ctx, a).await,
+        TestCommand::Chaos(a) => crate::chaos::run(ctx, a).await,
     }
 }
 

@@ -144,7 +144,14 @@ impl ClientTls {
     /// An HTTP client with this trust (30 s per request; proxies ignored: every target is a
     /// stack the user runs).
     pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        self.http_client_from(None)
+    }
+
+    /// [`Self::http_client`] whose connections leave from `local` (a loopback address of its
+    /// own gives a simulated user its own rate-limit bucket at nginx).
+    pub fn http_client_from(&self, local: Option<std::net::IpAddr>) -> anyhow::Result<reqwest::Client> {
         reqwest::Client::builder()
+            .local_address(local)
             .timeout(Duration::from_secs(30))
             .no_proxy()
             .use_preconfigured_tls((*self.config).clone())

@@ -46,6 +46,9 @@ pub struct FaultWindow {
 pub struct Consumer {
     pub name: String,
     pub patterns: Vec<String>,
+    /// Event types it receives but by design does not apply (admin's audit consumer skips the
+    /// audit trail's own announcements).
+    pub except: Vec<String>,
 }
 
 /// An event the platform committed (an outbox row).
@@ -273,9 +276,9 @@ fn order_findings(j: &mut Judge<'_>, committed: &HashMap<Uuid, &Committed>, obse
 }
 
 impl Consumer {
-    /// Whether the consumer's queue is bound to an event of this type.
+    /// Whether the consumer applies an event of this type.
     pub fn binds(&self, event_type: &str) -> bool {
-        self.patterns.iter().any(|p| topic_matches(p, event_type))
+        !self.except.iter().any(|e| e == event_type) && self.patterns.iter().any(|p| topic_matches(p, event_type))
     }
 }
 
@@ -373,8 +376,12 @@ mod tests {
         History {
             faults: vec![FaultWindow { name: "kill-leader".into(), start: 1_000, end: 2_000, max_failed_requests: 5 }],
             consumers: vec![
-                Consumer { name: "audit".into(), patterns: vec!["#".into()] },
-                Consumer { name: "profile".into(), patterns: vec!["auth.user.*".into()] },
+                Consumer {
+                    name: "audit".into(),
+                    patterns: vec!["#".into()],
+                    except: vec!["admin.audit.created".into()],
+                },
+                Consumer { name: "profile".into(), patterns: vec!["auth.user.*".into()], except: vec![] },
             ],
             committed,
             effects,

@@ -91,6 +91,29 @@ impl Native {
         live_pid(&self.node_dir(n).join("run/rabbit.pid"))
     }
 
+    /// The Erlang VM pid of a cluster node while it runs: what `mfe test chaos` signals.
+    pub fn ha_node_vm_pid(&self, n: &HaNode) -> Option<u32> {
+        self.node_os_pid(n)
+    }
+
+    /// Waits until the cluster's management API reports every node running.
+    pub async fn wait_cluster_whole(&self, max: Duration) -> anyhow::Result<()> {
+        let topo = self.ha_topology()?.context("RabbitMQ is not the three-node cluster")?;
+        let deadline = Instant::now() + max;
+        loop {
+            let seen = cluster::observe(&topo, &self.cfg.rabbitmq_user, &self.cfg.rabbitmq_password).await;
+            match seen {
+                Ok(view) if view.nodes.len() == topo.nodes.len() && view.nodes.iter().all(|(_, up)| *up) => {
+                    return Ok(())
+                }
+                _ if Instant::now() >= deadline => {
+                    bail!("the RabbitMQ cluster is not whole after {} s: {seen:?}", max.as_secs())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
     fn dir(&self, c: Component) -> PathBuf {
         self.base.join(c.name())
     }
