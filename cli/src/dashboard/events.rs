@@ -52,6 +52,22 @@ pub async fn stream(
     let ready = json!({"queue": tail.queue(), "patterns": tail.patterns(), "exchange": hub.config().exchange,
         "maxShownPerSecond": MAX_SHOWN_PER_S});
     let _ = tx.try_send(sse_json("ready", &ready));
+    // `Tail::next` is not cancel-safe (a delivery taken but not yet acked would be lost), so it
+    // is polled to completion by a task of its own and never raced against the clock.
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            let e = tokio::select! {
+                _ = ev_tx.closed() => break,
+                e = tail.next() => e,
+            };
+            let end = !matches!(e, Some(Ok(_)));
+            if ev_tx.send(e).await.is_err() || end {
+                break;
+            }
+        }
+        tail.close().await;
+    });
     tokio::spawn(async move {
         let mut sampler = Sampler::new(MAX_SHOWN_PER_S);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -65,16 +81,16 @@ pub async fn stream(
                         break;
                     }
                 }
-                e = tail.next() => match e {
-                    None => {
+                e = ev_rx.recv() => match e {
+                    None | Some(None) => {
                         let _ = tx.send(sse_json("failed", &json!({"message": "the connection to RabbitMQ closed"}))).await;
                         break;
                     }
-                    Some(Err(e)) => {
+                    Some(Some(Err(e))) => {
                         let _ = tx.send(sse_json("failed", &json!({"message": e.to_string()}))).await;
                         break;
                     }
-                    Some(Ok(ev)) => {
+                    Some(Some(Ok(ev))) => {
                         if sampler.offer() {
                             let v = serde_json::to_value(&ev).unwrap_or_default();
                             if tx.try_send(sse_json("event", &v)).is_err() {
@@ -85,7 +101,6 @@ pub async fn stream(
                 },
             }
         }
-        tail.close().await;
     });
     let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
