@@ -286,3 +286,50 @@ async fn a_dead_letter_replay_through_the_api_needs_confirmation() {
     drop(d);
     cleanup(hub, &[sub]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_events_is_sampled_and_the_stream_says_so() {
+    let p = prefix();
+    let d = Dashboard::start(&p);
+    let hub = hub(&p).await;
+    let resp =
+        reqwest::Client::new().get(format!("{}/api/events/stream", d.base)).bearer_auth(&d.token).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: ready") {
+        text.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+    }
+    const N: usize = 6000;
+    let burst: Vec<Envelope> =
+        (0..N).map(|i| Envelope::new(types::AUTH_USER_LOGIN, "auth-service", json!({"n": i}))).collect();
+    for chunk in burst.chunks(500) {
+        assert!(hub.publish_batch(chunk).await.iter().all(|r| r.is_ok()));
+    }
+    // Read until the stats have counted every event of the burst.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut stats: Vec<Value> = Vec::new();
+    let mut events = 0usize;
+    let mut pending = String::new();
+    while stats.last().is_none_or(|s| s["total_seen"].as_u64().unwrap() < N as u64) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("the burst is counted in time: {stats:?}"));
+        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended: {stats:?}")).unwrap();
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let message: String = pending.drain(..end + 2).collect();
+            if message.starts_with("event: event") {
+                events += 1;
+            } else if let Some(data) = message.strip_prefix("event: stats\ndata: ") {
+                stats.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    assert!(stats.iter().any(|s| s["sampled"] == true), "the stream says it samples: {stats:?}");
+    assert!(stats.iter().all(|s| s["shown"].as_u64().unwrap() <= 200), "at most 200 a second: {stats:?}");
+    let shown: u64 = stats.iter().map(|s| s["shown"].as_u64().unwrap()).sum();
+    assert!(events as u64 <= shown + 200, "the page got what the stats say was shown ({events} vs {shown})");
+    assert!((events as u64) < N as u64 / 4, "most of the burst was not sent to the page: {events}");
+    drop(body);
+    cleanup(hub, &[]).await;
+}
