@@ -91,7 +91,7 @@ async function loadResources() {
       for (const a of x.actions) {
         acts.append(el("button", { class: "small" + (a === "reset" ? " danger" : ""), onclick: () => runAction(a, x.name) }, a), " ");
       }
-      const state = el("span", { class: "state " + (x.healthy ? "ok" : x.state === "skipped" ? "warn" : "bad") }, x.state);
+      const state = el("span", { class: "state " + (x.state === "skipped" ? "warn" : x.healthy ? "ok" : "bad") }, x.state);
       const row = el("tr", { "data-name": x.name, "data-healthy": String(x.healthy) },
         el("td", {}, x.name), el("td", { class: "muted" }, x.kind), el("td", {}, state),
         el("td", {}, (x.ports || []).join(", ")), detail, acts);
@@ -195,7 +195,8 @@ function drawChart(canvas, series, unit) {
   const all = series.flatMap((s) => s.values.filter((v) => v != null));
   const max = Math.max(1e-9, ...all) * 1.15;
   g.strokeStyle = "#26323d"; g.beginPath(); g.moveTo(0, h - 0.5); g.lineTo(w, h - 0.5); g.stroke();
-  g.fillStyle = "#8796a3"; g.font = "10px sans-serif"; g.fillText(`${max.toPrecision(3)} ${unit}`, 2, 10);
+  g.fillStyle = "#8796a3"; g.font = "10px sans-serif";
+  g.fillText(all.length ? `${Number(max.toPrecision(3))} ${unit}` : "no data yet", 2, 10);
   series.forEach((s, i) => {
     const n = s.values.length;
     if (n < 2) return;
