@@ -263,6 +263,28 @@ mod tests {
     }
 
     #[test]
+    fn the_services_own_metrics_text_gives_rates_per_route() {
+        // What a service's /metrics really prints (mfe_kit::metrics), not a hand-written copy.
+        let m = mfe_kit::metrics::Metrics::new("payments");
+        m.observe_request("GET", "/api/payments", 200, 0.004);
+        let prev = prom::parse(&m.render());
+        for _ in 0..18 {
+            m.observe_request("GET", "/api/payments", 200, 0.004);
+        }
+        m.observe_request("POST", "/api/payments", 500, 0.2);
+        m.observe_request("GET", "/api/payments/{id}", 200, 0.02);
+        m.event_published("payments.payment.created");
+        let w = window(10.0, 2.0, &prev, &prom::parse(&m.render()));
+        assert_eq!(w.point.rps, 10.0);
+        assert_eq!(w.point.errors_ps, 0.5);
+        assert_eq!(w.point.published_ps, 0.5);
+        let routes: Vec<(&str, f64, f64)> = w.routes.iter().map(|r| (r.route.as_str(), r.rps, r.errors_ps)).collect();
+        assert_eq!(routes, [("/api/payments", 9.5, 0.5), ("/api/payments/{id}", 0.5, 0.0)]);
+        let p95 = w.point.p95_ms.expect("a p95");
+        assert!(p95 > 4.0 && p95 <= 250.0, "{p95}");
+    }
+
+    #[test]
     fn a_restarted_process_counts_from_zero_and_an_idle_one_has_no_p95() {
         let prev = scrape(1000, 0, 1000, 0, 0);
         let cur = scrape(4, 0, 4, 0, 0);
