@@ -48,7 +48,8 @@ async function confirmed(path, body, done) {
   try {
     const first = await api(path, { method: "POST", body: JSON.stringify(body) });
     if (!first.needsConfirm) { done && done(first); return; }
-    if (!(await askConfirm(first.needsConfirm))) { toast("cancelled: nothing done"); return; }
+    const question = first.needsConfirm.replace(/ — send again with confirm$/, "");
+    if (!(await askConfirm(question + "?"))) { toast("cancelled: nothing done"); return; }
     toast("working…");
     const r = await api(path, { method: "POST", body: JSON.stringify({ ...body, confirm: true }) });
     done && done(r);
@@ -136,7 +137,7 @@ function flushEvents() {
       const env = e.envelope || {};
       const corr = env.correlationId ? el("a", { class: "corr", onclick: (ev) => { ev.stopPropagation(); filterLogs(env.correlationId); } }, env.correlationId) : "";
       const row = el("tr", { "data-type": env.type || e.routingKey, "data-id": env.id || "" },
-        el("td", {}, (env.timestamp || "").replace("T", " ").slice(0, 23)), el("td", {}, env.type || e.routingKey),
+        el("td", { title: env.timestamp || "" }, (env.timestamp || "").slice(11, 23)), el("td", {}, env.type || e.routingKey),
         el("td", {}, env.source || ""), el("td", {}, corr), el("td", { class: "muted" }, env.id || "(not an envelope)"));
       row.addEventListener("click", () => { const p = $("#ev-payload"); p.classList.remove("hidden"); p.textContent = JSON.stringify(e.envelope || e.raw, null, 2); });
       frag.prepend(row);
