@@ -8,12 +8,13 @@
 //! - one module per command group, each with its clap arguments beside its `run`:
 //!   [`infra`], [`ssl`], [`db`], [`fixtures`], [`migrate`], [`hub_test`] (`mfe test`), [`ws`],
 //!   [`events`] (`mfe events dlq|tail`),
-//!   [`stack`] (`mfe up|down|status`), [`doctor`].
+//!   [`stack`] (`mfe up|down|status`), [`doctor`], [`dashboard`] (`mfe dashboard`).
 //! - [`tls`]: what every HTTP and WebSocket client of the CLI trusts (system store + the
 //!   stack's own dev CA + `--ca`), and the line a certificate failure prints.
 
 pub mod chaos;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod doctor;
 pub mod events;
@@ -83,6 +84,8 @@ pub enum Command {
     Status(stack::StatusArgs),
     /// Check docker/binaries, ports, certificates, environment and connectivity.
     Doctor(doctor::DoctorArgs),
+    /// The running stack in one local web page: resources, events, metrics, migration.
+    Dashboard(dashboard::DashboardArgs),
     /// Environment helpers.
     Env(EnvArgs),
     /// Run and supervise the services and gateway (started by `mfe up`).
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down(a) => stack::down(&ctx, a).await,
         Command::Status(a) => stack::status(&ctx, a).await,
         Command::Doctor(a) => doctor::run(&ctx, a).await,
+        Command::Dashboard(a) => dashboard::run(&ctx, a).await,
         Command::Supervise(a) => stack::supervise(&ctx, a).await,
         Command::Env(a) => match a.command {
             EnvCommand::Example => {
