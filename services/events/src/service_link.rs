@@ -124,6 +124,18 @@ impl ServiceLink {
         self.hub.get().is_some_and(Hub::is_connected)
     }
 
+    /// Waits up to `max` until the hub is connected; false on timeout.
+    pub async fn wait_until_connected(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.is_connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Waits up to `max` until the consumer reads its queue; false on timeout (and always false
     /// for a link without a consumer).
     pub async fn wait_until_consuming(&self, max: Duration) -> bool {

@@ -10,7 +10,8 @@
 //!   through on every write.
 //! - [`psp`]: the stubbed payment provider that completes payments when configured.
 //! - [`metrics`]: business metrics (payments created, amounts) beside the kit's.
-//! - [`startup`]: [`Settings`], [`AppState`], the background broker link and [`Application`].
+//! - [`startup`]: [`Settings`], [`AppState`] and [`Application`] (`build`, `port()`,
+//!   `run_until(stop)`, `run_until_stopped()`), on the kit's skeleton ([`mfe_kit::startup`]).
 //!
 //! # Invariants
 //! - The service reads and writes payments_db only; users are plain ids from tokens.
