@@ -1,5 +1,5 @@
 //! Settings, shared state and the [`Application`]: the kit's skeleton ([`mfe_kit::startup`])
-//! with payments' state and routes.
+//! wiring payments' use cases ([`crate::service`]) and routes; nothing else happens here.
 
 use std::time::Duration;
 
@@ -11,25 +11,21 @@ use axum::{
     routing::get,
     Router,
 };
-use mfe_events::service_link::ServiceLink;
 use mfe_kit::{
     config::{env_number, ConfigError, Service, ServiceConfig},
     health::{health_handler, Health},
-    metrics::Metrics,
     server,
     startup::{Dependencies, Server},
     JwtKeys,
 };
-use sqlx::PgPool;
 
 use crate::{
-    domain::PaymentStatus,
     list_cache::ListCache,
     metrics::BusinessMetrics,
     payment_cache::PaymentCache,
     psp::Psp,
     routes,
-    store::{self, Payment, StatusChangeError},
+    service::{Caches, PaymentsService},
 };
 
 /// Everything the payments service reads at start-up.
@@ -64,21 +60,12 @@ impl Settings {
     }
 }
 
-/// What every handler can reach.
+/// What every handler can reach: the use cases, and what the extractors and `/health` need.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: PgPool,
+    pub service: PaymentsService,
     pub jwt: JwtKeys,
-    /// `None` when Redis was unreachable at start: lists are then read from the database.
-    pub cache: Option<ListCache>,
-    /// `payment:{id}`; `None` like `cache`.
-    pub payments_cache: Option<PaymentCache>,
-    pub metrics: Metrics,
-    pub business: BusinessMetrics,
     pub health: Health,
-    /// The outbox relay (woken after every write) and the broker connection.
-    pub broker: ServiceLink,
-    pub psp: Option<Psp>,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -93,53 +80,16 @@ impl FromRef<AppState> for Health {
     }
 }
 
-impl AppState {
-    /// After a committed write of `payment`: stale list pages out and the new record into
-    /// `payment:{id}` (both at once), relay woken.
-    pub async fn after_write(&self, payment: &Payment) {
-        let pages = async {
-            if let Some(cache) = &self.cache {
-                cache.invalidate(payment).await;
-            }
-        };
-        let record = async {
-            if let Some(cache) = &self.payments_cache {
-                cache.put(payment).await;
-            }
-        };
-        tokio::join!(pages, record);
-        self.broker.notify();
-    }
-
-    /// Moves a payment to `status` (see [`store::change_status`]) and does the after-write work.
-    pub async fn change_status(
-        &self,
-        id: &str,
-        status: PaymentStatus,
-        message: Option<&str>,
-        psp_transaction_id: Option<&str>,
-        correlation_id: Option<String>,
-    ) -> Result<Payment, StatusChangeError> {
-        let (before, after) =
-            store::change_status(&self.db, id, status, message, psp_transaction_id, correlation_id).await?;
-        self.after_write(&after).await;
-        self.business.status_changed(status.as_str());
-        self.metrics.event_published(status.event_type());
-        tracing::info!(payment_id = %id, from = %before.status, to = %after.status, "payment status changed");
-        Ok(after)
-    }
-}
-
 /// `GET /metrics`: the kit's HTTP/cache/event metrics followed by the business metrics.
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let body = format!("{}{}", state.metrics.render(), state.business.render());
+    let body = format!("{}{}", state.service.metrics.render(), state.service.business.render());
     (StatusCode::OK, [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
 /// The service's router on `state`, with the kit's layers (request body limit, request
-/// metrics, correlation id).
+/// metrics, correlation id) and its own `/metrics` (with the business metrics).
 pub fn router(state: AppState) -> Router {
-    let metrics = state.metrics.clone();
+    let metrics = state.service.metrics.clone();
     let app = Router::new()
         .merge(routes::router())
         .route("/health", get(health_handler))
@@ -164,22 +114,22 @@ impl Application {
         // never share pages. Payments are keyed by id alone (`payment:{id}`, as the seed names
         // it): ids are UUIDs, unique across databases, and every replica shares the entries.
         let namespace = deps.db.connect_options().get_database().unwrap_or("payments").to_string();
-        let cache = deps
-            .redis
-            .clone()
-            .map(|conn| ListCache::new(conn, settings.list_cache_ttl, deps.metrics.clone(), namespace));
-        let payments_cache = deps.redis.clone().map(|conn| PaymentCache::new(conn, deps.metrics.clone()));
+        let cache = deps.redis.clone().map(|conn| Caches {
+            pages: ListCache::new(conn.clone(), settings.list_cache_ttl, deps.metrics.clone(), namespace),
+            payments: PaymentCache::new(conn, deps.metrics.clone()),
+        });
         let broker = deps.broker(cfg);
         let state = AppState {
-            db: deps.db.clone(),
+            service: PaymentsService {
+                db: deps.db.clone(),
+                cache,
+                broker: broker.clone(),
+                metrics: deps.metrics.clone(),
+                business: BusinessMetrics::new(),
+                psp: settings.psp_step.map(Psp::new),
+            },
             jwt: JwtKeys::new(cfg.jwt_secret.expose()),
-            cache,
-            payments_cache,
-            metrics: deps.metrics.clone(),
-            business: BusinessMetrics::new(),
             health: deps.health(cfg, &broker),
-            broker: broker.clone(),
-            psp: settings.psp_step.map(Psp::new),
         };
         let server = Server::bind(cfg, router(state.clone()), broker).await.context("payments service")?;
         Ok(Self { server, state })
