@@ -503,12 +503,16 @@ impl NewServices {
         settings.service = config(Service::Payments, "PAYMENTS_DATABASE_URL");
         let payments = payments_service::Application::build(settings).await.expect("payments service builds");
         let payments_url = format!("http://127.0.0.1:{}", payments.port());
-        let profile = profile_service::Application::build_with_subscription(
-            config(Service::Profile, "PROFILE_DATABASE_URL"),
-            mfe_events::Subscription::exclusive("profile-switch-back-test", &[mfe_events::types::AUTH_USER_REGISTERED]),
-        )
-        .await
-        .expect("profile service builds");
+        let mut profile_settings =
+            profile_service::Settings::for_service(config(Service::Profile, "PROFILE_DATABASE_URL"))
+                .expect("profile settings");
+        profile_settings.subscription =
+            mfe_events::Subscription::exclusive("profile-switch-back-test", &[mfe_events::types::AUTH_USER_REGISTERED]);
+        let profile = profile_service::Application::build(profile_settings).await.expect("profile service builds");
+        assert!(
+            profile.state().broker.wait_until_consuming(std::time::Duration::from_secs(20)).await,
+            "the profile service never started consuming events"
+        );
         let profile_url = format!("http://127.0.0.1:{}", profile.port());
         let tasks = vec![
             tokio::spawn(async move {

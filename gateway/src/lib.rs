@@ -103,10 +103,7 @@ impl Application {
             heartbeat: Heartbeat { ping_interval: cfg.ws_ping_interval, pong_timeout: cfg.ws_pong_timeout },
             metrics: metrics.clone(),
         };
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
-            anyhow::anyhow!("gateway cannot listen on {addr}: {e} — is another process using the port? set PORT")
-        })?;
+        let listener = mfe_kit::server::bind(&cfg.host, cfg.port).await.map_err(|e| e.context("gateway"))?;
         let port = listener.local_addr()?.port();
         let health_tasks = proxy.spawn_health_checks(cfg.health_interval);
         let bridge = cfg.events.map(|hub_cfg| bridge::start(hub_cfg, bridge::Bridge { rooms, metrics }));

@@ -1,4 +1,5 @@
-//! The `mfe-gateway` binary: configuration from the environment, then [`mfe_gateway::Application`].
+//! The `mfe-gateway` binary: configuration from the environment, then [`mfe_gateway::Application`],
+//! inside the `main` every service shares ([`mfe_kit::run::run_service`]).
 //!
 //! `GATEWAY_WORKERS` sets the runtime's worker threads: unset or `0` is one per core (tokio's
 //! default), `1` is a single-threaded runtime (one event loop, like one nginx worker: no
@@ -7,21 +8,17 @@
 
 use anyhow::Context;
 
-fn main() {
-    // The .env file first: it may set GATEWAY_WORKERS.
-    let result = mfe_kit::env::load_dotenv(None)
-        .map_err(anyhow::Error::msg)
-        .and_then(|()| runtime())
-        .and_then(|rt| rt.block_on(run()));
-    // Send buffered spans (OTLP) and Sentry events before exiting.
-    mfe_kit::telemetry::shutdown();
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    mfe_kit::run::run_service("gateway", runtime, || async {
+        let cfg = mfe_gateway::GatewayConfig::from_env().context("gateway configuration")?;
+        let app = mfe_gateway::Application::build(cfg).await?;
+        tracing::info!(port = app.port(), "gateway listening");
+        app.run_until_stopped().await
+    })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime `GATEWAY_WORKERS` asks for (read after `.env` is loaded: it may set it).
+fn runtime() -> anyhow::Result<tokio::runtime::Builder> {
     let workers = match std::env::var("GATEWAY_WORKERS") {
         Ok(raw) if !raw.trim().is_empty() => raw
             .trim()
@@ -29,7 +26,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
             .map_err(|_| anyhow::anyhow!("GATEWAY_WORKERS must be a whole number of threads (got `{raw}`)"))?,
         _ => 0,
     };
-    let mut builder = match workers {
+    Ok(match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -38,14 +35,5 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
             }
             b
         }
-    };
-    builder.enable_all().build().context("cannot start the gateway's async runtime")
-}
-
-async fn run() -> anyhow::Result<()> {
-    mfe_kit::telemetry::init_tracing("gateway");
-    let cfg = mfe_gateway::GatewayConfig::from_env().context("gateway configuration")?;
-    let app = mfe_gateway::Application::build(cfg).await?;
-    tracing::info!(port = app.port(), "gateway listening");
-    app.run_until_stopped().await
+    })
 }

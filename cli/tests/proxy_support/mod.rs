@@ -44,8 +44,9 @@ pub struct Stack {
 /// Starts auth, payments and profile, then the gateway in front of them (admin answers 502:
 /// no test here needs it).
 pub async fn spawn_stack() -> Stack {
-    let auth =
-        auth_service::Application::build(service_config(Service::Auth).await).await.expect("auth service builds");
+    let auth_settings =
+        auth_service::Settings::for_service(service_config(Service::Auth).await).expect("auth settings");
+    let auth = auth_service::Application::build(auth_settings).await.expect("auth service builds");
     let auth_port = auth.port();
     tokio::spawn(auth.run_until(std::future::pending()));
 
@@ -55,14 +56,18 @@ pub async fn spawn_stack() -> Stack {
     let payments_port = payments.port();
     tokio::spawn(payments.run_until_stopped());
 
-    let profile = profile_service::Application::build_with_subscription(
-        service_config(Service::Profile).await,
-        mfe_events::Subscription::exclusive("profile-proxy-test", &[mfe_events::types::AUTH_USER_REGISTERED]),
-    )
-    .await
-    .expect("profile service builds");
+    let mut profile_settings =
+        profile_service::Settings::for_service(service_config(Service::Profile).await).expect("profile settings");
+    profile_settings.subscription =
+        mfe_events::Subscription::exclusive("profile-proxy-test", &[mfe_events::types::AUTH_USER_REGISTERED]);
+    let profile = profile_service::Application::build(profile_settings).await.expect("profile service builds");
+    let profile_consuming = profile.state().broker.clone();
     let profile_port = profile.port();
     tokio::spawn(profile.run_until(std::future::pending()));
+    assert!(
+        profile_consuming.wait_until_consuming(Duration::from_secs(20)).await,
+        "the profile service never started consuming events — start the test stack (`mfe infra start`)"
+    );
 
     let mut cfg = mfe_gateway::GatewayConfig::from_env().expect("gateway configuration");
     cfg.host = "127.0.0.1".into();

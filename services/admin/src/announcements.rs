@@ -8,7 +8,7 @@
 //! user id of the admin who wrote it.
 
 use chrono::{DateTime, Utc};
-use mfe_events::{service_link, types, Envelope};
+use mfe_events::{outbox, types, Envelope};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -77,7 +77,7 @@ pub async fn publish(
     let env = Envelope::new(types::ADMIN_ANNOUNCEMENT_CREATED, EVENT_SOURCE, data)
         .with_correlation_id(actor.correlation_id.clone());
     let mut tx = pool.begin().await?;
-    service_link::enqueue(&mut tx, &env).await?;
+    outbox::enqueue(&mut tx, &env).await?;
     let mut log = AuditLog::of_event(&env);
     log.user_id = Some(actor.user_id.clone());
     log.ip_address = actor.ip_address.clone();

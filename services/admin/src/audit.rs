@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use mfe_events::{idempotency, service_link, service_link::ServiceLink, types, Envelope, Handler, HandlerError};
+use mfe_events::{idempotency, outbox, service_link::ServiceLink, types, Envelope, Handler, HandlerError};
 use serde::Serialize;
 use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
 
@@ -118,7 +118,7 @@ pub async fn record(
     let row = AuditLog { created_at, ..log.clone() };
     let data = serde_json::to_value(&row).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let env = Envelope::new(types::ADMIN_AUDIT_CREATED, EVENT_SOURCE, data).with_correlation_id(correlation_id);
-    service_link::enqueue(conn, &env).await?;
+    outbox::enqueue(conn, &env).await?;
     Ok(true)
 }
 

@@ -8,7 +8,8 @@
 //! - [`announcements`]: `POST /api/admin/announcements` → `notification:new` on every socket.
 //! - [`system_config`]: configuration entries; a change commits its event and audit row together.
 //! - [`routes`]: the HTTP API under `/api/admin/`.
-//! - [`startup`]: [`Settings`], [`AppState`], the background broker link and [`Application`].
+//! - [`startup`]: [`Settings`], [`AppState`] and [`Application`] (`build`, `port()`,
+//!   `run_until(stop)`, `run_until_stopped()`), on the kit's skeleton ([`mfe_kit::startup`]).
 //!
 //! # Invariants
 //! - Cross-service reads go over HTTP (users from the auth service, health from each service) or

@@ -3,11 +3,9 @@
 
 use anyhow::Context;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    mfe_kit::run::run_service("admin", async {
+fn main() -> std::process::ExitCode {
+    mfe_kit::run::run_service("admin-service", mfe_kit::run::multi_thread, || async {
         let settings = admin_service::Settings::from_env().context("admin service: reading settings")?;
         admin_service::Application::build(settings).await?.run_until_stopped().await
     })
-    .await
 }

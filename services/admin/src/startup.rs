@@ -1,5 +1,5 @@
-//! Settings, shared state, the background broker link (audit consumer + outbox relay) and the
-//! [`Application`] that owns the listener.
+//! Settings, shared state and the [`Application`]: the kit's skeleton ([`mfe_kit::startup`])
+//! with admin's state, routes and audit consumer.
 
 use std::time::Duration;
 
@@ -10,10 +10,10 @@ use mfe_kit::{
     config::{env_number, ConfigError, Service, ServiceConfig, ServiceUrls},
     health::Health,
     metrics::Metrics,
+    startup::{Dependencies, Server},
     JwtKeys,
 };
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 
 use crate::{
     audit::{AuditHandler, CONSUMER},
@@ -41,11 +41,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Reads the whole configuration from the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::for_service(ServiceConfig::from_env(Service::Admin)?)
+    }
+
+    /// `service` plus the admin-only settings, read from the environment.
+    pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
         let queue = std::env::var("ADMIN_EVENTS_QUEUE").ok().filter(|q| !q.trim().is_empty());
         let exclusive = std::env::var("ADMIN_EVENTS_QUEUE_EXCLUSIVE").is_ok_and(|v| matches!(v.trim(), "1" | "true"));
         Ok(Self {
-            service: ServiceConfig::from_env(Service::Admin)?,
+            service,
             events_queue: queue.unwrap_or_else(|| DEFAULT_EVENTS_QUEUE.to_string()),
             events_queue_exclusive: exclusive,
             health_timeout: Duration::from_millis(env_number("ADMIN_HEALTH_TIMEOUT_MS")?.unwrap_or(2000).max(1)),
@@ -54,10 +60,6 @@ impl Settings {
     }
 }
 
-/// The broker side (hub, outbox relay, audit consumer), connected in the background: see
-/// [`ServiceLink`].
-pub type BrokerLink = ServiceLink;
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -65,7 +67,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub metrics: Metrics,
     pub health: Health,
-    pub broker: BrokerLink,
+    /// The outbox relay, the audit consumer and the broker connection.
+    pub broker: ServiceLink,
     /// For calls to the other services (users, system health).
     pub http: reqwest::Client,
     pub urls: ServiceUrls,
@@ -97,24 +100,19 @@ pub fn router(state: AppState) -> Router {
     mfe_kit::server::with_common_routes(routes::router().with_state(state), health, metrics)
 }
 
+/// A built service: bound, connected (or connecting), ready to serve.
 pub struct Application {
-    listener: TcpListener,
-    port: u16,
+    server: Server,
     state: AppState,
 }
 
 impl Application {
-    /// Connects to admin_db (migrating it), starts the broker link and binds the listener (port 0: any).
+    /// Connects to the dependencies (see [`mfe_kit::startup`] for what may be down), migrates
+    /// admin_db, starts the audit consumer in the background and binds the listener (port 0:
+    /// any).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let cfg = &settings.service;
-        let db = mfe_kit::server::connect_and_migrate(
-            &cfg.database_url,
-            settings.db_pool_size,
-            &crate::MIGRATOR,
-            "admin_db",
-        )
-        .await?;
-        let metrics = Metrics::new(Service::Admin.name());
+        let deps = Dependencies::connect(cfg, settings.db_pool_size, &crate::MIGRATOR).await?;
         let subscription = Subscription {
             consumer: CONSUMER.to_string(),
             queue: settings.events_queue.clone(),
@@ -122,50 +120,45 @@ impl Application {
             exclusive: settings.events_queue_exclusive,
         };
         let wake = crate::audit::RelayWake::default();
-        let handler = AuditHandler { db: db.clone(), metrics: metrics.clone(), wake: wake.clone() };
-        let broker = ServiceLink::connect_consuming_in_background(
-            cfg.hub.clone().with_connection_name("admin-service"),
-            db.clone(),
-            "admin",
-            subscription,
-            handler,
-        );
+        let handler = AuditHandler { db: deps.db.clone(), metrics: deps.metrics.clone(), wake: wake.clone() };
+        let broker = deps.broker_consuming(cfg, subscription, handler);
         let _ = wake.set(broker.clone());
-        let probe = broker.clone();
-        let health = Health::new(Service::Admin.name()).database(db.clone()).broker(move || probe.is_connected());
         let http = reqwest::Client::builder()
             .connect_timeout(settings.health_timeout)
             .timeout(Duration::from_secs(10))
             .build()
             .context("admin service: building the http client")?;
         let state = AppState {
-            db,
+            db: deps.db.clone(),
             jwt: JwtKeys::new(cfg.jwt_secret.expose()),
-            metrics,
-            health,
-            broker,
+            metrics: deps.metrics.clone(),
+            health: deps.health(cfg, &broker),
+            broker: broker.clone(),
             http,
             urls: cfg.urls.clone(),
             health_timeout: settings.health_timeout,
         };
-        let listener = mfe_kit::server::listen(&cfg.bind, cfg.port).await?;
-        let port = listener.local_addr()?.port();
-        Ok(Self { listener, port, state })
+        let server = Server::bind(cfg, router(state.clone()), broker).await.context("admin service")?;
+        Ok(Self { server, state })
     }
 
+    /// The bound port (useful when the configuration asked for port 0).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
+    /// The shared state (tests reach the pool and the broker link through it).
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
     /// Serves until SIGTERM/Ctrl-C, then flushes the outbox and closes the broker connection.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let broker = self.state.broker.clone();
-        mfe_kit::server::serve_until_signal("admin", self.listener, router(self.state)).await?;
-        broker.shutdown().await;
-        Ok(())
+        self.server.run_until_stopped().await
+    }
+
+    /// Serves until `stop` resolves, then as [`Application::run_until_stopped`].
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        self.server.run_until(stop).await
     }
 }

@@ -2,7 +2,7 @@
 //! and its audit row in the same transaction.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use mfe_events::{service_link, types, Envelope};
+use mfe_events::{outbox, types, Envelope};
 use serde::Serialize;
 use sqlx::{postgres::PgRow, PgPool, Row};
 
@@ -105,7 +105,7 @@ pub async fn set(
         }),
     )
     .with_correlation_id(actor.correlation_id.clone());
-    service_link::enqueue(&mut tx, &env).await?;
+    outbox::enqueue(&mut tx, &env).await?;
     let mut log = AuditLog::of_event(&env);
     log.ip_address = actor.ip_address.clone();
     log.user_agent = actor.user_agent.clone();

@@ -227,7 +227,8 @@ async fn users_are_listed_through_the_auth_service_and_its_outage_is_a_503() {
         (cfg, name)
     };
     auth_cfg.port = 0;
-    let auth = auth_service::Application::build(auth_cfg).await.expect("build the auth app");
+    let auth_settings = auth_service::Settings::for_service(auth_cfg).expect("auth settings");
+    let auth = auth_service::Application::build(auth_settings).await.expect("build the auth app");
     let auth_url = format!("http://127.0.0.1:{}", auth.port());
     tokio::spawn(auth.run_until_stopped());
     let email = format!("listed-{}@example.com", uuid::Uuid::new_v4().simple());

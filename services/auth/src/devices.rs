@@ -21,9 +21,11 @@
 //! logged-out device is marked `revoked_at` rather than deleted, so its tokens stay traceable.
 //! `lastActiveAt` moves on sign-in, on register and on every refresh of the device's tokens.
 
+use std::net::SocketAddr;
+
 use axum::{
-    extract::{Path, State},
-    http::StatusCode,
+    extract::{ConnectInfo, FromRequestParts, Path, State},
+    http::{request::Parts, StatusCode},
     routing::{delete, get, post},
     Router,
 };
@@ -34,7 +36,29 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
 
-use crate::{AppState, ClientMeta};
+use crate::AppState;
+
+/// The client's address and user agent, recorded on device sessions. The address is the
+/// first `X-Forwarded-For` hop (set by nginx/the gateway), else the peer address.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let ip = header("x-forwarded-for")
+            .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .or_else(|| header("x-real-ip"))
+            .or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()));
+        Ok(ClientMeta { ip, user_agent: header("user-agent").map(|ua| ua.chars().take(512).collect()) })
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -259,7 +283,7 @@ async fn revoke(
     }
     revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
     tx.commit().await?;
-    state.relay.notify();
+    state.broker.notify();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -299,7 +323,7 @@ async fn logout_others(
     .await?;
     revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
     tx.commit().await?;
-    state.relay.notify();
+    state.broker.notify();
     tracing::info!(user_id = auth.id(), kept = %keep, revoked = revoked.len(), "logged out the other devices");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -367,7 +367,7 @@ async fn logout(
     data["deviceId"] = json!(auth.device_id());
     state.enqueue_event(&mut tx, types::AUTH_USER_LOGOUT, data, &correlation).await?;
     tx.commit().await?;
-    state.relay.notify();
+    state.broker.notify();
     Ok(StatusCode::NO_CONTENT)
 }
 

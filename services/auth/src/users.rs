@@ -72,8 +72,10 @@ const USER_COLUMNS: &str =
 
 /// The user `id` from the cache or the database.
 pub async fn find_user(state: &AppState, id: &str) -> Result<Option<User>, ApiError> {
-    if let Some(user) = state.users_cache.get::<User>(id).await {
-        return Ok(Some(user));
+    if let Some(cache) = &state.users_cache {
+        if let Some(user) = cache.get::<User>(id).await {
+            return Ok(Some(user));
+        }
     }
     let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
         .bind(id)
@@ -81,7 +83,9 @@ pub async fn find_user(state: &AppState, id: &str) -> Result<Option<User>, ApiEr
         .await?;
     let Some(row) = row else { return Ok(None) };
     let (user, _) = row.into_user()?;
-    state.users_cache.set(id, &user).await;
+    if let Some(cache) = &state.users_cache {
+        cache.set(id, &user).await;
+    }
     Ok(Some(user))
 }
 
@@ -176,8 +180,10 @@ async fn signup(
     let tokens = sessions::start_session(&mut tx, &state, &user, device_id).await?;
     state.enqueue_event(&mut tx, types::AUTH_USER_REGISTERED, event_data(&user), &correlation).await?;
     tx.commit().await?;
-    state.relay.notify();
-    state.users_cache.delete(&user.id).await;
+    state.broker.notify();
+    if let Some(cache) = &state.users_cache {
+        cache.delete(&user.id).await;
+    }
     tracing::info!(user_id = %user.id, "user registered");
     let response = AuthResponse {
         access_token: tokens.access_token,
@@ -241,10 +247,12 @@ async fn signin(
     data["deviceId"] = json!(device_id);
     state.enqueue_event(&mut tx, types::AUTH_USER_LOGIN, data, &correlation).await?;
     tx.commit().await?;
-    state.relay.notify();
+    state.broker.notify();
     if wrote_user {
         // Every write of a user drops `user:{id}`, even one the cached fields do not show.
-        state.users_cache.delete(&user.id).await;
+        if let Some(cache) = &state.users_cache {
+            cache.delete(&user.id).await;
+        }
     }
     Ok(Json(AuthResponse {
         access_token: tokens.access_token,

@@ -3,6 +3,14 @@
 //! with publisher confirms and stamps `published_at`. A broker outage only delays events:
 //! rows stay pending and the relay keeps trying.
 //!
+//! The writer wakes its own relay after the commit ([`RelayHandle::notify`], through
+//! [`crate::service_link::ServiceLink::notify`] in a service); relays of other processes (replicas
+//! on the same database) find the rows on their next poll. There is no `NOTIFY`: PostgreSQL
+//! serialises the commits of transactions that sent one (a global lock is held until the commit
+//! record is flushed), so with `NOTIFY` on every write each commit waits for its own fsync in
+//! turn and no two commits share one; without it, concurrent commits are flushed together (group
+//! commit).
+//!
 //! Delivery is at least once (a confirm lost with the connection means a republish), which
 //! the consumers' [`crate::idempotency`] absorbs.
 
@@ -10,35 +18,40 @@ use crate::envelope::Envelope;
 use crate::error::HubError;
 use crate::hub::Hub;
 use sqlx::{PgConnection, PgPool};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 use uuid::Uuid;
 
-/// The channel `enqueue` notifies on commit, so relays on other connections wake at once.
-pub const NOTIFY_CHANNEL: &str = "event_outbox";
+/// The `INSERT` of one outbox row with its parameters numbered from `first`: the event id, its
+/// type and [`stored_envelope`]. For services that fold it into a larger statement (a
+/// data-modifying `WITH`); [`enqueue`] runs it alone. `clock_timestamp()`, not `now()`: events
+/// of one transaction keep their order (`now()` is the transaction's start, the same for all).
+pub fn outbox_insert(first: usize) -> String {
+    let (id, key, envelope) = (first, first + 1, first + 2);
+    format!(
+        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) \
+         VALUES (${id}, ${key}, ${envelope}, clock_timestamp())"
+    )
+}
 
-/// Writes `env` to `event_outbox`; call it with `&mut *tx` inside the business transaction.
-pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
+/// The envelope as `event_outbox.envelope` keeps it: the published body plus the trace context
+/// the relay sends as a header (it is not part of the published body; it waits here).
+pub fn stored_envelope(env: &Envelope) -> Result<serde_json::Value, sqlx::Error> {
     let mut envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // The trace context is not part of the published body; it waits here for the relay.
     if let (Some(tp), Some(obj)) = (&env.traceparent, envelope.as_object_mut()) {
         obj.insert(crate::trace::TRACEPARENT.into(), serde_json::Value::String(tp.clone()));
     }
-    // clock_timestamp(), not now(): events of one transaction keep their order (now() is the
-    // transaction's start, the same for all of them).
-    sqlx::query(
-        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) VALUES ($1, $2, $3, clock_timestamp())",
-    )
-    .bind(env.id)
-    .bind(&env.event_type)
-    .bind(envelope)
-    .execute(&mut *conn)
-    .await?;
-    // Delivered at commit, not before; a rolled-back transaction notifies nobody.
-    sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(conn).await?;
+    Ok(envelope)
+}
+
+/// Writes `env` to `event_outbox`; call it with `&mut *tx` inside the business transaction, and
+/// wake the relay after the commit (see the module docs).
+pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| outbox_insert(1));
+    sqlx::query(&SQL).bind(env.id).bind(&env.event_type).bind(stored_envelope(env)?).execute(conn).await?;
     Ok(())
 }
 
@@ -109,35 +122,8 @@ impl OutboxRelay {
     pub fn spawn_with(pool: PgPool, hub: Hub, cfg: RelayConfig) -> RelayHandle {
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let listener_stop = stop.child_token();
-        tokio::spawn(listen(pool.clone(), wake.clone(), listener_stop));
         let task = tokio::spawn(relay_loop(pool, hub, cfg, wake.clone(), stop.clone()));
         RelayHandle { wake, stop, done: Arc::new(tokio::sync::Mutex::new(Some(task))) }
-    }
-}
-
-/// Wakes the relay on every `NOTIFY event_outbox` (other processes' commits).
-async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                debug!("outbox relay: cannot listen for notifications (polling only): {e}");
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(5)) => continue }
-            }
-        };
-        if listener.listen(NOTIFY_CHANNEL).await.is_err() {
-            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(5)) => continue }
-        }
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                n = listener.recv() => match n {
-                    Ok(_) => wake.notify_one(),
-                    Err(_) => break,
-                },
-            }
-        }
     }
 }
 

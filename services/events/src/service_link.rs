@@ -1,65 +1,28 @@
-//! The broker side of a service that writes its events through the outbox (payments, admin):
-//! connected in the background, so the service starts and serves while RabbitMQ is down and its
-//! events wait in the outbox; once connected, the [`OutboxRelay`] of the service runs in the same
-//! process (and, optionally, one consumer).
+//! The broker side of every service: connected in the background, so the service starts and
+//! serves while RabbitMQ is down and its events wait in the outbox; once connected, the
+//! [`OutboxRelay`] of the service runs in the same process (and, optionally, one consumer).
 //!
-//! A service using a [`ServiceLink`] writes its events with [`enqueue`] and calls
-//! [`ServiceLink::notify`] after the commit: the relay is woken in-process, without
-//! `NOTIFY`. PostgreSQL serialises the commits of transactions that sent a `NOTIFY` (a global
-//! lock is held until the commit record is flushed), so with `NOTIFY` on every write each commit
-//! waits for its own fsync in turn and no two commits share one; without it, concurrent commits
-//! are flushed together (group commit). Relays of other processes still find the rows on their
-//! next poll.
+//! A service writes its events with [`crate::outbox::enqueue`] inside its business transaction
+//! and calls [`ServiceLink::notify`] after the commit: the relay is woken in-process, within
+//! [`RELAY_WAKE_DELAY`] (the outbox module says why there is no `NOTIFY`).
 
 use std::{
     future::Future,
-    sync::{Arc, LazyLock, OnceLock},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    envelope::Envelope,
     handler::Handler,
     hub::{Hub, SubscriptionHandle},
     outbox::{OutboxRelay, RelayHandle},
     topology::Subscription,
     HubConfig,
 };
-
-/// The `INSERT` of one outbox row with its parameters numbered from `first`: the event id, its
-/// type and [`stored_envelope`]. For services that fold it into a larger statement (a
-/// data-modifying `WITH`); [`enqueue`] runs it alone. `clock_timestamp()` keeps the events of
-/// one transaction in order.
-pub fn outbox_insert(first: usize) -> String {
-    let (id, key, envelope) = (first, first + 1, first + 2);
-    format!(
-        "INSERT INTO event_outbox (id, routing_key, envelope, created_at) \
-         VALUES (${id}, ${key}, ${envelope}, clock_timestamp())"
-    )
-}
-
-/// The envelope as `event_outbox.envelope` keeps it: the published body plus the trace context
-/// the relay sends as a header.
-pub fn stored_envelope(env: &Envelope) -> Result<serde_json::Value, sqlx::Error> {
-    let mut envelope = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    if let (Some(tp), Some(obj)) = (&env.traceparent, envelope.as_object_mut()) {
-        obj.insert(crate::trace::TRACEPARENT.into(), serde_json::Value::String(tp.clone()));
-    }
-    Ok(envelope)
-}
-
-/// Writes `env` to `event_outbox` inside the caller's transaction, like [`crate::outbox::enqueue`]
-/// but without `NOTIFY`: the writer wakes its own relay with [`ServiceLink::notify`] after the
-/// commit (see the module docs for why).
-pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), sqlx::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| outbox_insert(1));
-    sqlx::query(&SQL).bind(env.id).bind(&env.event_type).bind(stored_envelope(env)?).execute(conn).await?;
-    Ok(())
-}
 
 /// How long [`ServiceLink::notify`] lets commits gather before it wakes the relay: under load the
 /// relay then publishes one batch per pause instead of one round (a transaction, its commit
@@ -159,6 +122,18 @@ impl ServiceLink {
     /// Whether the hub is connected now.
     pub fn is_connected(&self) -> bool {
         self.hub.get().is_some_and(Hub::is_connected)
+    }
+
+    /// Waits up to `max` until the hub is connected; false on timeout.
+    pub async fn wait_until_connected(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.is_connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Waits up to `max` until the consumer reads its queue; false on timeout (and always false

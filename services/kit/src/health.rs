@@ -1,5 +1,5 @@
-//! `GET /health`: checks each dependency of the service (PostgreSQL with `SELECT 1`, the broker
-//! connection, Redis with `PING`) and answers 200 when all are up, 503 otherwise, with one
+//! `GET /health`: checks each dependency of the service (PostgreSQL with `SELECT 1` and its
+//! migrations applied, the broker connection, Redis with `PING`) and answers 200 when all are up, 503 otherwise, with one
 //! entry per dependency.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -12,14 +12,15 @@ use sqlx::PgPool;
 /// How long one dependency check may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The dependencies `/health` checks. Build with the methods, then route [`health_handler`].
 #[derive(Clone, Default)]
 pub struct Health {
     service: &'static str,
     db: Option<PgPool>,
-    broker: Option<BrokerProbe>,
+    migrated: Option<Probe>,
+    broker: Option<Probe>,
     redis: Option<ConnectionManager>,
 }
 
@@ -46,6 +47,13 @@ impl Health {
 
     pub fn database(mut self, pool: PgPool) -> Self {
         self.db = Some(pool);
+        self
+    }
+
+    /// `probe` says whether the database's migrations are applied: until then the database
+    /// counts as down, even when it answers (the service cannot use it yet).
+    pub fn migrations(mut self, probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.migrated = Some(Arc::new(probe));
         self
     }
 
@@ -81,7 +89,14 @@ impl Health {
         };
         let (db, redis) = tokio::join!(db, redis);
         let mut dependencies = BTreeMap::new();
-        if let Some(s) = db {
+        if let Some(mut s) = db {
+            if s.status == "up" && self.migrated.as_ref().is_some_and(|migrated| !migrated()) {
+                s = DependencyStatus {
+                    status: "down",
+                    error: Some("migrations not applied yet (retried in the background)".into()),
+                    ..s
+                };
+            }
             dependencies.insert("database", s);
         }
         if let Some(probe) = &self.broker {

@@ -14,9 +14,12 @@
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
 //! - [`pagination`]: the keyset cursor of newest-first lists.
-//! - [`server`]: lazy pool, migrations that wait for the database, common routes and the
-//!   request body limit, serve loop.
-//! - [`run`]: the shared `main` of the service binaries (`.env`, tracing, serve, flush, exit code).
+//! - [`startup`]: how every service starts: its dependencies under the one availability
+//!   policy (lazy database with migrations retried, optional Redis, background broker link)
+//!   and the [`startup::Server`] every `Application` wraps.
+//! - [`server`]: common routes and middleware (the request body limit), bind, serve loop.
+//! - [`run`]: the shared `main` of the service binaries and the gateway (`.env`, runtime,
+//!   tracing, serve, flush, exit code).
 //! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
 //! - [`testing`]: fresh per-test databases and test configurations for integration tests.
 pub mod auth;
@@ -33,6 +36,7 @@ pub mod run;
 pub mod sentry;
 pub mod server;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 pub mod testing;
 

@@ -1,7 +1,6 @@
-//! The parts of starting a service that are the same everywhere: a lazily connecting pool,
-//! migrations that wait for the database, the common middleware stack (with the request body
-//! limit) and the serve loop with graceful shutdown. Each service's `Application::build` strings
-//! these together.
+//! The HTTP side every service shares: the common routes and middleware (with the request
+//! body limit), binding the listener and the serve loop with graceful shutdown. How a service
+//! connects to its dependencies is [`crate::startup`].
 
 use std::{
     future::Future,
@@ -25,7 +24,6 @@ use axum::{
 };
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -33,51 +31,6 @@ use crate::{
     metrics::{metrics_handler, track_requests, Metrics},
     telemetry::correlation_id,
 };
-
-/// A pool that connects on first use, so a service starts (and reports 503 on `/health`) while
-/// its database is down, and recovers by itself when the database returns.
-pub fn lazy_pool(database_url: &str) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(16)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy(database_url)
-}
-
-/// Runs `migrator` now; when the database cannot be reached, keeps retrying in the background
-/// (every 2 s) instead of failing the start. Errors other than connectivity (a broken migration)
-/// are returned at once.
-pub async fn migrate_or_retry(
-    pool: &PgPool,
-    migrator: &'static Migrator,
-    what: &'static str,
-) -> Result<(), sqlx::migrate::MigrateError> {
-    match migrator.run(pool).await {
-        Ok(()) => Ok(()),
-        Err(sqlx::migrate::MigrateError::Execute(e)) if is_connectivity(&e) => {
-            tracing::error!(error = %e, "{what} unreachable at start-up; migrating in the background once it answers");
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    match migrator.run(&pool).await {
-                        Ok(()) => {
-                            tracing::info!("{what} migrated");
-                            break;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "{what} still not migrated"),
-                    }
-                }
-            });
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn is_connectivity(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
-}
 
 /// Adds `/health`, `/metrics`, the request body limit, the request metrics and the
 /// correlation-id middleware to `api`.
@@ -207,72 +160,12 @@ async fn drain(mut body: Body) {
     }
 }
 
-/// Binds `bind:port` (port 0 picks a free port).
-pub async fn bind(bind: &str, port: u16) -> std::io::Result<TcpListener> {
-    TcpListener::bind((bind, port)).await
-}
-
-/// Serves `router` on `listener` until SIGTERM/Ctrl-C (see [`crate::shutdown`]), letting
-/// in-flight requests finish; `service` names it in the log and the error.
-pub async fn serve_until_signal(service: &str, listener: TcpListener, router: Router) -> anyhow::Result<()> {
+/// Binds `bind:port` (port 0 picks a free port); the error says what to do about a taken port.
+pub async fn bind(bind: &str, port: u16) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    tracing::info!(port, "{service} service listening");
-    serve(listener, router, crate::shutdown::shutdown_signal())
+    TcpListener::bind((bind, port))
         .await
-        .with_context(|| format!("{service} service: the http server failed"))
-}
-
-/// [`bind`] for a service's start: the error says what to do about a taken port.
-pub async fn listen(bind_addr: &str, port: u16) -> anyhow::Result<TcpListener> {
-    use anyhow::Context as _;
-    bind(bind_addr, port)
-        .await
-        .with_context(|| format!("cannot listen on {bind_addr}:{port} — is the port taken? set PORT"))
-}
-
-/// How long a pooled connection may sit idle before [`connect_and_migrate`]'s pool checks it
-/// with a ping before handing it out.
-pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// A pool of up to `size` connections to the database at `database_url`, connected now, with
-/// `migrator` applied: for a service that needs its database at start (payments, admin). The
-/// service owns its schema: applying pending migrations is a no-op when current, and sqlx takes
-/// an advisory lock, so replicas starting together do not race. `what` names the database in
-/// errors (`payments_db`). Connections idle for [`PING_AFTER_IDLE`] or longer are pinged before
-/// use (a dead one is replaced); busy ones are used without the extra round trip.
-pub async fn connect_and_migrate(
-    database_url: &str,
-    size: u32,
-    migrator: &'static Migrator,
-    what: &str,
-) -> anyhow::Result<PgPool> {
-    use anyhow::Context as _;
-    let pool = PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(5))
-        // sqlx pings every connection it hands out: a round trip (and a wake-up of the
-        // database backend) before every query. Under load a connection was in use a moment
-        // ago; only one that sat idle is checked.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_AFTER_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect(database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "{what} at {}: cannot connect — is the infrastructure running? try `mfe infra start`",
-                crate::env::redact_url_password(database_url)
-            )
-        })?;
-    migrator.run(&pool).await.with_context(|| format!("{what}: applying its migrations"))?;
-    Ok(pool)
+        .with_context(|| format!("cannot listen on {bind}:{port} — is the port taken? set PORT"))
 }
 
 /// Serves `router` until `shutdown` resolves: stops accepting, lets in-flight requests finish.

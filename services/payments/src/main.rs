@@ -3,11 +3,9 @@
 
 use anyhow::Context;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    mfe_kit::run::run_service("payments", async {
+fn main() -> std::process::ExitCode {
+    mfe_kit::run::run_service("payments-service", mfe_kit::run::multi_thread, || async {
         let settings = payments_service::Settings::from_env().context("payments service: reading settings")?;
         payments_service::Application::build(settings).await?.run_until_stopped().await
     })
-    .await
 }

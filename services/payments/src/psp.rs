@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::{domain::PaymentStatus, startup::AppState, store::StatusChangeError};
+use crate::{domain::PaymentStatus, service::PaymentsService, store::StatusChangeError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Psp {
@@ -19,7 +19,7 @@ impl Psp {
     }
 
     /// Drives payment `id` to completed in the background.
-    pub fn start(&self, state: AppState, payment_id: String, correlation_id: Option<String>) {
+    pub fn start(&self, service: PaymentsService, payment_id: String, correlation_id: Option<String>) {
         let step = self.step;
         tokio::spawn(async move {
             let psp_transaction_id = format!("psp_{}", uuid::Uuid::new_v4().simple());
@@ -29,7 +29,7 @@ impl Psp {
             ];
             for (status, message) in steps {
                 tokio::time::sleep(step).await;
-                let result = state
+                let result = service
                     .change_status(
                         &payment_id,
                         status,

@@ -1,6 +1,6 @@
-//! The HTTP API under `/api/payments/`: create, list, get, status change, history.
-
-use std::time::Instant;
+//! The HTTP API under `/api/payments/`: create, list, get, status change, history. Each
+//! handler parses the request, calls a use case of [`crate::service::PaymentsService`] and maps
+//! the answer.
 
 use axum::{
     extract::{rejection::QueryRejection, Path, Query, State},
@@ -14,9 +14,8 @@ use serde::Deserialize;
 
 use crate::{
     domain::{parse_amount, parse_currency, PaymentStatus, PaymentType},
-    list_cache::PaymentPage,
     startup::AppState,
-    store::{self, Cursor, NewPayment, Payment, Scope, StatusChangeError},
+    store::{Cursor, NewPayment, Payment, Scope, StatusChangeError},
 };
 
 /// Page size when the client gives none, and the largest it may ask for.
@@ -90,41 +89,7 @@ async fn create_payment(
     Json(body): Json<CreatePayment>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = body.validate(user.id())?;
-    // The list pages showing the payment go stale in Redis while the database writes it, not
-    // after: the answer waits for the slower of the two instead of both in turn.
-    let begin = state.cache.as_ref().map(|c| c.begin_write(&new.sender_id, new.recipient_id.as_deref()));
-    let started = Instant::now();
-    let write = async {
-        let mut conn = state.db.acquire().await?;
-        let acquired = Instant::now();
-        let payment = store::create_on(&mut conn, new, Some(correlation.0.clone())).await?;
-        Ok::<_, sqlx::Error>((acquired, acquired.elapsed(), payment))
-    };
-    let invalidate = async {
-        let pages = match begin {
-            Some(begin) => Some(begin.await),
-            None => None,
-        };
-        (pages, started.elapsed())
-    };
-    let (written, (pages, cache_time)) = tokio::join!(write, invalidate);
-    drop(pages);
-    let (acquired, db_time, payment) = written?;
-    state.broker.notify();
-    state.business.create_phase("acquire", acquired - started);
-    state.business.create_phase("db", db_time);
-    state.business.create_phase("cache", cache_time);
-    state.business.payment_created(
-        payment.payment_type.as_str(),
-        payment.status.as_str(),
-        &payment.currency,
-        payment.amount,
-    );
-    state.metrics.event_published(mfe_events::types::PAYMENTS_PAYMENT_CREATED);
-    tracing::info!(payment_id = %payment.id, sender_id = %payment.sender_id, amount = %payment.amount, currency = %payment.currency, "payment created");
-    if let Some(psp) = &state.psp {
-        psp.start(state.clone(), payment.id.clone(), Some(correlation.0));
-    }
+    let payment = state.service.create(new, correlation.0).await?;
     Ok((StatusCode::CREATED, Json(payment)))
 }
 
@@ -155,21 +120,7 @@ async fn list_payments(
     };
     let scope = if user.role() == Role::Admin { Scope::All } else { Scope::User(user.id().to_string()) };
 
-    let slot = match &state.cache {
-        Some(cache) => match cache.get(&scope, cursor_text.as_deref(), limit).await {
-            Ok(json) => return Ok(json_body(json)),
-            Err(slot) => slot,
-        },
-        None => None,
-    };
-    let (data, next) = store::list(&state.db, &scope, cursor.as_ref(), limit).await?;
-    let page = PaymentPage { data, next_cursor: next.map(|c| c.encode()) };
-    // Serialised once: the same text is cached and sent.
-    let json = serde_json::to_string(&page)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a payment page: {e}")))?;
-    if let (Some(cache), Some(slot)) = (&state.cache, &slot) {
-        cache.put(slot, &json).await;
-    }
+    let json = state.service.list(&scope, cursor_text.as_deref(), cursor.as_ref(), limit).await?;
     Ok(json_body(json))
 }
 
@@ -179,24 +130,10 @@ fn json_body(json: String) -> Response {
 }
 
 /// The payment if `user` may see it: its sender, its recipient or an admin. Anyone else gets
-/// the same 404 as for a payment that does not exist, so ids cannot be probed. Read through
-/// `payment:{id}` (a missing payment is not cached: a create needs no invalidation).
+/// the same 404 as for a payment that does not exist, so ids cannot be probed.
 async fn visible_payment(state: &AppState, user: &AuthUser, id: &str) -> Result<Payment, ApiError> {
     let not_found = || ApiError::NotFound(format!("payment {id} not found"));
-    let cached = match &state.payments_cache {
-        Some(cache) => cache.get(id).await,
-        None => None,
-    };
-    let payment = match cached {
-        Some(payment) => payment,
-        None => {
-            let payment = store::get(&state.db, id).await?.ok_or_else(not_found)?;
-            if let Some(cache) = &state.payments_cache {
-                cache.put(&payment).await;
-            }
-            payment
-        }
-    };
+    let payment = state.service.get(id).await?.ok_or_else(not_found)?;
     if user.role() == Role::Admin || payment.involves(user.id()) {
         Ok(payment)
     } else {
@@ -218,7 +155,7 @@ async fn list_transactions(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let payment = visible_payment(&state, &user, &id).await?;
-    let history = store::transactions(&state.db, &payment.id).await?;
+    let history = state.service.transactions(&payment.id).await?;
     Ok(Json(serde_json::json!({ "data": history })))
 }
 
@@ -245,7 +182,7 @@ async fn update_status(
             "only an admin may set a payment to {target}; the sender may only cancel it"
         )));
     }
-    let after = state.change_status(&id, target, body.message.as_deref(), None, Some(correlation.0)).await?;
+    let after = state.service.change_status(&id, target, body.message.as_deref(), None, Some(correlation.0)).await?;
     Ok(Json(after))
 }
 

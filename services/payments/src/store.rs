@@ -4,7 +4,7 @@
 use std::{str::FromStr, sync::LazyLock};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use mfe_events::{service_link, types, Envelope};
+use mfe_events::{outbox, types, Envelope};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
@@ -170,8 +170,8 @@ async fn enqueue(
     correlation_id: Option<String>,
 ) -> Result<Envelope, sqlx::Error> {
     let envelope = Envelope::new(event_type, EVENT_SOURCE, payment.event_data()).with_correlation_id(correlation_id);
-    // No NOTIFY: the service wakes its own relay after the commit (see mfe_events::service_link).
-    service_link::enqueue(conn, &envelope).await?;
+    // The service wakes its own relay after the commit (see mfe_events::outbox).
+    outbox::enqueue(conn, &envelope).await?;
     Ok(envelope)
 }
 
@@ -187,7 +187,7 @@ static CREATE_SQL: LazyLock<String> = LazyLock::new(|| {
            SELECT $10, id, 'pending', 'payment created', $9 FROM payment), \
          event AS ({}) \
          SELECT 1 FROM payment",
-        service_link::outbox_insert(11)
+        outbox::outbox_insert(11)
     )
 });
 
@@ -235,7 +235,7 @@ pub async fn create_on(
         .bind(new_id())
         .bind(envelope.id)
         .bind(&envelope.event_type)
-        .bind(service_link::stored_envelope(&envelope)?)
+        .bind(outbox::stored_envelope(&envelope)?)
         .execute(conn)
         .await?;
     Ok(payment)

@@ -174,7 +174,7 @@ async fn every_status_change_writes_a_transaction_row_and_publishes_exactly_one_
 #[tokio::test]
 async fn a_cached_list_shows_a_new_payment_immediately_after_the_write() {
     let app = spawn_app().await;
-    assert!(app.state.cache.is_some(), "the test stack's Redis must be reachable (REDIS_URL)");
+    assert!(app.state.service.cache.is_some(), "the test stack's Redis must be reachable (REDIS_URL)");
     let (_, sender) = app.user(Role::Customer);
     let (recipient_id, recipient) = app.user(Role::Customer);
     let first = app.create_ok(&sender, "1").await["id"].as_str().unwrap().to_string();

@@ -31,7 +31,7 @@ async fn payment(app: &TestApp, token: &str, id: &str) -> Value {
 #[tokio::test]
 async fn a_payment_is_cached_under_payment_id_for_one_minute_and_counted_by_route_template() {
     let app = spawn_app().await;
-    assert!(app.state.payments_cache.is_some(), "the test stack's Redis must be reachable (REDIS_URL)");
+    assert!(app.state.service.cache.is_some(), "the test stack's Redis must be reachable (REDIS_URL)");
     let (_, token) = app.user(Role::Customer);
     let id = app.create_ok(&token, "4.20").await["id"].as_str().unwrap().to_string();
     let key = format!("payment:{id}");
@@ -124,7 +124,7 @@ async fn a_fill_with_a_record_read_before_a_write_never_replaces_the_written_one
     // ...the sender cancels (committed, written through)...
     assert_eq!(app.change_status(&sender, &id, "cancelled").await.status(), 200);
     // ...and the reader, late, fills the entry with what it read.
-    app.state.payments_cache.as_ref().unwrap().put(&before).await;
+    app.state.service.cache.as_ref().unwrap().payments.put(&before).await;
     assert_eq!(payment(&app, &sender, &id).await["status"], "cancelled");
     app.teardown().await;
 }

@@ -8,9 +8,11 @@ use sqlx::PgPool;
 use crate::CONSUMER;
 
 /// The handler of `auth.user.registered`.
+#[derive(Clone)]
 pub struct UserRegistered {
     pub db: PgPool,
-    pub cache: Cache,
+    /// The profile cache; `None` without Redis.
+    pub cache: Option<Cache>,
     pub metrics: Metrics,
 }
 
@@ -36,7 +38,9 @@ impl Handler for UserRegistered {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.cache.delete(&user_id).await;
+        if let Some(cache) = &self.cache {
+            cache.delete(&user_id).await;
+        }
         self.metrics.event_consumed(&env.event_type);
         tracing::info!(user_id, event_id = %env.id, correlation_id = ?env.correlation_id, "profile created");
         Ok(())

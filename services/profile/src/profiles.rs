@@ -63,8 +63,10 @@ impl From<ProfileRow> for Profile {
 const COLUMNS: &str = "id, user_id, avatar_url, phone, address, bio, preferences, created_at, updated_at";
 
 async fn get_me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Profile>, ApiError> {
-    if let Some(profile) = state.profiles_cache.get::<Profile>(auth.id()).await {
-        return Ok(Json(profile));
+    if let Some(cache) = &state.profiles_cache {
+        if let Some(profile) = cache.get::<Profile>(auth.id()).await {
+            return Ok(Json(profile));
+        }
     }
     let row: Option<ProfileRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM user_profiles WHERE user_id = $1"))
         .bind(auth.id())
@@ -73,7 +75,9 @@ async fn get_me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Pr
     let profile: Profile = row
         .ok_or_else(|| ApiError::NotFound("no profile for this user yet; PUT /api/profile/me creates one".into()))?
         .into();
-    state.profiles_cache.set(auth.id(), &profile).await;
+    if let Some(cache) = &state.profiles_cache {
+        cache.set(auth.id(), &profile).await;
+    }
     Ok(Json(profile))
 }
 
@@ -202,7 +206,9 @@ async fn put_me(
     tx.commit().await?;
     // Deleted after the commit: a reader between commit and delete may re-cache the old value
     // only if it read before the commit, and that entry is deleted here.
-    state.profiles_cache.delete(auth.id()).await;
+    if let Some(cache) = &state.profiles_cache {
+        cache.delete(auth.id()).await;
+    }
     Ok(Json(row.into()))
 }
 

@@ -39,12 +39,19 @@ pub async fn spawn_with(config: ServiceConfig) -> TestApp {
 
 pub async fn spawn_settings(settings: Settings) -> TestApp {
     let config = settings.service.clone();
-    let app = Application::build_with(settings)
+    let app = Application::build(settings)
         .await
         .unwrap_or_else(|e| panic!("cannot start the auth service: {e:#} — {}", testing::START_HINT));
     let address = format!("http://127.0.0.1:{}", app.port());
+    let broker = app.state().broker.clone();
     tokio::spawn(app.run_until(std::future::pending()));
-    let db = mfe_kit::server::lazy_pool(&config.database_url).expect("test pool");
+    // The broker link connects in the background; the tests start from a connected service.
+    assert!(
+        broker.wait_until_connected(Duration::from_secs(20)).await,
+        "the auth service never connected to RabbitMQ — is the test stack up (RABBITMQ_URL)? {}",
+        testing::START_HINT
+    );
+    let db = PgPool::connect_lazy(&config.database_url).expect("test pool");
     TestApp { address, config, db, client: reqwest::Client::new() }
 }
 

@@ -48,7 +48,7 @@ pub async fn spawn_with(settings: Settings, db_name: String) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
     tokio::spawn(app.run_until_stopped());
-    TestApp { address, db: state.db.clone(), db_name, state, keys, client: reqwest::Client::new() }
+    TestApp { address, db: state.service.db.clone(), db_name, state, keys, client: reqwest::Client::new() }
 }
 
 /// A token for a new random user with `role`; returns (user id, token).
@@ -148,7 +148,7 @@ impl TestApp {
 
     /// Drops the test database (best effort; the server keeps running for other tests).
     pub async fn teardown(self) {
-        self.state.broker.shutdown().await;
+        self.state.service.broker.shutdown().await;
         self.db.close().await;
         drop_database(&self.db_name).await;
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mfe_events::{types, Envelope, Hub, Subscription};
 use mfe_kit::{config::Service, testing, JwtKeys, Role};
-use profile_service::{Application, CONSUMER};
+use profile_service::{Application, Settings, CONSUMER};
 use reqwest::Response;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -23,13 +23,20 @@ pub struct TestApp {
 pub async fn spawn_app() -> TestApp {
     mfe_kit::telemetry::init_tracing("profile-service-tests");
     let config = testing::test_config(Service::Profile).await;
-    let subscription = Subscription::exclusive(CONSUMER, &[types::AUTH_USER_REGISTERED]);
-    let app = Application::build_with_subscription(config.clone(), subscription)
+    let mut settings = Settings::for_service(config.clone()).expect("profile settings");
+    settings.subscription = Subscription::exclusive(CONSUMER, &[types::AUTH_USER_REGISTERED]);
+    let app = Application::build(settings)
         .await
         .unwrap_or_else(|e| panic!("cannot start the profile service: {e:#} — {}", testing::START_HINT));
     let address = format!("http://127.0.0.1:{}", app.port());
+    let broker = app.state().broker.clone();
     tokio::spawn(app.run_until(std::future::pending()));
-    let db = mfe_kit::server::lazy_pool(&config.database_url).expect("test pool");
+    // The consumer's exclusive queue exists only once the broker link is up: publish after that.
+    assert!(
+        broker.wait_until_consuming(Duration::from_secs(20)).await,
+        "the profile service never started consuming events — is the test stack's RabbitMQ up (RABBITMQ_URL)?"
+    );
+    let db = PgPool::connect_lazy(&config.database_url).expect("test pool");
     let hub = Hub::connect(config.hub.clone().with_connection_name("profile-service-tests")).await.expect("test hub");
     TestApp { address, jwt: JwtKeys::new(config.jwt_secret.expose()), db, client: reqwest::Client::new(), hub }
 }
