@@ -384,15 +384,21 @@ async fn a_cutover_killed_inside_its_write_block_is_completed_by_running_it_agai
     // A connection per look: the block ends the sessions it finds.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut legacy = PgConnection::connect(&stack.urls["LEGACY_DATABASE_URL"]).await.unwrap();
-        let enabled: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname LIKE 'mfe_rev_%' AND subenabled)",
-        )
-        .fetch_one(&mut legacy)
-        .await
-        .unwrap();
-        legacy.close().await.unwrap();
-        if enabled {
+        // pg_subscription is shared by the server's databases: only this test's database counts
+        // (the other tests of this binary run their cutovers beside it). A look the block cuts
+        // short is simply the next look.
+        let look = async {
+            let mut legacy = PgConnection::connect(&stack.urls["LEGACY_DATABASE_URL"]).await?;
+            let enabled: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname LIKE 'mfe_rev_%' AND subenabled \
+                 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            )
+            .fetch_one(&mut legacy)
+            .await?;
+            let _ = legacy.close().await;
+            Ok::<_, sqlx::Error>(enabled)
+        };
+        if look.await.unwrap_or(false) {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "the cutover ended before its pause point");
