@@ -1,6 +1,10 @@
 //! `GET /health`: checks each dependency of the service (PostgreSQL with `SELECT 1` and its
-//! migrations applied, the broker connection, Redis with `PING`) and answers 200 when all are up, 503 otherwise, with one
-//! entry per dependency.
+//! migrations applied, the broker connection, Redis with `PING`), one entry per dependency.
+//!
+//! The availability policy (ARCHITECTURE.md): a service stays ready while it can still serve.
+//! Without the broker the outbox keeps the events, without Redis the database answers, so either
+//! down is `degraded` and still 200; only the database (down or not migrated yet) makes it
+//! `down` and 503, which is what the gateway's health checks take a service out for.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -113,8 +117,18 @@ impl Health {
         if let Some(s) = redis {
             dependencies.insert("redis", s);
         }
-        let all_up = dependencies.values().all(|d| d.status == "up");
-        HealthReport { service: self.service, status: if all_up { "ok" } else { "degraded" }, dependencies }
+        HealthReport { service: self.service, status: verdict(&dependencies), dependencies }
+    }
+}
+
+/// `ok` when every dependency is up, `down` when the database is, else `degraded`.
+fn verdict(dependencies: &BTreeMap<&'static str, DependencyStatus>) -> &'static str {
+    if dependencies.values().all(|d| d.status == "up") {
+        "ok"
+    } else if dependencies.get("database").is_some_and(|d| d.status != "up") {
+        "down"
+    } else {
+        "degraded"
     }
 }
 
@@ -134,6 +148,24 @@ async fn timed(check: impl std::future::Future<Output = Result<(), String>>) -> 
 /// `GET /health` for a router whose state is (or contains, via `FromRef`) a [`Health`].
 pub async fn health_handler(State(health): State<Health>) -> impl IntoResponse {
     let report = health.check().await;
-    let status = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if report.status == "down" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (status, Json(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deps(states: &[(&'static str, &'static str)]) -> BTreeMap<&'static str, DependencyStatus> {
+        states.iter().map(|&(name, status)| (name, DependencyStatus { status, error: None, latency_ms: 0.0 })).collect()
+    }
+
+    #[test]
+    fn a_service_without_broker_or_redis_is_degraded_but_without_its_database_down() {
+        assert_eq!(verdict(&deps(&[("database", "up"), ("broker", "up"), ("redis", "up")])), "ok");
+        assert_eq!(verdict(&deps(&[("database", "up"), ("broker", "down"), ("redis", "up")])), "degraded");
+        assert_eq!(verdict(&deps(&[("database", "up"), ("broker", "up"), ("redis", "down")])), "degraded");
+        assert_eq!(verdict(&deps(&[("database", "down"), ("broker", "up"), ("redis", "up")])), "down");
+        assert_eq!(verdict(&deps(&[])), "ok");
+    }
 }
