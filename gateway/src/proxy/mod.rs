@@ -33,7 +33,8 @@ use axum::{
 };
 
 pub use error::{error_response, ProxyError};
-pub use headers::{correlation_id_of, prepare_request_headers, strip_hop_by_hop, CORRELATION_ID};
+pub use headers::{prepare_request_headers, strip_hop_by_hop};
+use mfe_kit::telemetry::{correlation_id_of, CORRELATION_HEADER};
 use pool::Upstream;
 
 use crate::{config::Route, metrics::GatewayMetrics};
@@ -160,7 +161,7 @@ impl Proxy {
                 tracing::info!(route, status, elapsed_ms, "proxied");
             });
         }
-        response.headers_mut().insert(CORRELATION_ID.clone(), correlation_id);
+        response.headers_mut().insert(CORRELATION_HEADER.clone(), correlation_id);
         response
     }
 
