@@ -9,7 +9,8 @@ use super::Proxy;
 
 impl Proxy {
     /// Starts one background task per upstream polling `GET /health` every `interval` (the first
-    /// poll after one interval). Returns the tasks so the application can stop them.
+    /// poll after one interval), and closes the idle connections past the pool's idle timeout on the
+    /// same beat. Returns the tasks so the application can stop them.
     pub fn spawn_health_checks(&self, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
         self.upstreams
             .iter()
@@ -20,6 +21,7 @@ impl Proxy {
                     let check_timeout = interval.min(Duration::from_secs(2));
                     loop {
                         tokio::time::sleep(interval).await;
+                        upstream.pool.evict_idle();
                         let req = axum::http::Request::get("/health")
                             .header(header::HOST, upstream.host.clone())
                             .body(Body::empty())

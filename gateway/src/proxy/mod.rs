@@ -17,7 +17,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -35,7 +35,7 @@ use axum::{
 pub use error::{error_response, ProxyError};
 pub use headers::{prepare_request_headers, strip_hop_by_hop};
 use mfe_kit::telemetry::{correlation_id_of, CORRELATION_HEADER};
-use pool::Upstream;
+use pool::{Pool, PoolLimits, Upstream};
 
 use crate::{config::Route, metrics::GatewayMetrics};
 
@@ -84,11 +84,9 @@ impl Proxy {
                 requests: metrics.route_requests(&route.name),
                 http: metrics.http_series(&route_template(&route.prefix)),
                 route: route.clone(),
-                authority,
                 up: AtomicBool::new(true),
                 host,
-                idle: Mutex::new(Vec::new()),
-                connect_timeout,
+                pool: Arc::new(Pool::new(authority, PoolLimits::new(connect_timeout))),
             }));
         }
         Ok(Self { upstreams: upstreams.into(), timeout: upstream_timeout, metrics })
