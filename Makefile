@@ -10,9 +10,10 @@ test: deps
 build:
 	cargo build --workspace --all-targets
 
-lint:
+lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo machete
 
 fmt:
 	cargo fmt --all

@@ -4,6 +4,12 @@
 # mfe starts its own instances on its own ports.
 set -euo pipefail
 
+# `make lint`: cargo-machete (unused dependencies), built from crates.io with its own lockfile.
+if ! cargo machete --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-machete"
+  cargo install --locked cargo-machete
+fi
+
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)

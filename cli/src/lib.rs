@@ -198,11 +198,6 @@ pub fn error_line(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-/// The error a command returns for a group that a later issue builds; one line, exit 1.
-pub fn not_built(what: &str) -> anyhow::Error {
-    anyhow::anyhow!("`mfe {what}` is not built yet in this version of mfe")
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -158,10 +158,6 @@ pub struct ImportOutcome {
 }
 
 impl ImportOutcome {
-    pub fn batch_ids(&self, db: DbService) -> Vec<Uuid> {
-        self.services.iter().filter(|s| s.service == db).map(|s| s.batch_id).collect()
-    }
-
     /// Chunks skipped because an earlier run had committed them.
     pub fn chunks_skipped(&self) -> usize {
         self.services.iter().flat_map(|s| &s.tables).map(|t| t.chunks_skipped).sum()

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`probe`]: `mfe ws probe` — token, connect, ack, ping/pong, triggered events, fan-out.
 //!   Its `--ca` / `--insecure` are [`crate::tls::TlsArgs`], shared with every other client.
+//! - `fanout`: the triggered events and their delivery to every socket (the fan-out benchmark).
 
+mod fanout;
 pub mod probe;
 
 use crate::Ctx;

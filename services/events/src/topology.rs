@@ -288,11 +288,6 @@ pub async fn declare(channel: &Channel, cfg: &HubConfig) -> Result<(), lapin::Er
     apply(channel, &base_plan(cfg)).await
 }
 
-/// Declares the whole platform topology (base and every service queue).
-pub async fn declare_platform(channel: &Channel, cfg: &HubConfig) -> Result<(), lapin::Error> {
-    apply(channel, &platform_plan(cfg)).await
-}
-
 impl crate::Hub {
     /// Deletes the topology of this hub's configuration and `subs` (queues with their retry
     /// queues, the DLQ, the exchanges) — only for an isolated configuration
@@ -321,11 +316,6 @@ impl crate::Hub {
         let _ = ch.close(200, "deleted").await;
         Ok(())
     }
-}
-
-/// For docs and errors: `classic` or `quorum`.
-pub fn queue_type_name(t: QueueType) -> &'static str {
-    t.as_str()
 }
 
 #[cfg(test)]

@@ -122,12 +122,53 @@ impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
 }
 
 fn incoming_id(value: Option<&HeaderValue>) -> String {
-    value
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    let id = match value.and_then(|v| valid_correlation_id(v.as_bytes())) {
+        Some(id) => return String::from_utf8_lossy(id).into_owned(),
+        None => fresh_correlation_id(),
+    };
+    id.to_str().expect("a UUID is visible ASCII").to_string()
+}
+
+/// `value` trimmed, when it is a sane correlation id: visible ASCII, 1 to 128 bytes.
+pub fn valid_correlation_id(value: &[u8]) -> Option<&[u8]> {
+    let id = value.trim_ascii();
+    (!id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)).then_some(id)
+}
+
+/// The [`CORRELATION_HEADER`] of `headers` when it is a sane token ([`valid_correlation_id`]),
+/// else a fresh random UUID ([`fresh_correlation_id`]).
+pub fn correlation_id_of(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&CORRELATION_HEADER).and_then(|v| valid_correlation_id(v.as_bytes())) {
+        Some(id) => HeaderValue::from_bytes(id).expect("visible ASCII is a valid header value"),
+        None => fresh_correlation_id(),
+    }
+}
+
+/// A random (version 4) UUID from a per-thread generator seeded once from the OS: a correlation
+/// id must be unique, not unpredictable, and asking the OS for randomness on every request
+/// (`Uuid::new_v4`) is a system call per request, which showed in the gateway's CPU profile.
+pub fn fresh_correlation_id() -> HeaderValue {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    // splitmix64: two outputs make the 128 random bits.
+    let next = |state: &Cell<u64>| {
+        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (hi, lo) = STATE.with(|state| (next(state), next(state)));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_le_bytes());
+    bytes[8..].copy_from_slice(&lo.to_le_bytes());
+    let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(uuid.hyphenated().encode_lower(&mut text).as_bytes())
+        .expect("a UUID is a valid header value")
 }
 
 /// Middleware: one span per request carrying the correlation id (a child of an incoming
@@ -161,4 +202,33 @@ pub async fn correlation_id(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_correlation_id_is_replaced_by_a_uuid() {
+        let mut h = HeaderMap::new();
+        h.insert("x-correlation-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(correlation_id_of(&h), "abc-123");
+        h.insert("x-correlation-id", HeaderValue::from_static("has space"));
+        let fresh = correlation_id_of(&h);
+        let uuid = uuid::Uuid::parse_str(fresh.to_str().unwrap()).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_ne!(correlation_id_of(&h), fresh, "two fresh ids must differ");
+    }
+
+    #[test]
+    fn the_middleware_and_the_gateway_accept_the_same_ids() {
+        for raw in ["abc-123", "  padded  ", "", "has space", &"x".repeat(128), &"x".repeat(129)] {
+            let value = HeaderValue::from_str(raw).unwrap();
+            let mut h = HeaderMap::new();
+            h.insert(&CORRELATION_HEADER, value.clone());
+            let kept = valid_correlation_id(raw.as_bytes()).is_some();
+            assert_eq!(incoming_id(Some(&value)) == raw.trim(), kept, "{raw:?}");
+            assert_eq!(correlation_id_of(&h) == raw.trim(), kept, "{raw:?}");
+        }
+    }
 }

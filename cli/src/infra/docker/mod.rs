@@ -13,23 +13,26 @@
 //! [`super::choice`]), and says so in one line: the stand-ins exist only for that case, so
 //! asking for four MFE_*_IMAGE variables on top of `make images` was a step to forget.
 
-use super::choice::{self, ImageChoice, ImageFacts};
-use super::compose::{parse_duration_ns, ComposeFile, PortMapping, Service, VolumeMount};
+mod images;
+
+pub use images::build_images;
+use images::local_image_for;
+
 use crate::config::{Component, Config};
+use crate::infra::choice::{self, ImageChoice, ImageFacts};
+use crate::infra::compose::{parse_duration_ns, ComposeFile, PortMapping, Service, VolumeMount};
 use crate::infra::{health, ports, ComponentStatus};
-use crate::Ctx;
 use anyhow::{bail, Context};
 use bollard::container::{
     Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
     StartContainerOptions, StopContainerOptions,
 };
 use bollard::errors::Error as DockerError;
-use bollard::image::{CreateImageOptions, ImportImageOptions};
+use bollard::image::CreateImageOptions;
 use bollard::models::{EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, PortBinding, ResourcesUlimits};
 use bollard::network::CreateNetworkOptions;
 use bollard::volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions};
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
@@ -911,229 +914,6 @@ enum Action {
     Recreate,
 }
 
-/// One local image: a tag over the shared Debian root filesystem with its own entrypoint.
-struct LocalImage {
-    tag: &'static str,
-    /// The compose variable that selects it.
-    env_var: &'static str,
-    entrypoint: &'static str,
-    cmd: &'static [&'static str],
-    env: &'static [&'static str],
-    ports: &'static [&'static str],
-    stop_signal: &'static str,
-}
-
-const PATH_ENV: &str = "PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The stand-ins for the official images docker-compose.yml names.
-const LOCAL_IMAGES: [LocalImage; 4] = [
-    LocalImage {
-        tag: "mfe-local/postgres:15",
-        env_var: "MFE_POSTGRES_IMAGE",
-        entrypoint: "/usr/local/bin/entrypoint-postgres.sh",
-        cmd: &["postgres"],
-        env: &["PGDATA=/var/lib/postgresql/data"],
-        ports: &["5432/tcp"],
-        stop_signal: "SIGINT",
-    },
-    LocalImage {
-        tag: "mfe-local/rabbitmq:3-management",
-        env_var: "MFE_RABBITMQ_IMAGE",
-        entrypoint: "/usr/local/bin/entrypoint-rabbitmq.sh",
-        cmd: &["rabbitmq-server"],
-        env: &["HOME=/var/lib/rabbitmq"],
-        ports: &["5672/tcp", "15672/tcp"],
-        stop_signal: "SIGTERM",
-    },
-    LocalImage {
-        tag: "mfe-local/redis:7",
-        env_var: "MFE_REDIS_IMAGE",
-        entrypoint: "/usr/local/bin/entrypoint-redis.sh",
-        cmd: &["redis-server"],
-        env: &[],
-        ports: &["6379/tcp"],
-        stop_signal: "SIGTERM",
-    },
-    LocalImage {
-        tag: "mfe-local/nginx:1.22",
-        env_var: "MFE_NGINX_IMAGE",
-        entrypoint: "/usr/local/bin/entrypoint-nginx.sh",
-        cmd: &["nginx", "-g", "daemon off;"],
-        env: &[],
-        ports: &["80/tcp", "443/tcp"],
-        stop_signal: "SIGQUIT",
-    },
-];
-
-/// The local stand-in of `make images` for a compose service: the postgres one for every
-/// database, else the one named like the service.
-fn local_image_for(service: &str) -> Option<&'static LocalImage> {
-    let is_db = Component::parse(service).is_ok_and(|c| c.db_service().is_some());
-    let repo = format!("mfe-local/{}:", if is_db { "postgres" } else { service });
-    LOCAL_IMAGES.iter().find(|l| l.tag.starts_with(&repo))
-}
-
-/// `mfe infra build-images`: the Debian root filesystem (scripts/build-images.sh, cached), then
-/// one `docker load` stream holding every local image over that one layer.
-pub async fn build_images(ctx: &Ctx, args: BuildImagesArgs) -> anyhow::Result<()> {
-    let docker = Docker::connect(&ctx.config).await?;
-    let mut missing = Vec::new();
-    for img in &LOCAL_IMAGES {
-        match docker.api.inspect_image(img.tag).await {
-            Ok(_) if !args.force => {}
-            Ok(_) => missing.push(img),
-            Err(e) if is_not_found(&e) => missing.push(img),
-            Err(e) => bail!("cannot inspect image {}: {}", img.tag, docker_message(&e)),
-        }
-    }
-    if missing.is_empty() {
-        eprintln!("local images present: {} (--force rebuilds)", LOCAL_IMAGES.map(|i| i.tag).join(", "));
-        print_selection();
-        return Ok(());
-    }
-    let t0 = Instant::now();
-    let cache = std::env::var("MFE_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/mfe-images".into());
-    let rootfs = PathBuf::from(&cache).join("rootfs-bookworm.tar");
-    let script = ctx.config.root.join("scripts/build-images.sh");
-    let status = std::process::Command::new(&script)
-        .arg(&rootfs)
-        .env("MFE_IMAGE_CACHE", &cache)
-        .env("MFE_REBUILD", if args.force { "1" } else { "0" })
-        .status()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    anyhow::ensure!(status.success(), "{} failed (see its message above)", script.display());
-    let rootfs_s = t0.elapsed().as_secs_f64();
-
-    let t1 = Instant::now();
-    eprintln!("images: hashing {}", rootfs.display());
-    let path = rootfs.clone();
-    let (diff_id, layer_len) = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, u64)> {
-        let mut f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut h = Sha256::new();
-        let n = std::io::copy(&mut f, &mut h)?;
-        Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
-    })
-    .await??;
-
-    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut manifest = Vec::new();
-    let mut head_files: Vec<(String, Vec<u8>)> = Vec::new();
-    for img in &missing {
-        let mut env = vec![PATH_ENV.to_string(), "LANG=C.UTF-8".to_string()];
-        env.extend(img.env.iter().map(|s| s.to_string()));
-        let config = serde_json::json!({
-            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-            "os": "linux",
-            "created": created,
-            "config": {
-                "Env": env,
-                "Entrypoint": [img.entrypoint],
-                "Cmd": img.cmd,
-                "ExposedPorts": img.ports.iter().map(|p| (p.to_string(), serde_json::json!({}))).collect::<serde_json::Map<_, _>>(),
-                "StopSignal": img.stop_signal,
-                "WorkingDir": "/",
-                "Labels": {"org.opencontainers.image.description": "mfe local stand-in built from Debian bookworm packages"},
-            },
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": created, "created_by": "mfe infra build-images (scripts/build-images.sh)"}],
-        });
-        let bytes = serde_json::to_vec(&config)?;
-        let name = format!("{}.json", hex::encode(Sha256::digest(&bytes)));
-        manifest.push(serde_json::json!({"Config": name, "RepoTags": [img.tag], "Layers": ["layer/layer.tar"]}));
-        head_files.push((name, bytes));
-    }
-    head_files.insert(0, ("manifest.json".into(), serde_json::to_vec(&manifest)?));
-
-    eprintln!("images: loading {} into Docker", missing.iter().map(|i| i.tag).collect::<Vec<_>>().join(", "));
-    let stream = save_archive(head_files, rootfs.clone(), layer_len).await?;
-    let mut load = docker.api.import_image_stream(ImportImageOptions { quiet: true }, stream, None);
-    while let Some(item) = load.next().await {
-        let info =
-            item.map_err(|e| anyhow::anyhow!("docker load of the local images failed: {}", docker_message(&e)))?;
-        if let Some(err) = info.error {
-            bail!("docker load of the local images failed: {err}");
-        }
-        if let Some(s) = info.stream.filter(|s| !s.trim().is_empty()) {
-            eprintln!("images: {}", s.trim());
-        }
-    }
-    eprintln!(
-        "images: built in {:.0} s (root filesystem {:.0} s, load {:.0} s)",
-        t0.elapsed().as_secs_f64(),
-        rootfs_s,
-        t1.elapsed().as_secs_f64()
-    );
-    print_selection();
-    Ok(())
-}
-
-fn print_selection() {
-    eprintln!(
-        "`mfe infra start --runtime docker` runs them where the official images are absent and cannot be pulled; \
-         to run them in every case set:"
-    );
-    for img in &LOCAL_IMAGES {
-        println!("{}={}", img.env_var, img.tag);
-    }
-}
-
-/// A `docker save`-format archive as a byte stream: the small files, then `layer/layer.tar`
-/// streamed from disk.
-async fn save_archive(
-    files: Vec<(String, Vec<u8>)>,
-    layer: PathBuf,
-    layer_len: u64,
-) -> anyhow::Result<impl Stream<Item = Bytes> + Send + 'static> {
-    let mut head = Vec::new();
-    head.extend_from_slice(&tar_header("layer/", 0, b'5'));
-    for (name, bytes) in &files {
-        head.extend_from_slice(&tar_header(name, bytes.len() as u64, b'0'));
-        head.extend_from_slice(bytes);
-        head.resize(head.len().next_multiple_of(512), 0);
-    }
-    head.extend_from_slice(&tar_header("layer/layer.tar", layer_len, b'0'));
-    let padding = (layer_len.next_multiple_of(512) - layer_len) as usize;
-    let mut tail = vec![0u8; padding];
-    tail.extend_from_slice(&[0u8; 1024]);
-
-    let file = tokio::fs::File::open(&layer).await.with_context(|| format!("cannot open {}", layer.display()))?;
-    let body = futures::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 1 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Bytes::from(buf), f))
-            }
-        }
-    });
-    Ok(futures::stream::iter([Bytes::from(head)]).chain(body).chain(futures::stream::iter([Bytes::from(tail)])))
-}
-
-/// A ustar header block for a regular file (`b'0'`) or directory (`b'5'`).
-fn tar_header(name: &str, size: u64, kind: u8) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    let octal = |field: &mut [u8], value: u64| {
-        let s = format!("{:0width$o}\0", value, width = field.len() - 1);
-        field.copy_from_slice(s.as_bytes());
-    };
-    octal(&mut h[100..108], if kind == b'5' { 0o755 } else { 0o644 });
-    octal(&mut h[108..116], 0);
-    octal(&mut h[116..124], 0);
-    octal(&mut h[124..136], size);
-    octal(&mut h[136..148], 0);
-    h[148..156].copy_from_slice(b"        ");
-    h[156] = kind;
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-    h
-}
-
 /// A container's `nofile` limit as the daemon can grant it. Without CAP_SYS_RESOURCE (root in
 /// many containers lacks it, this machine's included) no process here — dockerd and runc neither
 /// — can set a hard limit above its own, and runc then refuses to start the container
@@ -1145,29 +925,4 @@ fn fit_ulimit(name: &str, (soft, hard): (i64, i64)) -> (i64, i64) {
     }
     let ceiling = i64::try_from(crate::limits::nofile().1).unwrap_or(i64::MAX);
     (soft.min(ceiling), hard.min(ceiling))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_component_has_a_local_stand_in() {
-        for c in Component::ALL {
-            let local = local_image_for(c.name()).unwrap_or_else(|| panic!("{c} has no local image"));
-            let kind = if c.db_service().is_some() { "postgres" } else { c.name() };
-            assert!(local.tag.starts_with(&format!("mfe-local/{kind}:")), "{c}: {}", local.tag);
-        }
-        assert!(local_image_for("prometheus").is_none());
-    }
-
-    #[test]
-    fn a_tar_header_has_a_checksum_tar_accepts() {
-        let h = tar_header("manifest.json", 1234, b'0');
-        let stored = u32::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
-        let mut copy = h;
-        copy[148..156].copy_from_slice(b"        ");
-        assert_eq!(stored, copy.iter().map(|&b| u32::from(b)).sum::<u32>());
-        assert_eq!(u64::from_str_radix(std::str::from_utf8(&h[124..135]).unwrap(), 8).unwrap(), 1234);
-    }
 }
