@@ -77,7 +77,7 @@ async fn event_hub(ctx: &Ctx, args: EventHubArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.messages > 0 && args.rate > 0, "--messages and --rate must be positive");
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("mfe.test.{}", &run_id[..12]);
-    let cfg = HubConfig::from_env().isolated(&prefix).with_connection_name(format!("mfe test event-hub {prefix}"));
+    let cfg = HubConfig::from_env()?.isolated(&prefix).with_connection_name(format!("mfe test event-hub {prefix}"));
     let hub = Hub::connect(cfg).await.context("test event-hub")?;
     eprintln!("event-hub suite: names under {prefix}.* (deleted afterwards)");
     let suite = Arc::new(Suite { ctx: ctx.clone(), args, prefix, hub, subs: Mutex::new(Vec::new()) });

@@ -32,7 +32,10 @@ struct Env {
 impl Env {
     async fn new() -> Env {
         let prefix = format!("mfe.test.{}", Uuid::new_v4().simple());
-        let mut cfg = HubConfig::from_env().isolated(&prefix).with_connection_name(format!("{prefix}.cli-test"));
+        let mut cfg = HubConfig::from_env()
+            .expect("event hub configuration")
+            .isolated(&prefix)
+            .with_connection_name(format!("{prefix}.cli-test"));
         cfg.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
         let hub = Hub::connect(cfg).await.unwrap_or_else(|e| panic!("{e} — {HINT}"));
         Env { prefix, hub, subs: Vec::new() }

@@ -199,7 +199,7 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
     let (auth_bin, gateway_bin) = binaries();
     let (otlp, bodies) = start_otlp_receiver().await;
     let endpoint = format!("http://{otlp}");
-    let database = mfe_kit::testing::fresh_database(&mfe_kit::env::get("AUTH_DATABASE_URL")).await;
+    let database = mfe_kit::testing::fresh_database(&mfe_core::env::get("AUTH_DATABASE_URL")).await;
     let auth_port = mfe_kit::testing::closed_port();
     let gateway_port = mfe_kit::testing::closed_port();
 
@@ -232,7 +232,7 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
     .await;
 
     // A private queue on the platform exchange, bound before the request.
-    let amqp_url = mfe_kit::env::get("RABBITMQ_URL");
+    let amqp_url = mfe_core::env::get("RABBITMQ_URL");
     let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to rabbitmq at {amqp_url}: {e} — {HINT}"));

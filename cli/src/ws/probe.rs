@@ -358,7 +358,7 @@ pub async fn probe(ctx: &Ctx, args: &ProbeArgs) -> anyhow::Result<Report> {
         .collect();
     let hub = match trigger {
         Trigger::Event => Some(
-            mfe_events::Hub::connect(mfe_events::HubConfig::from_env().with_connection_name("mfe-ws-probe"))
+            mfe_events::Hub::connect(mfe_events::HubConfig::from_env()?.with_connection_name("mfe-ws-probe"))
                 .await
                 .context("--trigger event publishes to RABBITMQ_URL")?,
         ),

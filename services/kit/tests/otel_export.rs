@@ -96,7 +96,10 @@ async fn a_request_and_the_event_it_publishes_are_exported_as_one_trace_to_the_o
 
     // A real hub on an isolated topology; the consumer reports the trace context it runs in.
     let prefix = format!("mfe.test.{}", uuid::Uuid::new_v4().simple());
-    let cfg = HubConfig::from_env().isolated(&prefix).with_connection_name(format!("{prefix}.otel"));
+    let cfg = HubConfig::from_env()
+        .expect("event hub configuration")
+        .isolated(&prefix)
+        .with_connection_name(format!("{prefix}.otel"));
     let urls = cfg.urls.join(",");
     let hub = Hub::connect(cfg.clone())
         .await
