@@ -409,17 +409,8 @@ async fn try_connect(cfg: &HubConfig, start: usize) -> Result<(Connection, usize
     })
 }
 
-/// `amqp://user:***@host:port/vhost` for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+// `amqp://user:***@host:port/vhost` for messages (the one redaction of mfe-core).
+use mfe_core::redact_url_password as redact;
 
 /// Owns the connection: publishes it to waiters, watches it, and replaces it when it dies.
 async fn supervise(inner: Arc<Inner>, first: (Connection, usize), up: oneshot::Sender<Result<(), HubError>>) {
@@ -819,14 +810,4 @@ async fn process<H: Handler>(
         moves.finish();
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn broker_urls_in_messages_hide_the_password() {
-        assert_eq!(redact("amqp://admin:secret@127.0.0.1:5672/%2f"), "amqp://admin:***@127.0.0.1:5672/%2f");
-    }
 }
