@@ -1,6 +1,7 @@
 //! Rules over the whole workspace, checked from its sources and its manifests.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use mfe_core::env::VARS;
 
@@ -119,6 +120,27 @@ fn every_environment_variable_read_in_the_sources_is_documented() {
          `mfe env example > .env.example`): {}",
         missing.join(", ")
     );
+}
+
+#[test]
+fn only_mfe_events_depends_on_lapin() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let packages = meta["packages"].as_array().expect("a package list");
+    assert!(packages.len() >= 8, "the workspace has its crates");
+    let offenders: Vec<String> = packages
+        .iter()
+        .filter(|p| p["name"] != "mfe-events")
+        .filter(|p| p["dependencies"].as_array().is_some_and(|d| d.iter().any(|d| d["name"] == "lapin")))
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(offenders.is_empty(), "only mfe-events speaks AMQP, yet lapin is a dependency of {offenders:?}");
 }
 
 #[test]

@@ -116,7 +116,7 @@ async fn ours(url: &str, rate: u64, n: usize, fail_every: usize) -> anyhow::Resu
     }
     let elapsed = start.elapsed();
     handle.cancel().await;
-    let ch = hub.channel().await?;
+    let ch = hub.raw_channel().await?;
     let c = hub.config().clone();
     let mut plan = mfe_events::topology::base_plan(&c);
     plan.extend(mfe_events::topology::subscription_plan(&c, &sub));

@@ -36,7 +36,7 @@ pub async fn connect(cfg: HubConfig) -> Hub {
 
 /// Deletes the exchanges and queues of `subs` under `hub`'s configuration.
 pub async fn cleanup(hub: &Hub, subs: &[Subscription]) {
-    let Ok(ch) = hub.channel().await else { return };
+    let Ok(ch) = hub.raw_channel().await else { return };
     let cfg = hub.config().clone();
     let mut plan = base_plan(&cfg);
     for s in subs {
