@@ -1,11 +1,13 @@
 //! The resolved configuration of one `mfe` run (SPEC §2) and the names of things it manages.
 //!
-//! Values come from the environment (after `.env`), with defaults from [`mfe_kit::env`]. Ports are
+//! Values come from the environment (after `.env`) through [`mfe_core::env`] (the contract, its
+//! defaults and its one parser); the services are the rows of [`mfe_core::SERVICES`]. Ports are
 //! not separate settings: a database server listens on the port of its `*_DATABASE_URL`, RabbitMQ
 //! on the port of `RABBITMQ_URL`, and so on, so one variable moves both the server and its clients.
 
 use anyhow::{bail, Context};
-use mfe_kit::env;
+use mfe_core::env;
+use mfe_core::{redact_url_password, Service};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use url::Url;
@@ -38,10 +40,9 @@ impl Component {
 
     pub fn name(self) -> &'static str {
         match self {
-            Component::AuthDb => "auth_db",
-            Component::PaymentsDb => "payments_db",
-            Component::AdminDb => "admin_db",
-            Component::ProfileDb => "profile_db",
+            Component::AuthDb | Component::PaymentsDb | Component::AdminDb | Component::ProfileDb => {
+                self.db_service().and_then(DbService::service).expect("a service database").spec().database
+            }
             Component::LegacyDb => "legacy_db",
             Component::Rabbitmq => "rabbitmq",
             Component::Redis => "redis",
@@ -113,14 +114,19 @@ impl DbService {
     /// The four split services, in migration order.
     pub const SPLIT: [DbService; 4] = [DbService::Auth, DbService::Payments, DbService::Admin, DbService::Profile];
 
-    pub fn name(self) -> &'static str {
+    /// The row of the service table behind a split database; `None` for the legacy one.
+    pub fn service(self) -> Option<Service> {
         match self {
-            DbService::Auth => "auth",
-            DbService::Payments => "payments",
-            DbService::Admin => "admin",
-            DbService::Profile => "profile",
-            DbService::Legacy => "legacy",
+            DbService::Auth => Some(Service::Auth),
+            DbService::Payments => Some(Service::Payments),
+            DbService::Admin => Some(Service::Admin),
+            DbService::Profile => Some(Service::Profile),
+            DbService::Legacy => None,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.service().map_or("legacy", Service::name)
     }
 
     pub fn component(self) -> Component {
@@ -134,13 +140,7 @@ impl DbService {
     }
 
     pub fn url_var(self) -> &'static str {
-        match self {
-            DbService::Auth => "AUTH_DATABASE_URL",
-            DbService::Payments => "PAYMENTS_DATABASE_URL",
-            DbService::Admin => "ADMIN_DATABASE_URL",
-            DbService::Profile => "PROFILE_DATABASE_URL",
-            DbService::Legacy => "LEGACY_DATABASE_URL",
-        }
+        self.service().map_or("LEGACY_DATABASE_URL", Service::database_var)
     }
 
     pub fn parse(s: &str) -> anyhow::Result<Self> {
@@ -230,6 +230,9 @@ pub struct Config {
     pub rabbitmq_password: String,
     pub rabbitmq_vhost: String,
     pub rabbitmq_management_port: u16,
+    /// `RABBITMQ_DIST_PORT`: the Erlang distribution port of the (first) broker node; `None`
+    /// derives it from the AMQP port ([`crate::infra::native::rabbitmq_dist_port`]).
+    pub rabbitmq_dist_port: Option<u16>,
     pub redis_url: String,
     pub redis_port: u16,
     pub nginx_http_port: u16,
@@ -250,7 +253,7 @@ impl Config {
             "auto" => RuntimeKind::Auto,
             "docker" => RuntimeKind::Docker,
             "native" => RuntimeKind::Native,
-            other => bail!("MFE_RUNTIME must be auto, docker or native (got `{other}`)"),
+            other => bail!(env::EnvError::new("MFE_RUNTIME", other, "auto, docker or native")),
         };
         let rabbitmq_url = env::get("RABBITMQ_URL");
         let rabbitmq_urls = mfe_events::config::parse_urls(&rabbitmq_url);
@@ -276,6 +279,7 @@ impl Config {
             rabbitmq_urls,
             rabbitmq_ha: false,
             rabbitmq_management_port: port_var("RABBITMQ_MANAGEMENT_PORT")?,
+            rabbitmq_dist_port: env::parse_env_opt("RABBITMQ_DIST_PORT")?,
             redis_port: redis.port().unwrap_or(6379),
             redis_url,
             nginx_http_port: port_var("NGINX_HTTP_PORT")?,
@@ -312,7 +316,7 @@ impl Config {
 
     /// Prints every variable with its resolved value, secrets masked.
     pub fn print_resolved(&self) {
-        for v in env::VARS {
+        for v in env::VARS.iter().filter(|v| v.scope == env::Scope::Platform) {
             let value = env::get(v.name);
             let shown = if is_secret(v.name) { mask(&value) } else { redact_url_password(&value) };
             println!("{}={}", v.name, shown);
@@ -332,11 +336,10 @@ fn mask(s: &str) -> String {
     }
 }
 
-pub use mfe_kit::env::redact_url_password;
-
-fn port_var(name: &str) -> anyhow::Result<u16> {
-    let raw = env::get(name);
-    raw.parse().with_context(|| format!("{name} must be a TCP port number (got `{raw}`)"))
+/// A port variable whose default is in the contract table.
+pub fn port_var(name: &str) -> anyhow::Result<u16> {
+    let default = env::var(name).default.parse().with_context(|| format!("{name}'s default is not a port"))?;
+    Ok(env::parse_env(name, default)?)
 }
 
 fn absolutize(root: &Path, p: &Path) -> PathBuf {
@@ -350,7 +353,7 @@ fn absolutize(root: &Path, p: &Path) -> PathBuf {
 /// The repository root: `MFE_ROOT`, else the nearest ancestor of the working directory holding
 /// `docker-compose.yml` and `migrations/`, else the directory this binary was built from.
 fn find_root() -> PathBuf {
-    if let Ok(root) = std::env::var("MFE_ROOT") {
+    if let Some(root) = env::lookup("MFE_ROOT") {
         return PathBuf::from(root);
     }
     if let Ok(cwd) = std::env::current_dir() {

@@ -97,7 +97,7 @@ pub async fn doctor_report(ctx: &Ctx) -> Report {
         )
     });
 
-    let default_secret = mfe_kit::env::var("JWT_SECRET").default;
+    let default_secret = mfe_core::env::var("JWT_SECRET").default;
     report.push(if cfg.jwt_secret == default_secret {
         Check::new("JWT_SECRET", true, "development default in use — set JWT_SECRET (≥ 32 bytes) outside development")
     } else if cfg.jwt_secret.len() < 32 {

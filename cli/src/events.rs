@@ -126,7 +126,7 @@ pub struct TailArgs {
 }
 
 pub async fn run(ctx: &Ctx, args: EventsArgs) -> anyhow::Result<()> {
-    let mut cfg = HubConfig::from_env().with_connection_name("mfe events");
+    let mut cfg = HubConfig::from_env()?.with_connection_name("mfe events");
     if let Some(p) = args.prefix.as_deref().filter(|p| !p.is_empty()) {
         cfg = cfg.isolated(p);
     }

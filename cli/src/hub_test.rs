@@ -11,13 +11,9 @@ use crate::Ctx;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
 use mfe_events::outbox::{self, OutboxRelay};
 use mfe_events::topology::{self, base_plan, subscription_plan, Subscription};
-use mfe_events::{handler_fn, Envelope, HandlerError, Hub, HubConfig};
+use mfe_events::{handler_fn, Envelope, HandlerError, Hub, HubConfig, Message};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,7 +73,7 @@ async fn event_hub(ctx: &Ctx, args: EventHubArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.messages > 0 && args.rate > 0, "--messages and --rate must be positive");
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("mfe.test.{}", &run_id[..12]);
-    let cfg = HubConfig::from_env().isolated(&prefix).with_connection_name(format!("mfe test event-hub {prefix}"));
+    let cfg = HubConfig::from_env()?.isolated(&prefix).with_connection_name(format!("mfe test event-hub {prefix}"));
     let hub = Hub::connect(cfg).await.context("test event-hub")?;
     eprintln!("event-hub suite: names under {prefix}.* (deleted afterwards)");
     let suite = Arc::new(Suite { ctx: ctx.clone(), args, prefix, hub, subs: Mutex::new(Vec::new()) });
@@ -147,19 +143,8 @@ impl Suite {
 
     /// Deletes every queue and exchange the run declared; true when all went.
     async fn cleanup(&self) -> bool {
-        let Ok(ch) = self.hub.channel().await else { return false };
-        let cfg = self.hub.config().clone();
-        let mut plan = base_plan(&cfg);
-        for s in self.subs.lock().expect("not poisoned").iter() {
-            plan.extend(subscription_plan(&cfg, s));
-        }
-        let mut ok = true;
-        for q in &plan.queues {
-            ok &= ch.queue_delete(&q.name, QueueDeleteOptions::default()).await.is_ok();
-        }
-        for e in &plan.exchanges {
-            ok &= ch.exchange_delete(&e.name, ExchangeDeleteOptions::default()).await.is_ok();
-        }
+        let subs = self.subs.lock().expect("not poisoned").clone();
+        let ok = self.hub.delete_isolated_topology(&subs).await.is_ok();
         self.hub.close().await;
         ok
     }
@@ -250,11 +235,9 @@ async fn check_topology(s: &Suite) -> anyhow::Result<Check> {
     for sub in &subs {
         plan.extend(subscription_plan(&cfg, sub));
     }
-    let ch = s.hub.channel().await?;
-    topology::apply(&ch, &plan).await.context("declaring the topology")?;
+    s.hub.declare(&plan).await.context("declaring the topology")?;
     for q in &plan.queues {
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        if ch.queue_declare(&q.name, passive, FieldTable::default()).await.is_err() {
+        if !s.hub.queue_exists(&q.name).await? {
             mismatches.push(format!("queue {} missing after declaration", q.name));
             break;
         }
@@ -293,22 +276,6 @@ async fn check_fifo(s: &Suite) -> anyhow::Result<Check> {
     Ok(Check::new("fifo-ordering", passed, format!("{} of 100 received, {out_of_order} out of order", got.len()))
         .metric("received", got.len())
         .metric("out_of_order", out_of_order))
-}
-
-fn header_str(props: &lapin::BasicProperties, name: &str) -> Option<String> {
-    match props.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(v) => Some(v.to_string()),
-        AMQPValue::ShortString(v) => Some(v.to_string()),
-        _ => None,
-    }
-}
-
-fn header_int(props: &lapin::BasicProperties, name: &str) -> Option<i64> {
-    match props.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some((*n).into()),
-        _ => None,
-    }
 }
 
 /// Retry ×3 then DLQ, and (concurrently) fails-twice-then-succeeds; both with the configured
@@ -356,16 +323,14 @@ async fn check_retries(s: &Suite) -> anyhow::Result<Check> {
     s.hub.publish(&transient_env).await?;
 
     // Everything in the DLQ, by event id.
-    let ch = s.hub.channel().await?;
     let total: u128 = delays.iter().sum();
     let deadline = Instant::now() + Duration::from_millis(total as u64) + Duration::from_secs(10);
-    let mut dlq: HashMap<uuid::Uuid, lapin::BasicProperties> = HashMap::new();
+    let mut dlq: HashMap<uuid::Uuid, Message> = HashMap::new();
     while Instant::now() < deadline && !dlq.contains_key(&dead_env.id) {
-        match ch.basic_get(&s.hub.config().dlq, BasicGetOptions::default()).await? {
+        match s.hub.get(&s.hub.config().dlq).await? {
             Some(m) => {
-                m.delivery.acker.ack(BasicAckOptions::default()).await?;
-                if let Ok(env) = serde_json::from_slice::<Envelope>(&m.delivery.data) {
-                    dlq.insert(env.id, m.delivery.properties.clone());
+                if let Some(env) = m.envelope() {
+                    dlq.insert(env.id, m);
                 }
             }
             None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -380,9 +345,9 @@ async fn check_retries(s: &Suite) -> anyhow::Result<Check> {
     let gaps: Vec<u128> = runs.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
     let gaps_ok = gaps.len() == delays.len() && gaps.iter().zip(&delays).all(|(g, d)| *g + 20 >= *d && *g < *d + 1500);
     let dead = dlq.get(&dead_env.id);
-    let reason = dead.and_then(|p| header_str(p, "x-death-reason")).unwrap_or_default();
-    let attempts = dead.and_then(|p| header_int(p, "x-attempts")).unwrap_or_default();
-    let consumer = dead.and_then(|p| header_str(p, "x-failed-consumer")).unwrap_or_default();
+    let reason = dead.and_then(|m| m.header_str("x-death-reason")).unwrap_or_default().to_string();
+    let attempts = dead.and_then(|m| m.header_i64("x-attempts")).unwrap_or_default();
+    let consumer = dead.and_then(|m| m.header_str("x-failed-consumer")).unwrap_or_default().to_string();
     let passed = dead.is_some() && gaps_ok && attempts == delays.len() as i64 + 1 && runs.len() == delays.len() + 1;
     let gaps_text = gaps.iter().map(|g| format!("{:.1}s", *g as f64 / 1000.0)).collect::<Vec<_>>().join(", ");
     let retry = Check::new(
@@ -461,8 +426,7 @@ async fn check_crash(s: &Suite) -> anyhow::Result<Check> {
 async fn check_restart(s: &Suite) -> anyhow::Result<Check> {
     let key = s.key("persist");
     let sub = s.sub("persist", &[&key]);
-    let ch = s.hub.channel().await?;
-    topology::apply(&ch, &subscription_plan(s.hub.config(), &sub)).await?;
+    s.hub.declare(&subscription_plan(s.hub.config(), &sub)).await?;
     let n = s.args.messages;
     let envs: Vec<Envelope> = (0..n).map(|i| event(&key, json!({"seq": i}))).collect();
     publish_all(&s.hub, &envs).await?;

@@ -117,7 +117,7 @@ pub struct Ctx {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    mfe_kit::env::load_dotenv(cli.global.env_file.as_deref()).map_err(anyhow::Error::msg)?;
+    mfe_core::env::load_dotenv(cli.global.env_file.as_deref()).map_err(anyhow::Error::msg)?;
     let ctx = Ctx { json: cli.global.json, verbose: cli.global.verbose, config: config::Config::from_env()? };
     match cli.command {
         Command::Infra(a) => infra::run(&ctx, a).await,
@@ -136,7 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Supervise(a) => stack::supervise(&ctx, a).await,
         Command::Env(a) => match a.command {
             EnvCommand::Example => {
-                print!("{}", mfe_kit::env::render_env_example());
+                print!("{}", mfe_core::env::render_env_example());
                 Ok(())
             }
             EnvCommand::Show => {
@@ -179,7 +179,7 @@ pub fn log_filter(verbose: u8, rust_log: Option<&str>) -> tracing_subscriber::En
 
 /// Sets up `tracing` on stderr; `RUST_LOG` wins over `-v`.
 pub fn init_logging(verbose: u8) {
-    let filter = log_filter(verbose, std::env::var("RUST_LOG").ok().as_deref());
+    let filter = log_filter(verbose, mfe_core::env::lookup("RUST_LOG").as_deref());
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

@@ -12,6 +12,7 @@ use crate::infra::{self, Runtime};
 use crate::report::{Check, Report};
 use crate::Ctx;
 use anyhow::{bail, Context};
+use mfe_core::Service;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,18 +27,25 @@ pub struct AppProcess {
     pub url_var: &'static str,
 }
 
-/// Start order: services first, the gateway (which fronts them) last.
+/// Start order: services first, the gateway (which fronts them) last. Every row of
+/// [`mfe_core::SERVICES`] is here (a test checks it).
 pub const APP_PROCESSES: [AppProcess; 5] = [
-    AppProcess { name: "auth", binary: "auth-service", url_var: "AUTH_SERVICE_URL" },
-    AppProcess { name: "profile", binary: "profile-service", url_var: "PROFILE_SERVICE_URL" },
-    AppProcess { name: "payments", binary: "payments-service", url_var: "PAYMENTS_SERVICE_URL" },
-    AppProcess { name: "admin", binary: "admin-service", url_var: "ADMIN_SERVICE_URL" },
+    AppProcess::service(Service::Auth),
+    AppProcess::service(Service::Profile),
+    AppProcess::service(Service::Payments),
+    AppProcess::service(Service::Admin),
     AppProcess { name: "gateway", binary: "mfe-gateway", url_var: "GATEWAY_URL" },
 ];
 
 impl AppProcess {
+    /// The process of a service, from its row of [`mfe_core::SERVICES`].
+    pub const fn service(s: Service) -> Self {
+        let spec = s.spec();
+        Self { name: spec.name, binary: spec.binary, url_var: spec.service_url_var }
+    }
+
     pub fn url(&self) -> String {
-        mfe_kit::env::get(self.url_var).trim_end_matches('/').to_string()
+        mfe_core::env::get(self.url_var).trim_end_matches('/').to_string()
     }
 
     pub fn port(&self) -> anyhow::Result<u16> {
@@ -137,7 +145,7 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
         "up: https://{}:{}/ (nginx), {} (gateway); stop with `mfe down`",
         ctx.config.nginx_host,
         ctx.config.nginx_https_port,
-        mfe_kit::env::get("GATEWAY_URL")
+        mfe_core::env::get("GATEWAY_URL")
     );
     report.emit(ctx.json)
 }
@@ -392,4 +400,19 @@ fn spawn_app(dir: &Path, bin_dir: &Path, p: AppProcess) -> anyhow::Result<tokio:
         fs::write(dir.join(format!("{}.pid", p.name)), format!("{pid}\n"))?;
     }
     Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_of_the_table_is_started_once_before_the_gateway() {
+        for spec in &mfe_core::SERVICES {
+            let n = APP_PROCESSES[..4].iter().filter(|p| p.name == spec.name && p.binary == spec.binary).count();
+            assert_eq!(n, 1, "{} is started {n} times", spec.name);
+        }
+        assert_eq!(APP_PROCESSES.len(), mfe_core::SERVICES.len() + 1);
+        assert_eq!(APP_PROCESSES[APP_PROCESSES.len() - 1].name, "gateway");
+    }
 }

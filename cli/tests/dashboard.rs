@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use mfe_events::topology::{base_plan, subscription_plan};
 use mfe_events::{handler_fn, types, Envelope, HandlerError, Hub, HubConfig, Subscription};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -80,24 +79,16 @@ fn prefix() -> String {
 }
 
 async fn hub(prefix: &str) -> Hub {
-    let mut cfg = HubConfig::from_env().isolated(prefix).with_connection_name(format!("{prefix}.dashboard-test"));
+    let mut cfg = HubConfig::from_env()
+        .expect("event hub configuration")
+        .isolated(prefix)
+        .with_connection_name(format!("{prefix}.dashboard-test"));
     cfg.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
     Hub::connect(cfg).await.unwrap_or_else(|e| panic!("{e} — {HINT}"))
 }
 
 async fn cleanup(hub: Hub, subs: &[Subscription]) {
-    let ch = hub.channel().await.unwrap();
-    let cfg = hub.config().clone();
-    let mut plan = base_plan(&cfg);
-    for s in subs {
-        plan.extend(subscription_plan(&cfg, s));
-    }
-    for q in &plan.queues {
-        let _ = ch.queue_delete(&q.name, Default::default()).await;
-    }
-    for e in &plan.exchanges {
-        let _ = ch.exchange_delete(&e.name, Default::default()).await;
-    }
+    let _ = hub.delete_isolated_topology(subs).await;
     hub.close().await;
 }
 

@@ -24,7 +24,7 @@ pub fn with_database(url: &str, db: &str) -> String {
 
 /// Creates an empty database named by a UUID on the server of `var`'s URL and returns its URL.
 pub async fn create_database(var: &str) -> String {
-    let base = mfe_kit::env::get(var);
+    let base = mfe_core::env::get(var);
     let admin_url = with_database(&base, "postgres");
     let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
         panic!(

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mfe_events::topology::{base_plan, subscription_plan};
 use mfe_events::{handler_fn, types, Envelope, HandlerError, Hub, HubConfig, Subscription};
 use serde_json::Value;
 use uuid::Uuid;
@@ -32,7 +31,10 @@ struct Env {
 impl Env {
     async fn new() -> Env {
         let prefix = format!("mfe.test.{}", Uuid::new_v4().simple());
-        let mut cfg = HubConfig::from_env().isolated(&prefix).with_connection_name(format!("{prefix}.cli-test"));
+        let mut cfg = HubConfig::from_env()
+            .expect("event hub configuration")
+            .isolated(&prefix)
+            .with_connection_name(format!("{prefix}.cli-test"));
         cfg.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
         let hub = Hub::connect(cfg).await.unwrap_or_else(|e| panic!("{e} — {HINT}"));
         Env { prefix, hub, subs: Vec::new() }
@@ -84,18 +86,7 @@ impl Env {
     }
 
     async fn cleanup(self) {
-        let ch = self.hub.channel().await.unwrap();
-        let cfg = self.hub.config().clone();
-        let mut plan = base_plan(&cfg);
-        for s in &self.subs {
-            plan.extend(subscription_plan(&cfg, s));
-        }
-        for q in &plan.queues {
-            let _ = ch.queue_delete(&q.name, Default::default()).await;
-        }
-        for e in &plan.exchanges {
-            let _ = ch.exchange_delete(&e.name, Default::default()).await;
-        }
+        let _ = self.hub.delete_isolated_topology(&self.subs).await;
         self.hub.close().await;
     }
 }

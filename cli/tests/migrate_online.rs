@@ -497,7 +497,8 @@ struct NewServices {
 
 impl NewServices {
     async fn start(stack: &Stack) -> Self {
-        use mfe_kit::config::{Service, ServiceConfig};
+        use mfe_core::Service;
+        use mfe_kit::config::ServiceConfig;
         let config = |service: Service, var: &str| {
             let mut cfg = ServiceConfig::from_env(service).expect("service configuration from the environment");
             cfg.port = 0;
@@ -531,7 +532,7 @@ impl NewServices {
         Self {
             payments: payments_url,
             profile: profile_url,
-            jwt: mfe_kit::jwt::JwtKeys::new(&mfe_kit::env::get("JWT_SECRET")),
+            jwt: mfe_kit::jwt::JwtKeys::new(&mfe_core::env::get("JWT_SECRET")),
             http: reqwest::Client::new(),
             tasks,
         }

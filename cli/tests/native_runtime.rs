@@ -88,24 +88,12 @@ async fn assert_really_reachable(stack: &Stack) {
         let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut conn).await.unwrap();
         assert_eq!(name, db, "the server hosts the database named by its URL");
     }
-    let amqp = lapin::Connection::connect(
-        &format!("amqp://admin:admin@127.0.0.1:{}/%2f", stack.port(5)),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("AMQP connects with the user from rabbitmq/definitions.json");
-    let channel = amqp.create_channel().await.unwrap();
-    // The definitions were loaded: the `events` exchange exists (passive declare fails otherwise).
-    channel
-        .exchange_declare(
-            "events",
-            lapin::ExchangeKind::Topic,
-            lapin::options::ExchangeDeclareOptions { passive: true, ..Default::default() },
-            Default::default(),
-        )
+    let amqp_url = format!("amqp://admin:admin@127.0.0.1:{}/%2f", stack.port(5));
+    // The definitions were loaded: the `events` exchange exists (a passive check declares nothing).
+    let exists = mfe_events::Hub::exchange_exists_at(&amqp_url, "events")
         .await
-        .expect("the events exchange from rabbitmq/definitions.json exists");
-    amqp.close(200, "test").await.ok();
+        .expect("AMQP connects with the user from rabbitmq/definitions.json");
+    assert!(exists, "the events exchange from rabbitmq/definitions.json exists");
     let redis = redis::Client::open(format!("redis://127.0.0.1:{}", stack.port(7))).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();

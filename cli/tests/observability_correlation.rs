@@ -21,12 +21,7 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::State, routing::post, Router};
-use futures::StreamExt;
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-    Connection, ConnectionProperties,
-};
+use mfe_events::{Hub, HubConfig};
 use opentelemetry_proto::tonic::{collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value};
 use prost::Message;
 
@@ -199,7 +194,7 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
     let (auth_bin, gateway_bin) = binaries();
     let (otlp, bodies) = start_otlp_receiver().await;
     let endpoint = format!("http://{otlp}");
-    let database = mfe_kit::testing::fresh_database(&mfe_kit::env::get("AUTH_DATABASE_URL")).await;
+    let database = mfe_kit::testing::fresh_database(&mfe_core::env::get("AUTH_DATABASE_URL")).await;
     let auth_port = mfe_kit::testing::closed_port();
     let gateway_port = mfe_kit::testing::closed_port();
 
@@ -232,37 +227,13 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
     .await;
 
     // A private queue on the platform exchange, bound before the request.
-    let amqp_url = mfe_kit::env::get("RABBITMQ_URL");
-    let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to rabbitmq at {amqp_url}: {e} — {HINT}"));
-    let ch = amqp.create_channel().await.unwrap();
-    let queue = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare a test queue");
-    ch.queue_bind(
-        queue.name().as_str(),
-        "events",
-        "auth.user.registered",
-        QueueBindOptions::default(),
-        FieldTable::default(),
+    let hub = Hub::connect(
+        HubConfig::from_env().expect("event hub configuration").with_connection_name("observability-test"),
     )
     .await
-    .expect("bind the test queue to the events exchange");
-    let mut deliveries = ch
-        .basic_consume(
-            queue.name().as_str(),
-            "observability-test",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume the test queue");
+    .unwrap_or_else(|e| panic!("cannot connect to rabbitmq: {e} — {HINT}"));
+    let mut deliveries =
+        hub.tail(&["auth.user.registered".to_string()]).await.expect("a test queue bound to the events exchange");
 
     let edge = Edge::start(gateway_port);
     let correlation = format!("abc-{}", uuid::Uuid::new_v4());
@@ -293,15 +264,10 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
 
     // The event, published by the outbox relay, carries the id and the trace.
     let (event, traceparent) = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(d)) = deliveries.next().await {
-            d.ack(BasicAckOptions::default()).await.ok();
-            let v: serde_json::Value = serde_json::from_slice(&d.data).expect("a json envelope");
+        while let Some(Ok(m)) = deliveries.next_message().await {
+            let v: serde_json::Value = serde_json::from_slice(&m.body).expect("a json envelope");
             if v["correlationId"] == correlation.as_str() {
-                let tp = d.properties.headers().as_ref().and_then(|h| match h.inner().get("traceparent") {
-                    Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-                    _ => None,
-                });
-                return (v, tp);
+                return (v, m.header_str("traceparent").map(str::to_string));
             }
         }
         panic!("the test queue closed before the event arrived")
@@ -348,7 +314,8 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
         .find(|s| s.service == "auth-service" && s.name == "request" && s.trace_id == trace_id)
         .unwrap_or_else(|| panic!("no auth-service request span of trace {trace_id} exported: {spans:#?}"));
     assert_eq!(request.parent_span_id, proxy.span_id, "the service's span is a child of the gateway's span");
-    let _ = amqp.close(0, "done").await;
+    deliveries.close().await;
+    hub.close().await;
 }
 
 #[test]

@@ -8,7 +8,8 @@ mod proxy_support;
 
 use std::time::Duration;
 
-use mfe_kit::{config::Service, JwtKeys, Role, ServiceConfig};
+use mfe_core::Service;
+use mfe_kit::{JwtKeys, Role, ServiceConfig};
 
 /// Streams `mib` MiB of spaces to `PUT /api/profile/me` through `gateway`; the answer's status,
 /// or the error when there was none.

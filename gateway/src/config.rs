@@ -1,10 +1,12 @@
 //! [`GatewayConfig`]: where the gateway listens, where each upstream service lives, and the
-//! timing knobs of the proxy and the WebSocket heartbeat. Read from the environment with the
-//! SPEC §2 defaults of [`mfe_kit::env`]; the gateway-only knobs have their defaults here.
+//! timing knobs of the proxy and the WebSocket heartbeat. Read from the environment through
+//! [`mfe_core::env`] (every variable, its default and its doc line are in its table); the routes
+//! come from the service table [`mfe_core::SERVICES`].
 
 use std::time::Duration;
 
-use mfe_kit::config::Secret;
+use mfe_core::env::{self, parse_env, parse_env_ms};
+use mfe_core::{Secret, SERVICES};
 
 /// One upstream service and the path prefix routed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,55 +43,49 @@ pub struct GatewayConfig {
     pub ws_pong_timeout: Duration,
     /// Messages queued per socket before the client counts as slow and is dropped.
     pub ws_send_queue: usize,
+    /// Runtime threads of the binary (`GATEWAY_WORKERS`): 0 one per core, 1 a single-threaded
+    /// runtime, N that many workers. `main` reads it first ([`GatewayConfig::workers_from_env`]):
+    /// the runtime exists before the rest of the configuration is read.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
     /// Reads `PORT`, `GATEWAY_HOST`, the four `*_SERVICE_URL`, `JWT_SECRET`, `RABBITMQ_URL`,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`, `GATEWAY_CONNECT_TIMEOUT_MS`, `GATEWAY_HEALTH_INTERVAL_MS`,
-    /// `WS_PING_INTERVAL_MS`, `WS_PONG_TIMEOUT_MS` and `WS_SEND_QUEUE`.
+    /// `WS_PING_INTERVAL_MS`, `WS_PONG_TIMEOUT_MS`, `WS_SEND_QUEUE` and `GATEWAY_WORKERS`.
     pub fn from_env() -> anyhow::Result<Self> {
-        use mfe_kit::env;
-        let routes = [
-            ("auth", "AUTH_SERVICE_URL"),
-            ("payments", "PAYMENTS_SERVICE_URL"),
-            ("admin", "ADMIN_SERVICE_URL"),
-            ("profile", "PROFILE_SERVICE_URL"),
-        ]
-        .into_iter()
-        .map(|(name, var)| Route {
-            name: name.to_string(),
-            prefix: format!("/api/{name}"),
-            upstream: env::get(var).trim_end_matches('/').to_string(),
-        })
-        .collect();
+        let routes = SERVICES
+            .iter()
+            .map(|s| Route {
+                name: s.name.to_string(),
+                prefix: s.route_prefix.to_string(),
+                upstream: env::get(s.service_url_var).trim_end_matches('/').to_string(),
+            })
+            .collect();
         Ok(Self {
-            host: std::env::var("GATEWAY_HOST").unwrap_or_else(|_| "0.0.0.0".into()),
-            port: number_var("PORT", 3000)?,
+            host: env::get("GATEWAY_HOST"),
+            port: parse_env("PORT", 3000)?,
             routes,
             jwt_secret: Secret::new(env::get("JWT_SECRET")),
             events: Some(
                 mfe_events::HubConfig {
                     urls: mfe_events::config::parse_urls(&env::get("RABBITMQ_URL")),
-                    ..mfe_events::HubConfig::from_env()
+                    ..mfe_events::HubConfig::from_env()?
                 }
                 .with_connection_name("mfe-gateway"),
             ),
-            upstream_timeout: Duration::from_millis(number_var("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?),
-            connect_timeout: Duration::from_millis(number_var("GATEWAY_CONNECT_TIMEOUT_MS", 2_000)?),
-            health_interval: Duration::from_millis(number_var("GATEWAY_HEALTH_INTERVAL_MS", 5_000)?),
-            ws_ping_interval: Duration::from_millis(number_var("WS_PING_INTERVAL_MS", 30_000)?),
-            ws_pong_timeout: Duration::from_millis(number_var("WS_PONG_TIMEOUT_MS", 10_000)?),
-            ws_send_queue: number_var("WS_SEND_QUEUE", 256)?,
+            upstream_timeout: parse_env_ms("GATEWAY_UPSTREAM_TIMEOUT_MS", Duration::from_secs(30))?,
+            connect_timeout: parse_env_ms("GATEWAY_CONNECT_TIMEOUT_MS", Duration::from_secs(2))?,
+            health_interval: parse_env_ms("GATEWAY_HEALTH_INTERVAL_MS", Duration::from_secs(5))?,
+            ws_ping_interval: parse_env_ms("WS_PING_INTERVAL_MS", Duration::from_secs(30))?,
+            ws_pong_timeout: parse_env_ms("WS_PONG_TIMEOUT_MS", Duration::from_secs(10))?,
+            ws_send_queue: parse_env("WS_SEND_QUEUE", 256)?,
+            workers: Self::workers_from_env()?,
         })
     }
-}
 
-/// A numeric variable, or `default` when unset or empty; garbage is an error naming the variable.
-fn number_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(raw) if !raw.trim().is_empty() => {
-            raw.trim().parse().map_err(|_| anyhow::anyhow!("{name} must be a non-negative whole number (got `{raw}`)"))
-        }
-        _ => Ok(default),
+    /// `GATEWAY_WORKERS` alone, for `main`, which sizes the runtime before the rest is read.
+    pub fn workers_from_env() -> anyhow::Result<usize> {
+        Ok(parse_env("GATEWAY_WORKERS", 0)?)
     }
 }

@@ -19,14 +19,7 @@ fn main() -> std::process::ExitCode {
 
 /// The runtime `GATEWAY_WORKERS` asks for (read after `.env` is loaded: it may set it).
 fn runtime() -> anyhow::Result<tokio::runtime::Builder> {
-    let workers = match std::env::var("GATEWAY_WORKERS") {
-        Ok(raw) if !raw.trim().is_empty() => raw
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| anyhow::anyhow!("GATEWAY_WORKERS must be a whole number of threads (got `{raw}`)"))?,
-        _ => 0,
-    };
-    Ok(match workers {
+    Ok(match mfe_gateway::GatewayConfig::workers_from_env()? {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();

@@ -60,7 +60,8 @@ async fn python_websockets_connects_with_a_token_and_receives_a_payment_event() 
     let python = python_with_websockets();
     let upstream = common::spawn_upstream().await;
     let mut cfg = common::config(&upstream.url);
-    cfg.events = Some(HubConfig::from_env().with_connection_name("mfe-gateway-python-test"));
+    cfg.events =
+        Some(HubConfig::from_env().expect("event hub configuration").with_connection_name("mfe-gateway-python-test"));
     let gw = common::spawn_gateway(cfg).await;
     let user = format!("py-{}", uuid::Uuid::new_v4().simple());
     let url = gw.ws_url(&gw.token(&user, Role::Customer, None));
@@ -76,7 +77,9 @@ async fn python_websockets_connects_with_a_token_and_receives_a_payment_event() 
     let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("the ack in time");
     assert_eq!(first.unwrap().as_deref(), Some("ACK connection:ack"));
 
-    let hub = Hub::connect(HubConfig::from_env()).await.expect("RabbitMQ of the test stack (mfe infra start)");
+    let hub = Hub::connect(HubConfig::from_env().expect("event hub configuration"))
+        .await
+        .expect("RabbitMQ of the test stack (mfe infra start)");
     hub.publish(&Envelope::new(
         "payments.payment.completed",
         "payments-service",

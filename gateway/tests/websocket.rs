@@ -72,12 +72,12 @@ async fn receives_any(socket: &mut Socket, kind: &str, wait: Duration) -> bool {
 async fn gateway_with_events() -> TestGateway {
     let upstream = spawn_upstream().await;
     let mut cfg = config(&upstream.url);
-    cfg.events = Some(HubConfig::from_env().with_connection_name("mfe-gateway-test"));
+    cfg.events = Some(HubConfig::from_env().expect("event hub configuration").with_connection_name("mfe-gateway-test"));
     spawn_gateway(cfg).await
 }
 
 async fn publisher() -> Hub {
-    Hub::connect(HubConfig::from_env().with_connection_name("mfe-gateway-test-publisher")).await.unwrap_or_else(|e| {
+    Hub::connect(HubConfig::from_env().expect("event hub configuration").with_connection_name("mfe-gateway-test-publisher")).await.unwrap_or_else(|e| {
         panic!("cannot publish test events: {e} — start the test stack: `set -a; source test.env; set +a; mfe infra start`")
     })
 }

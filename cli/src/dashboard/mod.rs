@@ -219,7 +219,7 @@ pub async fn run(ctx: &Ctx, args: DashboardArgs) -> anyhow::Result<()> {
     })?;
     let port = listener.local_addr()?.port();
     let runtime = Runtime::select(ctx, args.runtime.runtime).await?;
-    let mut hub_cfg = HubConfig::from_env().with_connection_name("mfe dashboard");
+    let mut hub_cfg = HubConfig::from_env()?.with_connection_name("mfe dashboard");
     if let Some(p) = args.prefix.as_deref().filter(|p| !p.is_empty()) {
         hub_cfg = hub_cfg.isolated(p);
     }

@@ -147,8 +147,8 @@ pub enum RevertTarget {
 /// The migrations directory of a service: `$MFE_MIGRATIONS_DIR/<service>` when that variable is
 /// set (tests and edited copies), else `migrations/<service>` of the repository.
 pub fn migrations_dir(cfg: &Config, db: DbService) -> PathBuf {
-    match std::env::var_os("MFE_MIGRATIONS_DIR") {
-        Some(root) if !root.is_empty() => PathBuf::from(root).join(db.name()),
+    match mfe_core::env::lookup("MFE_MIGRATIONS_DIR") {
+        Some(root) => PathBuf::from(root).join(db.name()),
         _ => cfg.migrations_dir(db),
     }
 }

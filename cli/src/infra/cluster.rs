@@ -56,14 +56,7 @@ pub struct HaTopology {
 
 impl HaTopology {
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
-        let dist_base = std::env::var("RABBITMQ_DIST_PORT").ok().filter(|v| !v.trim().is_empty());
-        let dist_base: Option<u16> = match dist_base {
-            Some(v) => {
-                Some(v.trim().parse().with_context(|| format!("RABBITMQ_DIST_PORT must be a port (got `{v}`)"))?)
-            }
-            None => None,
-        };
-        Self::derive(&cfg.rabbitmq_urls, cfg.rabbitmq_management_port, dist_base)
+        Self::derive(&cfg.rabbitmq_urls, cfg.rabbitmq_management_port, cfg.rabbitmq_dist_port)
     }
 
     /// The rules of the module doc, without the environment.
@@ -285,7 +278,7 @@ pub fn checks(
             )
             .metric("node", n.name.clone())
             .metric("ports", ports)
-            .metric("url", crate::config::redact_url_password(&n.url)),
+            .metric("url", mfe_core::redact_url_password(&n.url)),
         );
     }
     let running = topo.nodes.len() - down.len();

@@ -47,12 +47,7 @@ pub async fn probe_postgres(url: &str) -> anyhow::Result<String> {
 }
 
 pub async fn probe_amqp(url: &str) -> anyhow::Result<String> {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .context("AMQP connection refused")?;
-    let channel = conn.create_channel().await.context("AMQP channel refused")?;
-    channel.close(200, "probe").await.ok();
-    conn.close(200, "probe").await.ok();
+    mfe_events::Hub::ping(url).await.context("AMQP connection or channel refused")?;
     Ok("amqp ok".to_string())
 }
 

@@ -338,7 +338,7 @@ fn print_broker_env(rt: &Runtime) -> anyhow::Result<()> {
         let shown: Vec<String> = env
             .iter()
             .map(|(k, v)| {
-                let v = v.split(',').map(crate::config::redact_url_password).collect::<Vec<_>>().join(",");
+                let v = v.split(',').map(mfe_core::redact_url_password).collect::<Vec<_>>().join(",");
                 format!("{k}={v}")
             })
             .collect();

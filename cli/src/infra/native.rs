@@ -60,6 +60,11 @@ impl Native {
         Self { cfg: cfg.clone(), base, ha }
     }
 
+    /// The distribution port of the one-node broker: `RABBITMQ_DIST_PORT`, else derived.
+    fn dist_port(&self) -> u16 {
+        self.cfg.rabbitmq_dist_port.unwrap_or_else(|| rabbitmq_dist_port(self.cfg.rabbitmq_port))
+    }
+
     /// The cluster's nodes when RabbitMQ runs as one; `Err` when the configuration cannot
     /// place three nodes (named ports collide).
     pub fn ha_topology(&self) -> anyhow::Result<Option<HaTopology>> {
@@ -192,7 +197,7 @@ impl Native {
                         .flat_map(|n| [n.amqp_port, n.management_port, n.dist_port])
                         .collect();
                 }
-                (None, Component::Rabbitmq) => needed.push(rabbitmq_dist_port(self.cfg.rabbitmq_port)),
+                (None, Component::Rabbitmq) => needed.push(self.dist_port()),
                 _ => {}
             }
             for port in needed {
@@ -317,7 +322,7 @@ impl Native {
             name: self.rabbitmq_node(),
             amqp_port: self.cfg.rabbitmq_port,
             management_port: self.cfg.rabbitmq_management_port,
-            dist_port: rabbitmq_dist_port(self.cfg.rabbitmq_port),
+            dist_port: self.dist_port(),
             definitions: Some(&definitions),
             peers: &[],
             home: dir.join("run"),
@@ -882,10 +887,10 @@ async fn wait_amqp(url: &str, timeout: Duration, alive: impl Fn() -> bool) -> an
         match probe {
             Ok(Ok(_)) => return Ok(()),
             _ if !alive() => {
-                bail!("the node of {} exited while starting", crate::config::redact_url_password(url))
+                bail!("the node of {} exited while starting", mfe_core::redact_url_password(url))
             }
             _ if Instant::now() >= deadline => {
-                bail!("{} did not accept AMQP within {} s", crate::config::redact_url_password(url), timeout.as_secs())
+                bail!("{} did not accept AMQP within {} s", mfe_core::redact_url_password(url), timeout.as_secs())
             }
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
@@ -933,11 +938,9 @@ async fn ensure_database(target: &PgTarget) -> anyhow::Result<()> {
 }
 
 /// The Erlang distribution port of our broker: RabbitMQ's own rule (AMQP port + 20000), folded
-/// below 65536 for high AMQP ports so two test brokers never share one; `RABBITMQ_DIST_PORT` wins.
+/// below 65536 for high AMQP ports so two test brokers never share one. `RABBITMQ_DIST_PORT`
+/// ([`Config::rabbitmq_dist_port`]) wins over it.
 pub fn rabbitmq_dist_port(amqp_port: u16) -> u16 {
-    if let Some(p) = std::env::var("RABBITMQ_DIST_PORT").ok().and_then(|v| v.parse().ok()) {
-        return p;
-    }
     let above = u32::from(amqp_port) + 20000;
     if above <= 65535 {
         above as u16
@@ -960,7 +963,7 @@ pub fn binary_for(c: Component) -> anyhow::Result<PathBuf> {
         }
         Component::Nginx => find_binary("MFE_NGINX", &["/usr/sbin/nginx"], "nginx", "apt-get install nginx"),
         _ => {
-            if let Ok(dir) = std::env::var("MFE_PG_BIN") {
+            if let Some(dir) = mfe_core::env::lookup("MFE_PG_BIN") {
                 let dir = PathBuf::from(dir);
                 if dir.join("pg_ctl").is_file() {
                     return Ok(dir);
@@ -982,7 +985,7 @@ pub fn binary_for(c: Component) -> anyhow::Result<PathBuf> {
 }
 
 fn find_binary(env_var: &str, candidates: &[&str], name: &str, install: &str) -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var(env_var) {
+    if let Some(p) = mfe_core::env::lookup(env_var) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);

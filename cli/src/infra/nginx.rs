@@ -51,7 +51,7 @@ pub struct EdgeSettings {
 impl EdgeSettings {
     /// From the environment contract (`.env`, then the SPEC defaults).
     pub fn from_env(cfg: &Config) -> anyhow::Result<Self> {
-        Self::from_lookup(&cfg.gateway_url, mfe_kit::env::get)
+        Self::from_lookup(&cfg.gateway_url, mfe_core::env::get)
     }
 
     /// From `get(NAME)` (a value or the variable's default) and the gateway URL.
@@ -292,8 +292,8 @@ mod tests {
     }
 
     fn defaults() -> EdgeSettings {
-        EdgeSettings::from_lookup(mfe_kit::env::var("GATEWAY_URL").default, |n| {
-            mfe_kit::env::var(n).default.to_string()
+        EdgeSettings::from_lookup(mfe_core::env::var("GATEWAY_URL").default, |n| {
+            mfe_core::env::var(n).default.to_string()
         })
         .unwrap()
     }
@@ -313,7 +313,7 @@ mod tests {
     fn gateway_upstreams_list_every_gateway_with_the_failure_policy() {
         let edge = EdgeSettings::from_lookup("http://127.0.0.1:3000", |n| match n {
             "GATEWAY_UPSTREAMS" => "127.0.0.1:3000, http://10.0.0.7:3100,[::1]:3200".to_string(),
-            other => mfe_kit::env::var(other).default.to_string(),
+            other => mfe_core::env::var(other).default.to_string(),
         })
         .unwrap();
         let servers = &edge.vars(str::to_string)["MFE_GATEWAY_SERVERS"];
@@ -323,7 +323,7 @@ mod tests {
         );
         let err = EdgeSettings::from_lookup("http://127.0.0.1:3000", |n| match n {
             "GATEWAY_UPSTREAMS" => "127.0.0.1:3000,not a host".to_string(),
-            other => mfe_kit::env::var(other).default.to_string(),
+            other => mfe_core::env::var(other).default.to_string(),
         })
         .unwrap_err()
         .to_string();

@@ -47,8 +47,7 @@ pub struct Target {
 
 impl Prometheus {
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let raw = mfe_kit::env::get("PROMETHEUS_PORT");
-        let port = raw.trim().parse().with_context(|| format!("PROMETHEUS_PORT must be a port number, got {raw:?}"))?;
+        let port = crate::config::port_var("PROMETHEUS_PORT")?;
         Ok(Self { dir: cfg.state_dir.join("native/prometheus"), port })
     }
 
@@ -264,7 +263,7 @@ impl Prometheus {
 
 /// The prometheus binary: MFE_PROMETHEUS, else Debian's /usr/bin/prometheus, else PATH.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("MFE_PROMETHEUS") {
+    if let Some(p) = mfe_core::env::lookup("MFE_PROMETHEUS") {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);

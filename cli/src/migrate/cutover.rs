@@ -316,7 +316,7 @@ pub async fn cutover(cfg: &Config, services: &[DbService], timeout: Duration) ->
 /// Test hook: `MFE_CUTOVER_PAUSE_IN_BLOCK=1` stops the cutover at its worst moment to be killed —
 /// inside the block, the reverse path enabled, the forward path not yet dropped.
 async fn pause_point() {
-    if std::env::var("MFE_CUTOVER_PAUSE_IN_BLOCK").is_ok_and(|v| v == "1") {
+    if mfe_core::env::lookup("MFE_CUTOVER_PAUSE_IN_BLOCK").is_some_and(|v| v == "1") {
         say("paused inside the write block with the reverse path enabled (MFE_CUTOVER_PAUSE_IN_BLOCK)");
         tokio::time::sleep(Duration::from_secs(600)).await;
     }

@@ -648,8 +648,8 @@ async fn rebuild_one(pool: &PgPool, pending: &bookkeeping::PendingRebuild) -> an
 
 /// Tests fail an import right after a given table's last chunk is in (a kill is the other way).
 fn fail_point(table: &str) -> anyhow::Result<()> {
-    match std::env::var("MFE_MIGRATE_FAIL_AFTER_TABLE") {
-        Ok(t) if t == table => anyhow::bail!("injected failure after {table} (MFE_MIGRATE_FAIL_AFTER_TABLE)"),
+    match mfe_core::env::lookup("MFE_MIGRATE_FAIL_AFTER_TABLE") {
+        Some(t) if t == table => anyhow::bail!("injected failure after {table} (MFE_MIGRATE_FAIL_AFTER_TABLE)"),
         _ => Ok(()),
     }
 }
@@ -657,7 +657,7 @@ fn fail_point(table: &str) -> anyhow::Result<()> {
 /// Tests hold an import inside chunk `k` of a table, rows sent but not committed, to kill it
 /// there: `MFE_MIGRATE_PAUSE_IN_CHUNK=<table>:<k>` prints one line and waits (at most 10 min).
 async fn pause_point(table: &str, index: usize) {
-    let Ok(v) = std::env::var("MFE_MIGRATE_PAUSE_IN_CHUNK") else { return };
+    let Some(v) = mfe_core::env::lookup("MFE_MIGRATE_PAUSE_IN_CHUNK") else { return };
     if v == format!("{table}:{index}") {
         say(&format!("paused in chunk {index} of {table} before its commit (MFE_MIGRATE_PAUSE_IN_CHUNK)"));
         tokio::time::sleep(std::time::Duration::from_secs(600)).await;

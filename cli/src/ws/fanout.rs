@@ -159,7 +159,7 @@ pub(super) async fn trigger_and_measure(
         .collect();
     let hub = match trigger {
         Trigger::Event => Some(
-            mfe_events::Hub::connect(mfe_events::HubConfig::from_env().with_connection_name("mfe-ws-probe"))
+            mfe_events::Hub::connect(mfe_events::HubConfig::from_env()?.with_connection_name("mfe-ws-probe"))
                 .await
                 .context("--trigger event publishes to RABBITMQ_URL")?,
         ),

@@ -50,7 +50,7 @@ impl Stack {
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let mut urls = BTreeMap::new();
         for (var, service) in DB_VARS {
-            let base = mfe_kit::env::get(var);
+            let base = mfe_core::env::get(var);
             let mut admin = url::Url::parse(&base).unwrap();
             admin.set_path("/postgres");
             let mut conn = PgConnection::connect(admin.as_str()).await.unwrap_or_else(|e| {

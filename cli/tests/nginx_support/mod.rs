@@ -40,7 +40,7 @@ pub fn edge_settings(gateway_port: u16) -> mfe::infra::nginx::EdgeSettings {
         auth_mfe: closed(),
         payments_mfe: closed(),
         admin_mfe: closed(),
-        cors_allowed_origins: mfe::infra::nginx::parse_origins(mfe_kit::env::var("CORS_ALLOWED_ORIGINS").default)
+        cors_allowed_origins: mfe::infra::nginx::parse_origins(mfe_core::env::var("CORS_ALLOWED_ORIGINS").default)
             .unwrap(),
     }
 }

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use mfe_kit::config::{Service, ServiceConfig};
+use mfe_core::Service;
+use mfe_kit::config::ServiceConfig;
 use sqlx::{Connection, Executor, PgConnection};
 
 /// `postgres://.../<db>` with another database name.
@@ -18,7 +19,7 @@ fn on_database(url: &str, db: &str) -> String {
 
 /// An empty database named by a UUID on the server of `var`; the service migrates it itself.
 async fn fresh_database(var: &str) -> String {
-    let base = mfe_kit::env::get(var);
+    let base = mfe_core::env::get(var);
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&on_database(&base, "postgres")).await.unwrap_or_else(|e| {
         panic!("{var} server at {base}: {e} — start the test stack: `set -a; source test.env; set +a; mfe infra start`")

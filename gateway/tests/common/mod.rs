@@ -21,14 +21,15 @@ use axum::{
     Router,
 };
 use futures::StreamExt;
+use mfe_core::Secret;
 use mfe_gateway::{Application, GatewayConfig, Route};
-use mfe_kit::{config::Secret, JwtKeys, Role};
+use mfe_kit::{JwtKeys, Role};
 
 pub const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-signing";
 
 /// The test stack's broker, from test.env.
 pub fn rabbitmq_url() -> String {
-    mfe_kit::env::get("RABBITMQ_URL")
+    mfe_core::env::get("RABBITMQ_URL")
 }
 
 /// A configuration with every route pointing at `upstream` and short timings.
@@ -36,9 +37,9 @@ pub fn config(upstream: &str) -> GatewayConfig {
     GatewayConfig {
         host: "127.0.0.1".into(),
         port: 0,
-        routes: ["auth", "payments", "admin", "profile"]
-            .into_iter()
-            .map(|name| Route { name: name.into(), prefix: format!("/api/{name}"), upstream: upstream.into() })
+        routes: mfe_core::SERVICES
+            .iter()
+            .map(|s| Route { name: s.name.into(), prefix: s.route_prefix.into(), upstream: upstream.into() })
             .collect(),
         jwt_secret: Secret::new(SECRET),
         events: None,
@@ -48,6 +49,7 @@ pub fn config(upstream: &str) -> GatewayConfig {
         ws_ping_interval: Duration::from_secs(30),
         ws_pong_timeout: Duration::from_secs(10),
         ws_send_queue: 64,
+        workers: 0,
     }
 }
 

@@ -79,7 +79,7 @@ fn short(e: &reqwest::Error) -> String {
     } else if e.is_connect() {
         "connection refused".into()
     } else {
-        mfe_kit::error::cause_chain(e)
+        mfe_core::cause_chain(e)
     }
 }
 

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::{extract::FromRef, Router};
+use mfe_core::{env, Service};
 use mfe_events::{service_link::ServiceLink, Subscription};
 use mfe_kit::{
-    config::{env_number, ConfigError, Service, ServiceConfig, ServiceUrls},
+    config::{ConfigError, ServiceConfig, ServiceUrls},
     health::Health,
     metrics::Metrics,
     startup::{Dependencies, Server},
@@ -48,14 +49,15 @@ impl Settings {
 
     /// `service` plus the admin-only settings, read from the environment.
     pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
-        let queue = std::env::var("ADMIN_EVENTS_QUEUE").ok().filter(|q| !q.trim().is_empty());
-        let exclusive = std::env::var("ADMIN_EVENTS_QUEUE_EXCLUSIVE").is_ok_and(|v| matches!(v.trim(), "1" | "true"));
+        let queue = env::lookup("ADMIN_EVENTS_QUEUE");
+        let exclusive = env::parse_env_bool("ADMIN_EVENTS_QUEUE_EXCLUSIVE", false)?;
         Ok(Self {
             service,
             events_queue: queue.unwrap_or_else(|| DEFAULT_EVENTS_QUEUE.to_string()),
             events_queue_exclusive: exclusive,
-            health_timeout: Duration::from_millis(env_number("ADMIN_HEALTH_TIMEOUT_MS")?.unwrap_or(2000).max(1)),
-            db_pool_size: env_number("ADMIN_DB_POOL_SIZE")?.unwrap_or(8).clamp(1, 1000) as u32,
+            health_timeout: env::parse_env_ms("ADMIN_HEALTH_TIMEOUT_MS", Duration::from_millis(2000))?
+                .max(Duration::from_millis(1)),
+            db_pool_size: env::parse_env("ADMIN_DB_POOL_SIZE", 8u32)?.clamp(1, 1000),
         })
     }
 }

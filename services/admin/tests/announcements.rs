@@ -28,7 +28,10 @@ type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// A topology of the test's own on the test stack's broker.
 fn isolated_hub() -> HubConfig {
     let prefix = format!("mfe.test.{}", uuid::Uuid::new_v4().simple());
-    HubConfig::from_env().isolated(&prefix).with_connection_name(format!("{prefix}.admin-test"))
+    HubConfig::from_env()
+        .expect("event hub configuration")
+        .isolated(&prefix)
+        .with_connection_name(format!("{prefix}.admin-test"))
 }
 
 /// Records every event of `patterns` on `cfg`'s exchange.
@@ -55,17 +58,17 @@ async fn recorder(cfg: &HubConfig, patterns: &[&str]) -> (Hub, Arc<Mutex<Vec<Env
 
 /// A gateway routing `/api/admin` to `admin` (everything else to nothing), with its bridge
 /// consuming `events`.
-async fn spawn_gateway(admin: &str, keys_secret: mfe_kit::config::Secret, events: HubConfig) -> u16 {
+async fn spawn_gateway(admin: &str, keys_secret: mfe_core::Secret, events: HubConfig) -> u16 {
     let dead = dead_url().await;
     let cfg = GatewayConfig {
         host: "127.0.0.1".into(),
         port: 0,
-        routes: ["auth", "payments", "admin", "profile"]
-            .into_iter()
-            .map(|name| Route {
-                name: name.into(),
-                prefix: format!("/api/{name}"),
-                upstream: if name == "admin" { admin.to_string() } else { dead.clone() },
+        routes: mfe_core::SERVICES
+            .iter()
+            .map(|s| Route {
+                name: s.name.into(),
+                prefix: s.route_prefix.into(),
+                upstream: if s.service == mfe_core::Service::Admin { admin.to_string() } else { dead.clone() },
             })
             .collect(),
         jwt_secret: keys_secret,
@@ -76,6 +79,7 @@ async fn spawn_gateway(admin: &str, keys_secret: mfe_kit::config::Secret, events
         ws_ping_interval: Duration::from_secs(30),
         ws_pong_timeout: Duration::from_secs(10),
         ws_send_queue: 256,
+        workers: 0,
     };
     let mut gw = Gateway::build(cfg).await.expect("the gateway builds");
     assert!(gw.wait_for_events(Duration::from_secs(15)).await, "the gateway's bridge never consumed — is RabbitMQ up?");

@@ -89,7 +89,9 @@ async fn creating_a_payment_produces_an_audit_log_row_in_admin_db_through_the_bu
 #[tokio::test]
 async fn a_redelivered_event_is_audited_once() {
     let app = spawn_app().await;
-    let hub = Hub::connect(HubConfig::from_env().with_connection_name("admin-tests")).await.expect("test broker");
+    let hub = Hub::connect(HubConfig::from_env().expect("event hub configuration").with_connection_name("admin-tests"))
+        .await
+        .expect("test broker");
     let env =
         Envelope::new("auth.user.login", "auth-service", json!({"userId": "u-redelivered", "ipAddress": "10.0.0.9"}));
     hub.publish(&env).await.expect("publish once");
@@ -221,7 +223,7 @@ async fn system_health_lists_every_service_with_its_state() {
 #[tokio::test]
 async fn users_are_listed_through_the_auth_service_and_its_outage_is_a_503() {
     let (mut auth_cfg, auth_db) = {
-        let mut cfg = mfe_kit::config::ServiceConfig::from_env(mfe_kit::config::Service::Auth).unwrap();
+        let mut cfg = mfe_kit::config::ServiceConfig::from_env(mfe_core::Service::Auth).unwrap();
         let (url, name) = fresh_database("AUTH_DATABASE_URL", &auth_service::MIGRATOR).await;
         cfg.database_url = url;
         (cfg, name)

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::{extract::FromRef, Router};
+use mfe_core::Service;
 use mfe_events::{outbox, service_link::ServiceLink, Envelope};
 use mfe_kit::{
     cache::Cache,
-    config::{env_number, ConfigError, Service},
+    config::ConfigError,
     metrics::Metrics,
     server,
     startup::{Dependencies, Server},
@@ -39,7 +40,7 @@ impl Settings {
 
     /// `service` plus the auth-only settings, read from the environment.
     pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
-        let refresh_grace = refresh_grace(env_number("AUTH_REFRESH_GRACE_SECONDS")?)?;
+        let refresh_grace = refresh_grace(mfe_core::env::parse_env_opt("AUTH_REFRESH_GRACE_SECONDS")?)?;
         Ok(Self { service, refresh_grace, db_pool_size: 16 })
     }
 }

@@ -116,7 +116,7 @@ async fn ours(url: &str, rate: u64, n: usize, fail_every: usize) -> anyhow::Resu
     }
     let elapsed = start.elapsed();
     handle.cancel().await;
-    let ch = hub.channel().await?;
+    let ch = hub.raw_channel().await?;
     let c = hub.config().clone();
     let mut plan = mfe_events::topology::base_plan(&c);
     plan.extend(mfe_events::topology::subscription_plan(&c, &sub));
@@ -238,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(args.len() == 4, "usage: bench <ours|ours-retry|amqprs> <rate, 0 = saturation> <messages>");
     let (mode, rate, n): (&str, u64, usize) = (&args[1], args[2].parse()?, args[3].parse()?);
-    let url = HubConfig::from_env().urls.first().cloned().unwrap_or_else(|| mfe_events::config::DEFAULT_URL.into());
+    let url = HubConfig::from_env()?.urls[0].clone();
     let out = match mode {
         "ours" => ours(&url, rate, n, 0).await?,
         "ours-retry" => ours(&url, rate, n, 100).await?,

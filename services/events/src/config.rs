@@ -1,6 +1,9 @@
 //! [`HubConfig`]: where the broker is and how the topology is named and shaped.
 
+use std::str::FromStr;
 use std::time::Duration;
+
+use mfe_core::env::{self, EnvError};
 
 /// The RabbitMQ queue type of every durable queue the hub declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +19,19 @@ impl QueueType {
         match self {
             QueueType::Classic => "classic",
             QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = String;
+
+    /// `classic` or `quorum`, any case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!("unknown queue type `{other}` (classic or quorum)")),
         }
     }
 }
@@ -45,12 +61,10 @@ pub struct HubConfig {
     pub connection_name: String,
 }
 
-pub const DEFAULT_URL: &str = "amqp://admin:admin@127.0.0.1:5672/%2f";
-
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            urls: vec![DEFAULT_URL.to_string()],
+            urls: parse_urls(env::var("RABBITMQ_URL").default),
             exchange: "events".into(),
             dlx: "events.dlx".into(),
             dlq: "events.dlq".into(),
@@ -67,28 +81,22 @@ impl Default for HubConfig {
 
 impl HubConfig {
     /// Reads `RABBITMQ_URL` (comma-separated failover list), `RABBITMQ_QUEUE_TYPE`
-    /// (`classic`|`quorum`) and `EVENT_RETRY_DELAYS_MS` (e.g. `1000,2000,4000`); anything
-    /// missing or unparsable keeps the default of SPEC §7.
-    pub fn from_env() -> Self {
-        let mut cfg = Self::default();
-        // The default URL matches mfe_kit::env (SPEC §2); this crate stays free of the web stack.
-        if let Ok(raw) = std::env::var("RABBITMQ_URL") {
-            let urls = parse_urls(&raw);
-            if !urls.is_empty() {
-                cfg.urls = urls;
-            }
-        }
-        if let Ok(raw) = std::env::var("RABBITMQ_QUEUE_TYPE") {
-            if raw.trim().eq_ignore_ascii_case("quorum") {
-                cfg.queue_type = QueueType::Quorum;
-            }
-        }
-        if let Ok(raw) = std::env::var("EVENT_RETRY_DELAYS_MS") {
-            if let Some(delays) = parse_delays(&raw) {
-                cfg.retry_delays = delays;
-            }
-        }
-        cfg
+    /// (`classic`|`quorum`) and `EVENT_RETRY_DELAYS_MS` (e.g. `1000,2000,4000`) by the rule of
+    /// [`mfe_core::env`]: unset or empty keeps the default of SPEC §7, garbage is an error.
+    pub fn from_env() -> Result<Self, EnvError> {
+        let default = Self::default();
+        let urls = parse_urls(&env::get("RABBITMQ_URL"));
+        let queue_type = match env::lookup("RABBITMQ_QUEUE_TYPE") {
+            None => default.queue_type,
+            Some(raw) => raw.parse().map_err(|_| EnvError::new("RABBITMQ_QUEUE_TYPE", &raw, "classic or quorum"))?,
+        };
+        let retry_delays = env::parse_env_ms_list("EVENT_RETRY_DELAYS_MS", default.retry_delays.clone())?;
+        Ok(Self {
+            urls: if urls.is_empty() { default.urls.clone() } else { urls },
+            queue_type,
+            retry_delays,
+            ..default
+        })
     }
 
     /// The same topology under a private prefix (`<prefix>.events`, ...), so a test suite never
@@ -113,11 +121,7 @@ pub fn parse_urls(raw: &str) -> Vec<String> {
 
 /// `1000,2000,4000` → delays; `None` when any item is not a number of milliseconds.
 pub fn parse_delays(raw: &str) -> Option<Vec<Duration>> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().ok().map(Duration::from_millis))
-        .collect()
+    Some(env::parse_list::<u64>(raw)?.into_iter().map(Duration::from_millis).collect())
 }
 
 #[cfg(test)]
@@ -133,6 +137,12 @@ mod tests {
     fn retry_delays_parse_from_milliseconds_and_reject_garbage() {
         assert_eq!(parse_delays("100, 200"), Some(vec![Duration::from_millis(100), Duration::from_millis(200)]));
         assert_eq!(parse_delays("1s"), None);
+    }
+
+    #[test]
+    fn queue_types_parse_in_any_case_and_others_are_refused() {
+        assert_eq!(" Quorum".parse::<QueueType>(), Ok(QueueType::Quorum));
+        assert!("mirrored".parse::<QueueType>().is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`outbox`]: the transactional outbox and its relay.
 //! - [`dlq`]: list, show, replay and purge dead letters (named operations on [`Hub`]).
 //! - [`tail`]: a live view of the events passing through the exchange.
+//! - [`ops`]: named broker operations for tools and tests (ping, existence checks, declare a
+//!   plan, get one [`Message`]); no other crate handles AMQP types.
 //! - [`idempotency`]: once-per-consumer processing of an event id.
 //! - [`trace`]: W3C trace context carried from the emitting request to the consumer.
 //!
@@ -28,6 +30,7 @@ pub mod error;
 pub mod handler;
 pub mod hub;
 pub mod idempotency;
+pub mod ops;
 pub mod outbox;
 pub mod service_link;
 pub mod tail;
@@ -40,6 +43,7 @@ pub use envelope::{types, Envelope};
 pub use error::{HandlerError, HubError};
 pub use handler::{handler_fn, Handler};
 pub use hub::{Hub, SubscriptionHandle};
+pub use ops::Message;
 pub use outbox::{OutboxRelay, RelayHandle};
 pub use tail::{Tail, TailedEvent};
 pub use topology::Subscription;

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::envelope::Envelope;
 use crate::error::HubError;
 use crate::hub::Hub;
+use crate::ops::{headers_of, Message};
 
 /// Messages the tail queue holds for a reader that does not keep up; older ones are dropped.
 pub const TAIL_MAX_LENGTH: i64 = 10_000;
@@ -86,6 +87,20 @@ impl Tail {
 
     /// The next event; `None` once the connection is gone.
     pub async fn next(&mut self) -> Option<Result<TailedEvent, HubError>> {
+        let m = match self.next_message().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let (envelope, raw) = match serde_json::from_slice::<Envelope>(&m.body) {
+            Ok(env) => (Some(env), None),
+            Err(_) => (None, Some(String::from_utf8_lossy(&m.body).into_owned())),
+        };
+        Some(Ok(TailedEvent { routing_key: m.routing_key, envelope, raw }))
+    }
+
+    /// The next message as published (body bytes and AMQP headers, e.g. `traceparent`);
+    /// `None` once the connection is gone.
+    pub async fn next_message(&mut self) -> Option<Result<Message, HubError>> {
         let d = match self.consumer.next().await? {
             Ok(d) => d,
             Err(e) => return Some(Err(HubError::Amqp { what: format!("reading {:?}", self.queue), source: e })),
@@ -93,11 +108,7 @@ impl Tail {
         if let Err(e) = self.ch.basic_ack(d.delivery_tag, BasicAckOptions::default()).await {
             return Some(Err(HubError::Amqp { what: format!("acknowledging on {:?}", self.queue), source: e }));
         }
-        let (envelope, raw) = match serde_json::from_slice::<Envelope>(&d.data) {
-            Ok(env) => (Some(env), None),
-            Err(_) => (None, Some(String::from_utf8_lossy(&d.data).into_owned())),
-        };
-        Some(Ok(TailedEvent { routing_key: d.routing_key.to_string(), envelope, raw }))
+        Some(Ok(Message { routing_key: d.routing_key.to_string(), headers: headers_of(&d.properties), body: d.data }))
     }
 
     /// Closes the channel; the broker deletes the queue (auto-delete, exclusive).

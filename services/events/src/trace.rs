@@ -6,6 +6,16 @@
 //! SPEC §7 fields, never in the published body); the publisher sends it as the AMQP header
 //! `traceparent`; and the consumer runs each handler inside a span whose parent is that context.
 //! Without hooks (the default) nothing is captured and handlers run as before.
+//!
+//! # Why a hook registry and not a direct dependency
+//! The crate graph points down (core <- events <- kit), so events cannot call kit's OTel code;
+//! it could depend on `opentelemetry_sdk` and `tracing-opentelemetry` itself instead. It does
+//! not, on purpose: what the hooks do only makes sense once the binary has installed an
+//! exporter, which kit decides from `OTEL_EXPORTER_OTLP_ENDPOINT`. Done unconditionally here,
+//! every consumer would run its handlers in a `consume` span even with tracing off (changing
+//! the JSON log lines, which list the current span) and this crate would link the OTel SDK for
+//! the CLI and the tests that never export. The registry is two function pointers set once per
+//! process by `mfe_kit::otel`; nothing else installs hooks.
 
 use std::sync::OnceLock;
 

@@ -233,7 +233,7 @@ async fn a_dead_letter_whose_queue_is_gone_stays_and_purge_removes_what_it_is_to
     h.cancel().await;
 
     // The consumer's queue is deleted: the replay reports it and the dead letters stay.
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     ch.queue_delete(&sub.queue, Default::default()).await.unwrap();
     let report = hub.replay_dead_letters(&by(None, Some("payments.payment.failed"), None)).await.unwrap();
     assert!(report.replayed.is_empty());
@@ -265,7 +265,7 @@ async fn a_second_reader_of_the_dead_letter_queue_is_refused_rather_than_shown_h
     hub.publish(&Envelope::new(types::ADMIN_CONFIG_UPDATED, "admin-service", serde_json::json!({}))).await.unwrap();
     assert_eq!(wait_for_dead_letters(&hub, 1).await.dead_letters.len(), 1);
     // Another consumer holds the queue (as a scan in progress does).
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     let opts = BasicConsumeOptions { exclusive: true, ..Default::default() };
     let _holder = ch.basic_consume(&hub.config().dlq, "holder", opts, FieldTable::default()).await.unwrap();
     let err = hub.dead_letters(&DeadLetterFilter::default(), 10).await.expect_err("refused");
@@ -298,7 +298,7 @@ async fn a_tail_sees_the_matching_events_on_its_own_queue_which_goes_away_with_i
     assert_eq!(got.envelope.as_ref().map(|e| e.id), Some(seen.id), "the payment event is not bound");
     assert!(tokio::time::timeout(Duration::from_millis(300), tail.next()).await.is_err(), "nothing else arrives");
     tail.close().await;
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     let gone = ch
         .queue_declare(&queue, QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
         .await;

@@ -76,7 +76,7 @@ async fn a_publish_the_broker_cannot_take_fails_with_a_clear_error() {
     assert!(err.to_string().contains("unroutable"), "{err}");
 
     // The exchange is gone: the broker closes the channel with NOT_FOUND instead of confirming.
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     ch.exchange_delete(&hub.config().exchange, ExchangeDeleteOptions::default()).await.unwrap();
     let err = hub.publish(&env).await.expect_err("a publish to a missing exchange is an error");
     assert!(err.to_string().contains("NOT_FOUND") || err.to_string().contains("not found"), "{err}");
@@ -146,7 +146,7 @@ async fn a_handler_that_always_fails_is_retried_three_times_with_backoff_then_de
     let env = Envelope::new(types::AUTH_USER_LOGIN, "auth-service", serde_json::json!({"userId": "u-2"}));
     hub.publish(&env).await.unwrap();
 
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let dead = loop {
         if let Some(m) = ch.basic_get(&hub.config().dlq, BasicGetOptions::default()).await.unwrap() {
@@ -200,7 +200,7 @@ async fn a_fatal_handler_error_goes_straight_to_the_dead_letter_queue() {
         .await
         .unwrap();
     hub.publish(&Envelope::new(types::ADMIN_AUDIT_CREATED, "admin-service", serde_json::json!({}))).await.unwrap();
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let dead = loop {
         if let Some(m) = ch.basic_get(&hub.config().dlq, BasicGetOptions::default()).await.unwrap() {
@@ -265,7 +265,7 @@ async fn coalesced_acks_settle_every_handled_event_once_even_with_retries_in_bet
     assert_eq!(seen.len(), 300, "every event handled");
     assert_eq!(handled.lock().unwrap().len(), 300, "no event handled twice: no ack was lost or refused");
     // Cancelling closed the consumer's channel: anything left unacked would be back in the queue.
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     let q = ch
         .queue_declare(
             &sub.queue,

@@ -119,7 +119,7 @@ async fn a_failed_publish_stops_the_relay_round_so_later_events_never_overtake_i
     // A queue that refuses every message bound to one event type: the broker nacks that
     // publish (and only that one) while the events around it are confirmed.
     let blocker = format!("{p}.blocker");
-    let ch = hub.channel().await.unwrap();
+    let ch = hub.raw_channel().await.unwrap();
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
     args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));

@@ -321,7 +321,7 @@ mod tests {
     /// A cache on the Redis of `REDIS_URL` (the test stack), named per test run so runs in
     /// parallel never share tags.
     async fn cache() -> Cache {
-        let url = crate::env::get("REDIS_URL");
+        let url = mfe_core::env::get("REDIS_URL");
         let conn = connect_redis(&url).await.unwrap_or_else(|e| {
             panic!("redis at {url} unreachable ({e}) — start the test stack: `mfe infra start` with test.env loaded")
         });

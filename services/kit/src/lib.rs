@@ -1,8 +1,8 @@
 //! The shared service kit: what every service and the gateway have in common, one home each.
 //!
 //! # Layout
-//! - [`env`]: the environment contract of SPEC §2 (variables, defaults, `.env` loading).
-//! - [`config`]: a service's typed configuration ([`config::ServiceConfig`]), secrets wrapped.
+//! - [`config`]: a service's typed configuration ([`config::ServiceConfig`]), read through
+//!   `mfe_core::env` (the contract, its parser and `.env` loading live in `mfe-core`).
 //! - [`telemetry`]: tracing setup (log format, OpenTelemetry, Sentry switches) and the
 //!   correlation-id middleware/extractor.
 //! - [`otel`]: OTLP span export and W3C trace-context propagation (HTTP headers, events).
@@ -25,7 +25,6 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
-pub mod env;
 pub mod error;
 pub mod health;
 pub mod jwt;
@@ -41,7 +40,7 @@ pub mod telemetry;
 pub mod testing;
 
 pub use auth::{AuthUser, RequireAdmin};
-pub use config::{Secret, Service, ServiceConfig};
+pub use config::ServiceConfig;
 pub use error::{ApiError, Json};
 pub use jwt::{Claims, JwtKeys, Role};
 pub use telemetry::CorrelationId;

@@ -28,7 +28,7 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// The configured endpoint, when set and non-empty.
 pub fn endpoint_from_env() -> Option<String> {
-    std::env::var(ENDPOINT_VAR).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    mfe_core::env::lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
 }
 
 /// Whether spans are being exported (the provider was installed by `init_tracing`).
@@ -54,7 +54,7 @@ pub(crate) fn install(service: &str, endpoint: &str) -> Result<opentelemetry_sdk
         .with_endpoint(url.clone())
         .build()
         .map_err(|e| OtelError { endpoint: url, reason: e.to_string() })?;
-    let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty()).unwrap_or(service.to_string());
+    let name = mfe_core::env::lookup("OTEL_SERVICE_NAME").unwrap_or(service.to_string());
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(Resource::builder().with_service_name(name.clone()).build())

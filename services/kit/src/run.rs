@@ -28,7 +28,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let result = crate::env::load_dotenv(None).map_err(anyhow::Error::msg).and_then(|()| {
+    let result = mfe_core::env::load_dotenv(None).map_err(anyhow::Error::msg).and_then(|()| {
         let runtime =
             runtime()?.enable_all().build().with_context(|| format!("{name}: cannot start the async runtime"))?;
         runtime.block_on(async {

@@ -13,7 +13,7 @@ static GUARD: OnceLock<sentry::ClientInitGuard> = OnceLock::new();
 
 /// The configured DSN, when set and non-empty.
 pub fn dsn_from_env() -> Option<String> {
-    std::env::var(DSN_VAR).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    mfe_core::env::lookup("SENTRY_DSN")
 }
 
 /// Whether the Sentry client is initialised and enabled.
@@ -25,7 +25,7 @@ pub fn enabled() -> bool {
 /// caller (the service still starts).
 pub(crate) fn install(service: &str, dsn: &str) -> Result<(), String> {
     let dsn: sentry::types::Dsn = dsn.parse().map_err(|e| format!("invalid {DSN_VAR}: {e}"))?;
-    let environment = std::env::var("SENTRY_ENVIRONMENT").ok().filter(|s| !s.trim().is_empty());
+    let environment = mfe_core::env::lookup("SENTRY_ENVIRONMENT");
     let guard = sentry::init(sentry::ClientOptions {
         dsn: Some(dsn),
         environment: environment.map(Into::into),

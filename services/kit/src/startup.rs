@@ -75,7 +75,7 @@ impl Dependencies {
         match crate::cache::connect_redis(&cfg.redis_url).await {
             Ok(conn) => self.redis = Some(conn),
             Err(e) => {
-                let url = crate::env::redact_url_password(&cfg.redis_url);
+                let url = mfe_core::redact_url_password(&cfg.redis_url);
                 tracing::warn!(error = %e, %url, "redis unreachable; serving without the cache (reads go to the database)");
             }
         }

@@ -40,7 +40,7 @@ type BoxedLayer = Box<dyn Layer<Filtered> + Send + Sync>;
 /// `service` names the process in exported spans and Sentry events.
 pub fn init_tracing(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").map(|v| v.eq_ignore_ascii_case("json")).unwrap_or(false);
+    let json = mfe_core::env::get("LOG_FORMAT").eq_ignore_ascii_case("json");
     let mut layers: Vec<BoxedLayer> = Vec::new();
     layers.push(if json {
         fmt::layer().json().with_current_span(true).with_span_list(true).boxed()

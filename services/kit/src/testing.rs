@@ -4,7 +4,8 @@
 
 use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection};
 
-use crate::config::{Service, ServiceConfig};
+use crate::config::ServiceConfig;
+use mfe_core::Service;
 
 /// What to run when the test stack is not reachable.
 pub const START_HINT: &str =
@@ -52,7 +53,7 @@ pub fn closed_port() -> u16 {
 /// A fresh database (see [`fresh_database`]) on the server of the environment variable
 /// `var` (`PAYMENTS_DATABASE_URL`), migrated with `migrator`; returns its URL and its name.
 pub async fn fresh_migrated_database(var: &str, migrator: &sqlx::migrate::Migrator) -> (String, String) {
-    let url = fresh_database(&crate::env::get(var)).await;
+    let url = fresh_database(&mfe_core::env::get(var)).await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
     migrator.run(&pool).await.unwrap_or_else(|e| panic!("cannot migrate {url}: {e}"));
     pool.close().await;
@@ -63,7 +64,7 @@ pub async fn fresh_migrated_database(var: &str, migrator: &sqlx::migrate::Migrat
 /// Drops database `name` on the server of the environment variable `var` (best effort: the
 /// server keeps running for other tests).
 pub async fn drop_database(var: &str, name: &str) {
-    let Ok(options) = crate::env::get(var).parse::<PgConnectOptions>() else { return };
+    let Ok(options) = mfe_core::env::get(var).parse::<PgConnectOptions>() else { return };
     if let Ok(mut admin) = options.database("postgres").connect().await {
         let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).execute(&mut admin).await;
         admin.close().await.ok();
@@ -86,7 +87,8 @@ impl EventRecorder {
     /// When the broker cannot be reached, with a message saying how to start it.
     pub async fn start(consumer: &str, patterns: &[&str]) -> Self {
         use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription};
-        let hub = Hub::connect(HubConfig::from_env().with_connection_name(consumer))
+        let cfg = HubConfig::from_env().unwrap_or_else(|e| panic!("event hub configuration: {e}"));
+        let hub = Hub::connect(cfg.with_connection_name(consumer))
             .await
             .unwrap_or_else(|e| panic!("{e} — the test needs the test stack's RabbitMQ: {START_HINT}"));
         let events: std::sync::Arc<std::sync::Mutex<Vec<Envelope>>> = Default::default();

@@ -11,8 +11,7 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::State, routing::get, routing::post, Router};
-use lapin::options::ExchangeDeleteOptions;
-use mfe_events::{handler_fn, topology::base_plan, Envelope, Hub, HubConfig, Subscription};
+use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription};
 use mfe_kit::{health::Health, metrics::Metrics, server, telemetry};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -96,7 +95,10 @@ async fn a_request_and_the_event_it_publishes_are_exported_as_one_trace_to_the_o
 
     // A real hub on an isolated topology; the consumer reports the trace context it runs in.
     let prefix = format!("mfe.test.{}", uuid::Uuid::new_v4().simple());
-    let cfg = HubConfig::from_env().isolated(&prefix).with_connection_name(format!("{prefix}.otel"));
+    let cfg = HubConfig::from_env()
+        .expect("event hub configuration")
+        .isolated(&prefix)
+        .with_connection_name(format!("{prefix}.otel"));
     let urls = cfg.urls.join(",");
     let hub = Hub::connect(cfg.clone())
         .await
@@ -185,11 +187,7 @@ async fn a_request_and_the_event_it_publishes_are_exported_as_one_trace_to_the_o
     );
 
     consumer.cancel().await;
-    if let Ok(ch) = hub.channel().await {
-        for e in base_plan(hub.config()).exchanges {
-            let _ = ch.exchange_delete(&e.name, ExchangeDeleteOptions::default()).await;
-        }
-    }
+    let _ = hub.delete_isolated_topology(&[]).await;
     hub.close().await;
     telemetry::shutdown();
 }

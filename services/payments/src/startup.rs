@@ -11,8 +11,9 @@ use axum::{
     routing::get,
     Router,
 };
+use mfe_core::{env, Service};
 use mfe_kit::{
-    config::{env_number, ConfigError, Service, ServiceConfig},
+    config::{ConfigError, ServiceConfig},
     health::{health_handler, Health},
     server,
     startup::{Dependencies, Server},
@@ -53,9 +54,12 @@ impl Settings {
     pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             service,
-            psp_step: env_number("PSP_AUTO_COMPLETE_MS")?.filter(|ms| *ms > 0).map(Duration::from_millis),
-            list_cache_ttl: Duration::from_secs(env_number("PAYMENTS_LIST_CACHE_TTL_SECS")?.unwrap_or(60).max(1)),
-            db_pool_size: env_number("PAYMENTS_DB_POOL_SIZE")?.unwrap_or(16).clamp(1, 1000) as u32,
+            psp_step: env::parse_env_opt::<u64>("PSP_AUTO_COMPLETE_MS")?
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            list_cache_ttl: env::parse_env_secs("PAYMENTS_LIST_CACHE_TTL_SECS", Duration::from_secs(60))?
+                .max(Duration::from_secs(1)),
+            db_pool_size: env::parse_env("PAYMENTS_DB_POOL_SIZE", 16u32)?.clamp(1, 1000),
         })
     }
 }

@@ -53,7 +53,10 @@ async fn a_payment_created_while_the_broker_is_unreachable_is_published_once_it_
     // Still ready (the outbox takes the events), and saying what is missing.
     assert_eq!(status, 200, "health stays ready without the broker: {health}");
     let health: Value = serde_json::from_str(&health).unwrap();
-    assert_eq!((health["status"].as_str(), health["dependencies"]["broker"]["status"].as_str()), (Some("degraded"), Some("down")));
+    assert_eq!(
+        (health["status"].as_str(), health["dependencies"]["broker"]["status"].as_str()),
+        (Some("degraded"), Some("down"))
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.outbox_rows(&id).await, vec![("payments.payment.created".to_string(), false)]);
     assert!(events.types_for(&id).is_empty());

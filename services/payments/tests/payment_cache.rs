@@ -11,7 +11,7 @@ use mfe_kit::Role;
 use serde_json::Value;
 
 async fn redis() -> redis::aio::MultiplexedConnection {
-    let url = mfe_kit::env::get("REDIS_URL");
+    let url = mfe_core::env::get("REDIS_URL");
     redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 

@@ -3,10 +3,11 @@
 
 use anyhow::Context;
 use axum::extract::FromRef;
+use mfe_core::Service;
 use mfe_events::{types, Subscription};
 use mfe_kit::{
     cache::Cache,
-    config::{ConfigError, Service},
+    config::ConfigError,
     metrics::Metrics,
     server,
     startup::{Dependencies, Server},
@@ -38,7 +39,7 @@ impl Settings {
     /// `service` plus the profile-only settings, read from the environment.
     pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
         let mut subscription = default_subscription();
-        if let Some(queue) = std::env::var("PROFILE_EVENTS_QUEUE").ok().filter(|q| !q.trim().is_empty()) {
+        if let Some(queue) = mfe_core::env::lookup("PROFILE_EVENTS_QUEUE") {
             subscription.queue = queue;
         }
         Ok(Self { service, subscription, db_pool_size: 16 })

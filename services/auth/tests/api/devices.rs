@@ -22,9 +22,11 @@ const DEVICE_FIELDS: [&str; 7] =
 
 /// Subscribes a private, exclusive queue to `auth.session.revoked` on the shared exchange.
 async fn watch_revocations() -> (Hub, UnboundedReceiver<Envelope>) {
-    let hub = Hub::connect(HubConfig::from_env().with_connection_name("auth-service-tests"))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to rabbitmq: {e} — {}", mfe_kit::testing::START_HINT));
+    let hub = Hub::connect(
+        HubConfig::from_env().expect("event hub configuration").with_connection_name("auth-service-tests"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot connect to rabbitmq: {e} — {}", mfe_kit::testing::START_HINT));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     hub.subscribe(
         Subscription::exclusive("auth-tests", &[types::AUTH_SESSION_REVOKED]),

@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use auth_service::{Application, Settings};
-use mfe_kit::{config::Service, testing, ServiceConfig};
+use mfe_core::Service;
+use mfe_kit::{testing, ServiceConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;

@@ -142,7 +142,7 @@ async fn a_rehash_drops_the_cached_user() {
     let id = uuid::Uuid::new_v4().to_string();
     let email = format!("rehash-{}@poc2.example.com", uuid::Uuid::new_v4().simple());
     insert_legacy_user(&app, &id, &email, user["password_hash"].as_str().unwrap()).await;
-    let url = mfe_kit::env::get("REDIS_URL");
+    let url = mfe_core::env::get("REDIS_URL");
     let mut redis = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let key = format!("user:{id}");
     let () = redis::cmd("SET")

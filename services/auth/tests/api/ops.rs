@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use mfe_kit::{config::Service, testing};
+use mfe_core::Service;
+use mfe_kit::testing;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -64,7 +65,7 @@ async fn metrics_are_scraped_in_prometheus_text_format() {
 
 /// A raw connection to the stack's Redis.
 async fn redis() -> redis::aio::MultiplexedConnection {
-    let url = mfe_kit::env::get("REDIS_URL");
+    let url = mfe_core::env::get("REDIS_URL");
     redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 

@@ -134,7 +134,7 @@ mod tests {
     /// broker would close the channel (PRECONDITION_FAILED).
     #[tokio::test]
     async fn two_acks_reach_the_broker_in_the_order_they_were_sent() {
-        let url = crate::HubConfig::from_env().urls[0].clone();
+        let url = crate::HubConfig::from_env().expect("RABBITMQ_URL and friends parse").urls[0].clone();
         let conn = Connection::connect(&url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| panic!("tests use RABBITMQ_URL={url} (the test stack): {e}"));

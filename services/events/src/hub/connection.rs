@@ -38,17 +38,8 @@ pub(super) async fn try_connect(cfg: &HubConfig, start: usize) -> Result<(Connec
     })
 }
 
-/// `amqp://user:***@host:port/vhost` for messages.
-pub(super) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+// `amqp://user:***@host:port/vhost` for messages (the one redaction of mfe-core).
+pub(super) use mfe_core::redact_url_password as redact;
 
 /// Owns the connection: publishes it to waiters, watches it, and replaces it when it dies.
 pub(super) async fn supervise(
@@ -130,14 +121,4 @@ async fn declare_base(conn: &Connection, cfg: &HubConfig) -> Result<(), HubError
     )))?;
     let _ = ch.close(200, "declared").await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn broker_urls_in_messages_hide_the_password() {
-        assert_eq!(redact("amqp://admin:secret@127.0.0.1:5672/%2f"), "amqp://admin:***@127.0.0.1:5672/%2f");
-    }
 }

@@ -178,7 +178,7 @@ impl Hub {
 
     /// A fresh channel on the current connection, for declarations and inspection (tests,
     /// suites, tools). Waits for a connection like a publish does.
-    pub async fn channel(&self) -> Result<Channel, HubError> {
+    pub(crate) async fn channel(&self) -> Result<Channel, HubError> {
         let link = self.wait_link(self.inner.cfg.publish_timeout).await?;
         link.conn.create_channel().await.map_err(HubError::amqp("opening a channel"))
     }

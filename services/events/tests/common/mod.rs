@@ -18,7 +18,10 @@ pub fn prefix() -> String {
 
 /// The environment's hub configuration under `prefix`, with short retry delays.
 pub fn hub_config(prefix: &str) -> HubConfig {
-    let mut cfg = HubConfig::from_env().isolated(prefix).with_connection_name(format!("{prefix}.test"));
+    let mut cfg = HubConfig::from_env()
+        .expect("event hub configuration")
+        .isolated(prefix)
+        .with_connection_name(format!("{prefix}.test"));
     cfg.retry_delays = vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)];
     cfg.publish_timeout = Duration::from_secs(20);
     cfg
@@ -33,7 +36,7 @@ pub async fn connect(cfg: HubConfig) -> Hub {
 
 /// Deletes the exchanges and queues of `subs` under `hub`'s configuration.
 pub async fn cleanup(hub: &Hub, subs: &[Subscription]) {
-    let Ok(ch) = hub.channel().await else { return };
+    let Ok(ch) = hub.raw_channel().await else { return };
     let cfg = hub.config().clone();
     let mut plan = base_plan(&cfg);
     for s in subs {

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use mfe_core::Service;
 use mfe_events::{types, Envelope, Hub, Subscription};
-use mfe_kit::{config::Service, testing, JwtKeys, Role};
+use mfe_kit::{testing, JwtKeys, Role};
 use profile_service::{Application, Settings, CONSUMER};
 use reqwest::Response;
 use serde_json::Value;
