@@ -159,7 +159,7 @@ fn filter(select: &Selection, id: Option<&str>) -> DeadLetterFilter {
 }
 
 /// `consumer profile, type payments.#` — what a filter asks for, for messages.
-fn describe_filter(f: &DeadLetterFilter) -> String {
+pub(crate) fn describe_filter(f: &DeadLetterFilter) -> String {
     let mut parts = Vec::new();
     if let Some(id) = &f.id {
         parts.push(format!("id {id}"));

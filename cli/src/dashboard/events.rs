@@ -179,20 +179,9 @@ impl Selection {
 }
 
 fn describe(f: &DeadLetterFilter) -> String {
-    let mut parts = Vec::new();
-    if let Some(id) = &f.id {
-        parts.push(format!("id {id}"));
-    }
-    if let Some(c) = &f.consumer {
-        parts.push(format!("consumer {c}"));
-    }
-    if let Some(t) = &f.event_type {
-        parts.push(format!("type {t}"));
-    }
-    if parts.is_empty() {
-        "every dead letter".into()
-    } else {
-        parts.join(", ")
+    match crate::events::describe_filter(f) {
+        d if d.is_empty() => "every dead letter".into(),
+        d => d,
     }
 }
 
