@@ -5,7 +5,7 @@
 //!
 //! Every mode uses the same shape: a durable topic exchange and a durable queue of its own,
 //! persistent 256-byte messages, 200 unconfirmed publishes in flight, prefetch 200, manual
-//! acks. `ours-retry` runs our publisher and subscriber with 1 % of messages failing once
+//! acks (quorum queues when `RABBITMQ_QUEUE_TYPE=quorum`). `ours-retry` runs our publisher and subscriber with 1 % of messages failing once
 //! (so they go through the retry queue) to price the retry machinery.
 
 use hdrhistogram::Histogram;
@@ -55,6 +55,8 @@ async fn ours(url: &str, rate: u64, n: usize, fail_every: usize) -> anyhow::Resu
     let prefix = format!("mfe.bench.{}", uuid::Uuid::new_v4().simple());
     let mut cfg = HubConfig::default().isolated(&prefix);
     cfg.urls = vec![url.to_string()];
+    // RABBITMQ_QUEUE_TYPE=quorum measures the HA broker's queues (scripts/bench-ha.sh).
+    cfg.queue_type = HubConfig::from_env()?.queue_type;
     cfg.prefetch = PREFETCH;
     cfg.retry_delays = vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)];
     let hub = Hub::connect(cfg).await?;
