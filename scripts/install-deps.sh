@@ -11,7 +11,9 @@ if ! cargo machete --version >/dev/null 2>&1; then
 fi
 
 need=()
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
+# A bare name is looked up on PATH only: `[ -x prometheus ]` is true for the repository's
+# prometheus/ directory, which once hid a missing Prometheus.
+have() { case "$1" in */*) [ -x "$1" ] && [ ! -d "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac; }
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 have psql || need+=(postgresql-client)
 have pg_dump || need+=(postgresql-client)
