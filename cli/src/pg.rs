@@ -30,9 +30,12 @@ pub async fn connect_url(label: &str, url: &str) -> anyhow::Result<PgPool> {
             "{label} at {addr}: no answer within 10 s — is the infrastructure running? try `mfe infra start`"
         ),
     }
+    // The server answered above, so a slow acquire is load, not an outage: 5 s once failed an
+    // export on a 2-core machine running nine migration tests at once (scram authentication
+    // of a new connection alone took that long there).
     PgPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(30))
         .connect_with(opts)
         .await
         .map_err(|e| unreachable_error(label, &addr, &e))
