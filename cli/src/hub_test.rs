@@ -35,6 +35,9 @@ pub enum TestCommand {
     /// A steady workload through nginx while broker nodes die and pause and a database
     /// restarts; a history checker counts lost, duplicated and out-of-order events.
     Chaos(crate::chaos::ChaosArgs),
+    /// The attacks of an adversarial pass (forged tokens, injection, smuggling, traversal,
+    /// slow and oversized headers, WebSocket abuse), each with the answer it must get.
+    Security(crate::security::SecurityArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +55,7 @@ pub async fn run(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
         TestCommand::EventHub(a) => event_hub(ctx, a).await,
         TestCommand::Proxy(a) => crate::proxy_test::run(ctx, a).await,
         TestCommand::Chaos(a) => crate::chaos::run(ctx, a).await,
+        TestCommand::Security(a) => crate::security::run(ctx, a).await,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod migrate;
 pub mod pg;
 pub mod proxy_test;
 pub mod report;
+pub mod security;
 pub mod ssl;
 pub mod stack;
 pub mod tls;

@@ -159,6 +159,11 @@ impl ClientTls {
             .context("cannot build the HTTP client")
     }
 
+    /// The rustls configuration itself, for clients that speak raw TLS (`mfe test security`).
+    pub fn rustls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// A WebSocket connector with this trust.
     pub fn ws_connector(&self) -> tokio_tungstenite::Connector {
         tokio_tungstenite::Connector::Rustls(self.config.clone())

@@ -1,0 +1,84 @@
+//! A whole stack of one test's own, brought up with the real `mfe` binary: every variable that
+//! names a port, a directory or a project is set from one port base, so nothing inherited
+//! (`make test` exports test.env) points the test at another stack. Ports: `base + 432..436`
+//! PostgreSQL, `+572` AMQP, `+582` management, `+592` Erlang distribution, `+379` Redis, `+080`
+//! / `+443` nginx, `+000` gateway, `+001..004` the services. Dropping it stops and removes it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub struct OwnStack {
+    pub base: u16,
+    pub state_dir: PathBuf,
+    pub project: String,
+}
+
+impl OwnStack {
+    /// A stack on ports `base..base + 999`, named `project` (its state dir and compose project).
+    pub fn new(project: &str, base: u16) -> Self {
+        let state_dir = std::env::temp_dir().join(format!("mfe-{project}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        Self { base, state_dir, project: project.to_string() }
+    }
+
+    /// Every variable of this stack, as `mfe` and the services read them.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let b = self.base;
+        let db = |off: u16, name: &str| format!("postgres://postgres:postgres@127.0.0.1:{}/{name}", b + off);
+        let url = |off: u16| format!("http://127.0.0.1:{}", b + off);
+        let state = |p: &str| self.state_dir.join(p).display().to_string();
+        [
+            ("MFE_ROOT", concat!(env!("CARGO_MANIFEST_DIR"), "/..").to_string()),
+            ("MFE_STATE_DIR", self.state_dir.display().to_string()),
+            ("MFE_RUNTIME", "native".into()),
+            ("COMPOSE_PROJECT_NAME", format!("mfe{}", self.project.replace('-', ""))),
+            ("AUTH_DATABASE_URL", db(432, "auth_db")),
+            ("PAYMENTS_DATABASE_URL", db(433, "payments_db")),
+            ("ADMIN_DATABASE_URL", db(434, "admin_db")),
+            ("PROFILE_DATABASE_URL", db(435, "profile_db")),
+            ("LEGACY_DATABASE_URL", db(436, "mfe_poc2")),
+            ("RABBITMQ_URL", format!("amqp://admin:admin@127.0.0.1:{}/%2f", b + 572)),
+            ("RABBITMQ_MANAGEMENT_PORT", (b + 582).to_string()),
+            ("RABBITMQ_DIST_PORT", (b + 592).to_string()),
+            ("REDIS_URL", format!("redis://127.0.0.1:{}", b + 379)),
+            ("NGINX_HOST", "localhost".into()),
+            ("NGINX_HTTP_PORT", (b + 80).to_string()),
+            ("NGINX_HTTPS_PORT", (b + 443).to_string()),
+            ("SSL_CERT_PATH", state("ssl/self-signed.crt")),
+            ("SSL_KEY_PATH", state("ssl/self-signed.key")),
+            ("GATEWAY_URL", url(0)),
+            ("AUTH_SERVICE_URL", url(1)),
+            ("PAYMENTS_SERVICE_URL", url(2)),
+            ("ADMIN_SERVICE_URL", url(3)),
+            ("PROFILE_SERVICE_URL", url(4)),
+            ("WS_URL", format!("wss://localhost:{}/ws", b + 443)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Runs `mfe args` against this stack.
+    pub fn mfe(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mfe"))
+            .args(args)
+            .envs(self.env())
+            .env_remove("RABBITMQ_QUEUE_TYPE")
+            .output()
+            .expect("the mfe binary runs")
+    }
+}
+
+impl Drop for OwnStack {
+    fn drop(&mut self) {
+        let _ = self.mfe(&["down"]);
+        let _ = self.mfe(&["infra", "clean", "--yes", "--runtime", "native"]);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// stdout and stderr of a run, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
