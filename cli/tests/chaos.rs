@@ -4,70 +4,14 @@
 //! another paused and the payments database restarts; the history checker must find nothing
 //! lost, duplicated or out of order, and every fault must have had traffic to judge.
 
+mod own_stack;
+
+use own_stack::{text, OwnStack};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-struct Stack {
-    state_dir: PathBuf,
-}
-
-impl Stack {
-    fn new() -> Self {
-        let state_dir = std::env::temp_dir().join(format!("mfe-chaos-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&state_dir);
-        Self { state_dir }
-    }
-
-    fn mfe(&self, args: &[&str]) -> Output {
-        let db = |port: u16, name: &str| format!("postgres://postgres:postgres@127.0.0.1:{port}/{name}");
-        let svc = |port: u16| format!("http://127.0.0.1:{port}");
-        Command::new(env!("CARGO_BIN_EXE_mfe"))
-            .args(args)
-            .env("MFE_ROOT", concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .env("MFE_STATE_DIR", &self.state_dir)
-            .env("MFE_RUNTIME", "native")
-            .env("AUTH_DATABASE_URL", db(42432, "auth_db"))
-            .env("PAYMENTS_DATABASE_URL", db(42433, "payments_db"))
-            .env("ADMIN_DATABASE_URL", db(42434, "admin_db"))
-            .env("PROFILE_DATABASE_URL", db(42435, "profile_db"))
-            .env("LEGACY_DATABASE_URL", db(42436, "mfe_poc2"))
-            .env("RABBITMQ_URL", "amqp://admin:admin@127.0.0.1:42572/%2f")
-            .env("RABBITMQ_MANAGEMENT_PORT", "42582")
-            .env("RABBITMQ_DIST_PORT", "42592")
-            .env("REDIS_URL", "redis://127.0.0.1:42379")
-            .env("NGINX_HTTP_PORT", "42080")
-            .env("NGINX_HTTPS_PORT", "42443")
-            .env("SSL_CERT_PATH", self.state_dir.join("ssl/self-signed.crt"))
-            .env("SSL_KEY_PATH", self.state_dir.join("ssl/self-signed.key"))
-            .env("GATEWAY_URL", svc(42000))
-            .env("AUTH_SERVICE_URL", svc(42001))
-            .env("PAYMENTS_SERVICE_URL", svc(42002))
-            .env("ADMIN_SERVICE_URL", svc(42003))
-            .env("PROFILE_SERVICE_URL", svc(42004))
-            .env("WS_URL", "wss://localhost:42443/ws")
-            .env("COMPOSE_PROJECT_NAME", "mfechaostest")
-            .env_remove("RABBITMQ_QUEUE_TYPE")
-            .output()
-            .expect("the mfe binary runs")
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.mfe(&["down"]);
-        let _ = self.mfe(&["infra", "clean", "--yes", "--runtime", "native"]);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 #[test]
 fn the_quick_chaos_schedule_loses_duplicates_and_reorders_nothing() {
-    let stack = Stack::new();
+    let stack = OwnStack::new("chaostest", 42000);
     let up = stack.mfe(&["up", "--ha", "--runtime", "native"]);
     assert!(up.status.success(), "mfe up --ha failed:\n{}", text(&up));
 
