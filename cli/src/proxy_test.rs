@@ -276,9 +276,11 @@ async fn upstream_down_check(http: &reqwest::Client) -> Check {
     }
 }
 
-type Answer = anyhow::Result<(reqwest::StatusCode, Value, Duration)>;
+pub(crate) type Answer = anyhow::Result<(reqwest::StatusCode, Value, Duration)>;
 
-async fn call(
+/// `method url` with an optional bearer token and JSON body: status, JSON body (`Null` when the
+/// answer was not JSON) and how long it took. Also the one request helper of `mfe test security`.
+pub(crate) async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
     url: &str,

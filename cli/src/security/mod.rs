@@ -116,7 +116,7 @@ impl Target {
 /// An answer: status and JSON body (`Null` when it was not JSON).
 pub type Answer = (reqwest::StatusCode, Value);
 
-/// Sends `method url` with an optional bearer token and JSON body.
+/// Sends `method url` with an optional bearer token and JSON body ([`crate::proxy_test::call`]).
 pub async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -124,17 +124,7 @@ pub async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<Answer> {
-    let mut req = http.request(method.clone(), url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.with_context(|| format!("{method} {url} failed — is the stack up? try `mfe up`"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    crate::proxy_test::call(http, method, url, token, body).await.map(|(status, body, _)| (status, body))
 }
 
 /// The check `name`: passed when `status` is one of `expected`; the detail shows the answer.
