@@ -218,6 +218,11 @@ async fn control_characters_in_bodies_and_queries_are_422_naming_the_field_never
     assert_eq!(resp.status(), 422);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["message"], r#"query parameter "action" contains a control character (U+0000)"#);
+    // And a path parameter.
+    let resp = http.get(format!("{gw}/api/auth/users/%00")).bearer_auth(&admin_token).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "the path contains a control character (U+0000)");
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Control characters in client input, refused once for every service: in JSON bodies (by the
-//! kit's [`crate::Json`] extractor) and in query strings ([`refuse_control_characters`], a layer
-//! of [`crate::server::with_common_layers`]). PostgreSQL cannot store U+0000 in `text` or
+//! kit's [`crate::Json`] extractor) and in paths and query strings
+//! ([`refuse_control_characters`], a layer of [`crate::server::with_common_layers`]). PostgreSQL cannot store U+0000 in `text` or
 //! `jsonb`, and no field of the platform has a use for the other C0/C1 controls, so they are a
 //! 422 naming the field instead of a 500 from the database.
 //!
@@ -120,10 +120,21 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
-/// Middleware: a request whose query string carries a refused control character is answered
-/// 422 before any handler runs.
+/// A 422 when the percent-decoded `path` holds a refused control character (a path parameter
+/// such as `/api/auth/users/%00` reaches SQL like a query parameter does).
+pub fn control_in_path(path: &str) -> Option<ApiError> {
+    if !path.contains('%') {
+        return None;
+    }
+    let c = percent_encoding::percent_decode_str(path).decode_utf8_lossy().chars().find(|c| is_refused_control(*c))?;
+    Some(ApiError::Validation(format!("the path contains {}", describe(c))))
+}
+
+/// Middleware: a request whose path or query string carries a refused control character is
+/// answered 422 before any handler runs.
 pub async fn refuse_control_characters(req: Request, next: Next) -> Response {
-    if let Some(err) = req.uri().query().and_then(control_in_query) {
+    let uri = req.uri();
+    if let Some(err) = control_in_path(uri.path()).or_else(|| uri.query().and_then(control_in_query)) {
         return err.into_response();
     }
     next.run(req).await
@@ -183,5 +194,15 @@ mod tests {
         );
         assert!(control_in_query("q=50%25+off&x=%E2%82%AC&nl=%0A").is_none());
         assert!(control_in_query("plain=1").is_none());
+    }
+
+    #[test]
+    fn a_path_with_an_escaped_control_is_refused() {
+        assert_eq!(
+            message(control_in_path("/api/auth/users/%00").unwrap()),
+            "the path contains a control character (U+0000)"
+        );
+        assert!(control_in_path("/api/auth/users/a%20b%C3%A9").is_none());
+        assert!(control_in_path("/api/payments/123").is_none());
     }
 }
