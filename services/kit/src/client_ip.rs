@@ -120,26 +120,25 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &TrustedPro
     if !trusted.contains(peer) {
         return Some(peer);
     }
-    let mut forwarded = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter(|e| !e.trim().is_empty())
-        .collect::<Vec<_>>();
-    if forwarded.is_empty() {
-        let real_ip = headers.get("x-real-ip").and_then(|v| v.to_str().ok()).and_then(parse_hop);
-        return Some(real_ip.unwrap_or(peer));
-    }
     // The nearest trusted hop so far: the answer when every hop is trusted, or when the next one
     // to the left is not an address (a trusted proxy writes only addresses, so a client wrote it).
+    // Walked without allocating: the gateway runs this for every proxied request.
     let mut nearest = peer;
-    while let Some(entry) = forwarded.pop() {
-        let Some(hop) = parse_hop(entry) else { return Some(nearest) };
-        if !trusted.contains(hop) {
-            return Some(hop);
+    let mut any = false;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else { return Some(nearest) };
+        for entry in text.rsplit(',').filter(|e| !e.trim().is_empty()) {
+            any = true;
+            let Some(hop) = parse_hop(entry) else { return Some(nearest) };
+            if !trusted.contains(hop) {
+                return Some(hop);
+            }
+            nearest = hop;
         }
-        nearest = hop;
+    }
+    if !any {
+        let real_ip = headers.get("x-real-ip").and_then(|v| v.to_str().ok()).and_then(parse_hop);
+        return Some(real_ip.unwrap_or(peer));
     }
     Some(nearest)
 }
@@ -148,20 +147,25 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &TrustedPro
 /// the peer when the peer is a trusted proxy, else the peer alone (a client's own list is
 /// dropped, not extended).
 pub fn forwarded_for_from(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> String {
+    use std::fmt::Write;
     let peer = canonical(peer);
+    let mut list = String::new();
     if trusted.contains(peer) {
-        let received: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
-        if !received.is_empty() {
-            return format!("{}, {peer}", received.join(", "));
+        for received in headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+            let received = received.trim();
+            if !received.is_empty() {
+                if !list.is_empty() {
+                    list.push_str(", ");
+                }
+                list.push_str(received);
+            }
         }
     }
-    peer.to_string()
+    if !list.is_empty() {
+        list.push_str(", ");
+    }
+    let _ = write!(list, "{peer}");
+    list
 }
 
 /// The client's address of a request ([`client_ip`] with the process's [`trusted_proxies`]
