@@ -53,7 +53,7 @@ async fn a_socket_sending_its_headers_slowly_is_closed_after_the_header_read_tim
     }
     let closed_after = closed_after.expect("the gateway kept a slowloris socket open for 12 s");
     assert!(
-        closed_after >= Duration::from_millis(1400) && closed_after < Duration::from_secs(4),
+        closed_after >= Duration::from_millis(1400) && closed_after < Duration::from_secs(6),
         "closed after {closed_after:?}, expected about 1.5 s"
     );
 
