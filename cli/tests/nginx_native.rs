@@ -189,13 +189,21 @@ fn only(resp: &reqwest::blocking::Response, name: &str) -> String {
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 #[test]
-fn plain_http_is_redirected_permanently_to_https_on_the_https_port() {
+fn plain_http_is_redirected_permanently_to_https_on_the_configured_host_whatever_the_host_header() {
     let edge = Edge::start(spawn_upstream());
     let client = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let resp = client.get(format!("http://127.0.0.1:{}/api/auth/me?x=1", edge.http)).send().unwrap();
-    assert_eq!(resp.status().as_u16(), 301);
-    let location = resp.headers()["location"].to_str().unwrap();
-    assert_eq!(location, format!("https://127.0.0.1:{}/api/auth/me?x=1", edge.https));
+    // NGINX_HOST is `localhost` (its default); neither the address dialled nor a forged Host
+    // header may end up in Location.
+    for host in [None, Some("evil.example"), Some("evil.example:443")] {
+        let mut req = client.get(format!("http://127.0.0.1:{}/api/auth/me?x=1", edge.http));
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let resp = req.send().unwrap();
+        assert_eq!(resp.status().as_u16(), 301, "Host {host:?}");
+        let location = resp.headers()["location"].to_str().unwrap();
+        assert_eq!(location, format!("https://localhost:{}/api/auth/me?x=1", edge.https), "Host {host:?}");
+    }
 }
 
 #[test]

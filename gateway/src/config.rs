@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mfe_core::env::{self, parse_env, parse_env_ms};
 use mfe_core::{Secret, SERVICES};
+use mfe_kit::client_ip::TrustedProxies;
 
 /// One upstream service and the path prefix routed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct GatewayConfig {
     pub ws_pong_timeout: Duration,
     /// Messages queued per socket before the client counts as slow and is dropped.
     pub ws_send_queue: usize,
+    /// How the gateway treats its clients: trusted proxies, header limits, the WebSocket cap.
+    pub front: FrontDoor,
     /// Runtime threads of the binary (`GATEWAY_WORKERS`): 0 one per core, 1 a single-threaded
     /// runtime, N that many workers. `main` reads it first ([`GatewayConfig::workers_from_env`]):
     /// the runtime exists before the rest of the configuration is read.
@@ -52,7 +55,8 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Reads `PORT`, `GATEWAY_HOST`, the four `*_SERVICE_URL`, `JWT_SECRET`, `RABBITMQ_URL`,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`, `GATEWAY_CONNECT_TIMEOUT_MS`, `GATEWAY_HEALTH_INTERVAL_MS`,
-    /// `WS_PING_INTERVAL_MS`, `WS_PONG_TIMEOUT_MS`, `WS_SEND_QUEUE` and `GATEWAY_WORKERS`.
+    /// `WS_PING_INTERVAL_MS`, `WS_PONG_TIMEOUT_MS`, `WS_SEND_QUEUE`, `GATEWAY_WORKERS` and those
+    /// of [`FrontDoor::from_env`].
     pub fn from_env() -> anyhow::Result<Self> {
         let routes = SERVICES
             .iter()
@@ -80,6 +84,7 @@ impl GatewayConfig {
             ws_ping_interval: parse_env_ms("WS_PING_INTERVAL_MS", Duration::from_secs(30))?,
             ws_pong_timeout: parse_env_ms("WS_PONG_TIMEOUT_MS", Duration::from_secs(10))?,
             ws_send_queue: parse_env("WS_SEND_QUEUE", 256)?,
+            front: FrontDoor::from_env()?,
             workers: Self::workers_from_env()?,
         })
     }
@@ -87,5 +92,62 @@ impl GatewayConfig {
     /// `GATEWAY_WORKERS` alone, for `main`, which sizes the runtime before the rest is read.
     pub fn workers_from_env() -> anyhow::Result<usize> {
         Ok(parse_env("GATEWAY_WORKERS", 0)?)
+    }
+}
+
+/// The gateway's defences towards its clients.
+#[derive(Debug, Clone)]
+pub struct FrontDoor {
+    /// Peers whose `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host`
+    /// are passed on (`TRUSTED_PROXIES`, default loopback: nginx); from any other peer they are
+    /// replaced.
+    pub trusted_proxies: TrustedProxies,
+    /// Time a client has to send a request's line and headers (idle keep-alive time included)
+    /// before its connection is closed: a slowloris socket does not stay open.
+    pub header_read_timeout: Duration,
+    /// The largest request line plus headers; a larger one is answered 431.
+    pub max_header_bytes: usize,
+    /// WebSockets one user may hold open; 0 is no cap.
+    pub ws_max_per_user: usize,
+}
+
+impl Default for FrontDoor {
+    /// The defaults of the environment contract.
+    fn default() -> Self {
+        Self {
+            trusted_proxies: TrustedProxies::default(),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            ws_max_per_user: 16,
+        }
+    }
+}
+
+impl FrontDoor {
+    /// The smallest head limit accepted: below it ordinary browser requests (cookies, a token)
+    /// would be refused.
+    pub const MIN_HEADER_BYTES: usize = 8192;
+
+    /// Reads `TRUSTED_PROXIES`, `GATEWAY_HEADER_READ_TIMEOUT_MS`, `GATEWAY_MAX_HEADER_BYTES` and
+    /// `WS_MAX_CONNECTIONS_PER_USER`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let d = Self::default();
+        let max_header_bytes = parse_env("GATEWAY_MAX_HEADER_BYTES", d.max_header_bytes)?;
+        if max_header_bytes < Self::MIN_HEADER_BYTES {
+            anyhow::bail!(
+                "GATEWAY_MAX_HEADER_BYTES={max_header_bytes} is below the minimum of {} bytes",
+                Self::MIN_HEADER_BYTES
+            );
+        }
+        let header_read_timeout = parse_env_ms("GATEWAY_HEADER_READ_TIMEOUT_MS", d.header_read_timeout)?;
+        if header_read_timeout.is_zero() {
+            anyhow::bail!("GATEWAY_HEADER_READ_TIMEOUT_MS=0: a header read timeout is required (e.g. 10000)");
+        }
+        Ok(Self {
+            trusted_proxies: TrustedProxies::from_env()?,
+            header_read_timeout,
+            max_header_bytes,
+            ws_max_per_user: parse_env("WS_MAX_CONNECTIONS_PER_USER", d.ws_max_per_user)?,
+        })
     }
 }

@@ -33,7 +33,7 @@ use mfe_kit::JwtKeys;
 pub use config::{GatewayConfig, Route};
 use metrics::GatewayMetrics;
 use proxy::Proxy;
-use ws::{rooms::Rooms, socket::Heartbeat};
+use ws::{limit::UserSockets, rooms::Rooms, socket::Heartbeat};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -43,6 +43,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub heartbeat: Heartbeat,
     pub metrics: GatewayMetrics,
+    /// Open sockets per user and their cap.
+    pub ws_slots: UserSockets,
 }
 
 /// The gateway's routes; everything that is not `/ws`, `/health` or `/metrics` is proxied.
@@ -87,6 +89,7 @@ pub struct Application {
     state: AppState,
     health_tasks: Vec<tokio::task::JoinHandle<()>>,
     bridge: Option<bridge::BridgeHandle>,
+    limits: server::Limits,
 }
 
 impl Application {
@@ -94,7 +97,8 @@ impl Application {
     /// event bridge.
     pub async fn build(cfg: GatewayConfig) -> anyhow::Result<Self> {
         let metrics = GatewayMetrics::new();
-        let proxy = Proxy::new(&cfg.routes, cfg.upstream_timeout, cfg.connect_timeout, metrics.clone())?;
+        let proxy = Proxy::new(&cfg.routes, cfg.upstream_timeout, cfg.connect_timeout, metrics.clone())?
+            .with_trusted_proxies(cfg.front.trusted_proxies.clone());
         let rooms = Rooms::new(cfg.ws_send_queue, metrics.clone());
         let state = AppState {
             proxy: proxy.clone(),
@@ -102,12 +106,17 @@ impl Application {
             jwt: JwtKeys::new(cfg.jwt_secret.expose()),
             heartbeat: Heartbeat { ping_interval: cfg.ws_ping_interval, pong_timeout: cfg.ws_pong_timeout },
             metrics: metrics.clone(),
+            ws_slots: UserSockets::new(cfg.front.ws_max_per_user),
         };
         let listener = mfe_kit::server::bind(&cfg.host, cfg.port).await.map_err(|e| e.context("gateway"))?;
         let port = listener.local_addr()?.port();
         let health_tasks = proxy.spawn_health_checks(cfg.health_interval);
         let bridge = cfg.events.map(|hub_cfg| bridge::start(hub_cfg, bridge::Bridge { rooms, metrics }));
-        Ok(Self { listener, port, state, health_tasks, bridge })
+        let limits = server::Limits {
+            header_read_timeout: cfg.front.header_read_timeout,
+            max_header_bytes: cfg.front.max_header_bytes,
+        };
+        Ok(Self { listener, port, state, health_tasks, bridge, limits })
     }
 
     pub fn port(&self) -> u16 {
@@ -125,7 +134,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops the background tasks.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let proxy = self.state.proxy.clone();
-        server::serve(self.listener, router(self.state), proxy, shutdown).await;
+        server::serve(self.listener, router(self.state), proxy, self.limits, shutdown).await;
         for task in self.health_tasks {
             task.abort();
         }

@@ -22,7 +22,7 @@ use std::{
 
 use axum::{body::Body, extract::ConnectInfo, response::Response, Router};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
@@ -74,18 +74,35 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Frontend {
     }
 }
 
+/// What a client's connection may cost before the request is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to send the request line and headers, counted from when the connection is ready
+    /// for a request (accepted, or idle after the last answer): a slowloris socket, or an idle
+    /// keep-alive one, is closed after it.
+    pub header_read_timeout: Duration,
+    /// The largest request line plus headers; a larger head is answered 431.
+    pub max_header_bytes: usize,
+}
+
 /// Accepts connections on `listener` until `shutdown` resolves, then waits for the open
 /// connections to finish (upgraded WebSockets run on their own and are not waited for).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     proxy: Proxy,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let metrics = proxy.metrics().clone();
     let shared = Arc::new(Shared { router, proxy, metrics });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true);
+    http.keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // Checked once the head is complete; a head that does not fit hyper's read buffer (~400 KB,
+        // left at its default so body streaming is unchanged) is a 431 as well.
+        .max_header_size(limits.max_header_bytes);
     // Cancelled at shutdown: every connection then shuts down gracefully; the tracker says when
     // the last one has ended.
     let stopping = CancellationToken::new();

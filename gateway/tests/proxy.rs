@@ -50,8 +50,10 @@ async fn forwarding_headers_are_added_and_the_correlation_id_is_propagated_and_e
     let v: Value = resp.json().await.unwrap();
     let h = &v["headers"];
     assert_eq!(h["x-correlation-id"], "req-42");
+    // 127.0.0.1 is a trusted proxy (the default TRUSTED_PROXIES): its list is extended, and the
+    // client it names is the first untrusted hop from the right.
     assert_eq!(h["x-forwarded-for"], "203.0.113.5, 127.0.0.1");
-    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "203.0.113.5");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", gw.port));
     assert_eq!(h["host"], upstream.addr.to_string());
@@ -61,6 +63,29 @@ async fn forwarding_headers_are_added_and_the_correlation_id_is_propagated_and_e
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["headers"]["x-correlation-id"], generated);
+}
+
+#[tokio::test]
+async fn a_client_that_is_not_a_trusted_proxy_cannot_forge_its_forwarded_address() {
+    let upstream = spawn_upstream().await;
+    let gw = spawn_gateway(config(&upstream.url)).await;
+    // 127.0.0.2 is loopback but not in the default TRUSTED_PROXIES (127.0.0.1, ::1).
+    let forger = reqwest::Client::builder().no_proxy().local_address("127.0.0.2".parse().ok()).build().unwrap();
+    let resp = forger
+        .get(format!("{}/api/auth/echo", gw.base))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.2", "{h}");
+    assert_eq!(h["x-real-ip"], "127.0.0.2", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", gw.port), "{h}");
 }
 
 #[tokio::test]

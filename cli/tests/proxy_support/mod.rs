@@ -81,6 +81,8 @@ pub async fn spawn_stack() -> Stack {
             _ => "http://127.0.0.1:9".into(),
         };
     }
+    // `mfe ws probe --connections N` holds N sockets of one user: no per-user cap here.
+    cfg.front.ws_max_per_user = 0;
     let mut gateway = mfe_gateway::Application::build(cfg).await.expect("the gateway builds");
     assert!(
         gateway.wait_for_events(Duration::from_secs(15)).await,

@@ -5,36 +5,51 @@
 use std::net::SocketAddr;
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use mfe_kit::telemetry::CORRELATION_HEADER;
+use mfe_kit::{
+    client_ip::{client_ip, forwarded_for_from, TrustedProxies},
+    telemetry::CORRELATION_HEADER,
+};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and adds the forwarding headers. `X-Real-IP`
-/// and `X-Forwarded-Proto` set by a proxy in front (nginx on loopback) are trusted and kept;
-/// from any other peer they are replaced, so a client cannot spoof its address.
-pub fn prepare_request_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>, correlation_id: &HeaderValue) {
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and sets the forwarding headers under the
+/// one rule of [`mfe_kit::client_ip`]:
+/// - from a trusted proxy (`TRUSTED_PROXIES`: nginx on loopback), `X-Forwarded-For` is the list
+///   it sent plus the peer, and `X-Forwarded-Proto` / `X-Forwarded-Host` are kept;
+/// - from any other peer, `X-Forwarded-For` is the peer alone and those two are replaced, so a
+///   client reaching the gateway directly cannot choose its recorded address or scheme;
+/// - `X-Real-IP` is always the client's address as the services would work it out (the first
+///   untrusted hop from the right), never a value the request brought.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    peer: Option<SocketAddr>,
+    trusted: &TrustedProxies,
+    correlation_id: &HeaderValue,
+) {
     strip_hop_by_hop(headers);
-    let trusted_front = peer.is_some_and(|p| p.ip().is_loopback());
+    let trusted_front = peer.is_some_and(|p| trusted.contains(p.ip()));
     if let Some(peer) = peer {
-        let ip = ip_header_value(peer.ip());
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.trim().is_empty() => {
-                HeaderValue::from_str(&format!("{existing}, {}", peer.ip())).ok()
-            }
-            _ => Some(ip.clone()),
+        let client = client_ip(Some(peer.ip()), headers, trusted).unwrap_or(peer.ip());
+        let forwarded_for = if trusted_front && headers.contains_key(&X_FORWARDED_FOR) {
+            HeaderValue::from_str(&forwarded_for_from(peer.ip(), headers, trusted))
+                .unwrap_or_else(|_| ip_header_value(peer.ip()))
+        } else {
+            ip_header_value(peer.ip())
         };
-        if let Some(v) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-        if !(trusted_front && headers.contains_key(&X_REAL_IP)) {
-            headers.insert(X_REAL_IP.clone(), ip);
-        }
+        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+        headers.insert(X_REAL_IP.clone(), ip_header_value(client));
+    } else {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_REAL_IP);
     }
     if !(trusted_front && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !trusted_front {
+        headers.remove(&X_FORWARDED_HOST);
     }
     // The upstream sees its own authority in Host (set by the client from the URI); the name the
     // client used travels in X-Forwarded-Host.
@@ -123,14 +138,20 @@ mod tests {
         assert_eq!(left, vec!["authorization", "content-type"]);
     }
 
+    fn loopback() -> TrustedProxies {
+        TrustedProxies::default()
+    }
+
     #[test]
-    fn forwarding_headers_append_the_peer_and_keep_a_trusted_fronts_real_ip() {
+    fn forwarding_headers_extend_a_trusted_fronts_list_and_name_the_client_in_x_real_ip() {
         let mut h = HeaderMap::new();
+        // nginx replaced the client's own list with the client's address.
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        h.insert("x-real-ip", HeaderValue::from_static("203.0.113.9"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert(header::HOST, HeaderValue::from_static("localhost"));
-        prepare_request_headers(&mut h, Some("127.0.0.1:5555".parse().unwrap()), &HeaderValue::from_static("cid-1"));
+        let cid = HeaderValue::from_static("cid-1");
+        prepare_request_headers(&mut h, Some("127.0.0.1:5555".parse().unwrap()), &loopback(), &cid);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -140,13 +161,18 @@ mod tests {
     }
 
     #[test]
-    fn an_untrusted_peer_cannot_spoof_its_address_or_scheme() {
+    fn an_untrusted_peer_cannot_spoof_its_address_scheme_or_host() {
         let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare_request_headers(&mut h, Some("198.51.100.7:4000".parse().unwrap()), &HeaderValue::from_static("c"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert(header::HOST, HeaderValue::from_static("gateway:3000"));
+        let cid = HeaderValue::from_static("c");
+        prepare_request_headers(&mut h, Some("198.51.100.7:4000".parse().unwrap()), &loopback(), &cid);
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-host"], "gateway:3000");
     }
 }

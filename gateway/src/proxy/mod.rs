@@ -34,7 +34,10 @@ use axum::{
 
 pub use error::{error_response, ProxyError};
 pub use headers::{prepare_request_headers, strip_hop_by_hop};
-use mfe_kit::telemetry::{correlation_id_of, CORRELATION_HEADER};
+use mfe_kit::{
+    client_ip::TrustedProxies,
+    telemetry::{correlation_id_of, CORRELATION_HEADER},
+};
 use pool::{Pool, PoolLimits, Upstream};
 
 use crate::{config::Route, metrics::GatewayMetrics};
@@ -55,6 +58,8 @@ pub struct Proxy {
     upstreams: Arc<[Arc<Upstream>]>,
     timeout: Duration,
     metrics: GatewayMetrics,
+    /// Whose forwarding headers are passed on ([`prepare_request_headers`]).
+    trusted: Arc<TrustedProxies>,
 }
 
 impl Proxy {
@@ -89,7 +94,18 @@ impl Proxy {
                 pool: Arc::new(Pool::new(authority, PoolLimits::new(connect_timeout))),
             }));
         }
-        Ok(Self { upstreams: upstreams.into(), timeout: upstream_timeout, metrics })
+        Ok(Self {
+            upstreams: upstreams.into(),
+            timeout: upstream_timeout,
+            metrics,
+            trusted: Arc::new(TrustedProxies::default()),
+        })
+    }
+
+    /// The proxies whose forwarding headers are passed on (default: loopback).
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = Arc::new(trusted);
+        self
     }
 
     /// The gateway's metrics, which the proxy records into.
@@ -184,7 +200,7 @@ impl Proxy {
             parts.uri = Uri::from(path_and_query);
         }
         parts.version = axum::http::Version::HTTP_11;
-        prepare_request_headers(&mut parts.headers, peer, correlation_id);
+        prepare_request_headers(&mut parts.headers, peer, &self.trusted, correlation_id);
         parts.headers.insert(header::HOST, upstream.host.clone());
         mfe_kit::telemetry::inject_trace_context(&mut parts.headers);
         Ok((upstream, axum::http::Request::from_parts(parts, body)))

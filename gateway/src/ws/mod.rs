@@ -3,7 +3,11 @@
 //!
 //! The token travels in `?token=` (browsers cannot set headers on a WebSocket) or in
 //! `Authorization: Bearer`; neither the token nor the query string is ever logged.
+//!
+//! A user holds at most `WS_MAX_CONNECTIONS_PER_USER` sockets ([`limit`]): the next upgrade is
+//! answered 429 `too_many_connections` before the handshake, and a closed socket frees its slot.
 
+pub mod limit;
 pub mod rooms;
 pub mod socket;
 
@@ -46,6 +50,19 @@ pub async fn ws_handler(
             return error_response(rejection.status(), "bad_request", &rejection.body_text());
         }
     };
+    // Held by the socket's task; dropped (the slot freed) when the socket ends or the upgrade fails.
+    let slot = match state.ws_slots.try_acquire(&claims.sub) {
+        Ok(slot) => slot,
+        Err(open) => {
+            state.metrics.ws_rejected("too_many_connections");
+            let message = format!(
+                "this user already has {open} open WebSocket connections, the most allowed \
+                 (WS_MAX_CONNECTIONS_PER_USER={}); close one and connect again",
+                state.ws_slots.max()
+            );
+            return error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &message);
+        }
+    };
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -64,6 +81,7 @@ pub async fn ws_handler(
             let (sink, stream) = socket.split();
             let ended = socket::serve(sink, stream, &conn, queue, ack, state.heartbeat, &state.metrics).await;
             state.rooms.leave(&conn, &room_names);
+            drop(slot);
             state.metrics.ws_closed();
             tracing::debug!(conn = conn.id, ?ended, "websocket closed");
         })

@@ -49,6 +49,7 @@ pub fn config(upstream: &str) -> GatewayConfig {
         ws_ping_interval: Duration::from_secs(30),
         ws_pong_timeout: Duration::from_secs(10),
         ws_send_queue: 64,
+        front: mfe_gateway::config::FrontDoor::default(),
         workers: 0,
     }
 }

@@ -13,7 +13,7 @@ use axum::{
     Router,
 };
 use chrono::{DateTime, Utc};
-use mfe_kit::{telemetry::CORRELATION_HEADER, ApiError, CorrelationId, Json, RequireAdmin};
+use mfe_kit::{telemetry::CORRELATION_HEADER, ApiError, ClientIp, CorrelationId, Json, RequireAdmin};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -185,14 +185,13 @@ pub struct PutConfig {
     pub description: Option<String>,
 }
 
-/// Who is calling and from where (the gateway sets X-Real-IP / X-Forwarded-For; direct
-/// callers have neither), for audit rows.
-fn actor_of(user_id: &str, headers: &HeaderMap, correlation: CorrelationId) -> Actor {
+/// Who is calling and from where ([`ClientIp`]: the first untrusted hop of X-Forwarded-For
+/// from the right, else the peer), for audit rows.
+fn actor_of(user_id: &str, client_ip: ClientIp, headers: &HeaderMap, correlation: CorrelationId) -> Actor {
     let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
     Actor {
         user_id: user_id.to_string(),
-        ip_address: header_text("x-real-ip")
-            .or_else(|| header_text("x-forwarded-for").map(|f| f.split(',').next().unwrap_or("").trim().to_string())),
+        ip_address: client_ip.0.map(|ip| ip.to_string()),
         user_agent: header_text("user-agent"),
         correlation_id: Some(correlation.0),
     }
@@ -204,11 +203,12 @@ async fn post_announcement(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,
     correlation: CorrelationId,
+    client_ip: ClientIp,
     headers: HeaderMap,
     Json(body): Json<NewAnnouncement>,
 ) -> Result<(StatusCode, Json<Announcement>), ApiError> {
     let (title, message, level) = body.validate().map_err(ApiError::Validation)?;
-    let actor = actor_of(admin.id(), &headers, correlation);
+    let actor = actor_of(admin.id(), client_ip, &headers, correlation);
     let announcement = announcements::publish(&state.db, title, message, level, &actor).await?;
     state.broker.notify();
     state.metrics.event_published(mfe_events::types::ADMIN_ANNOUNCEMENT_CREATED);
@@ -221,13 +221,14 @@ async fn put_config(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,
     correlation: CorrelationId,
+    client_ip: ClientIp,
     headers: HeaderMap,
     Path(key): Path<String>,
     Json(body): Json<PutConfig>,
 ) -> Result<Json<ConfigEntry>, ApiError> {
     checked_key(&key)?;
     let value = body.value.ok_or_else(|| ApiError::Validation("body must carry a non-null \"value\"".into()))?;
-    let actor = actor_of(admin.id(), &headers, correlation);
+    let actor = actor_of(admin.id(), client_ip, &headers, correlation);
     let entry = system_config::set(&state.db, &key, value, body.description, &actor).await?;
     state.broker.notify();
     state.metrics.event_published(mfe_events::types::ADMIN_CONFIG_UPDATED);

@@ -79,6 +79,7 @@ async fn spawn_gateway(admin: &str, keys_secret: mfe_core::Secret, events: HubCo
         ws_ping_interval: Duration::from_secs(30),
         ws_pong_timeout: Duration::from_secs(10),
         ws_send_queue: 256,
+        front: mfe_gateway::config::FrontDoor::default(),
         workers: 0,
     };
     let mut gw = Gateway::build(cfg).await.expect("the gateway builds");

@@ -21,25 +21,24 @@
 //! logged-out device is marked `revoked_at` rather than deleted, so its tokens stay traceable.
 //! `lastActiveAt` moves on sign-in, on register and on every refresh of the device's tokens.
 
-use std::net::SocketAddr;
-
 use axum::{
-    extract::{ConnectInfo, FromRequestParts, Path, State},
+    extract::{FromRequestParts, Path, State},
     http::{request::Parts, StatusCode},
     routing::{delete, get, post},
     Router,
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mfe_events::types;
-use mfe_kit::{ApiError, AuthUser, CorrelationId, Json};
+use mfe_kit::{ApiError, AuthUser, ClientIp, CorrelationId, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
 
 use crate::AppState;
 
-/// The client's address and user agent, recorded on device sessions. The address is the
-/// first `X-Forwarded-For` hop (set by nginx/the gateway), else the peer address.
+/// The client's address and user agent, recorded on device sessions. The address is
+/// [`mfe_kit::ClientIp`]: the first hop of `X-Forwarded-For` that is not a trusted proxy,
+/// walking from the right (never the client's own leftmost entry), else the peer address.
 #[derive(Debug, Clone, Default)]
 pub struct ClientMeta {
     pub ip: Option<String>,
@@ -51,11 +50,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let ip = header("x-forwarded-for")
-            .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
-            .filter(|s| !s.is_empty())
-            .or_else(|| header("x-real-ip"))
-            .or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()));
+        let ip = ClientIp::of(parts).0.map(|ip| ip.to_string());
         Ok(ClientMeta { ip, user_agent: header("user-agent").map(|ua| ua.chars().take(512).collect()) })
     }
 }

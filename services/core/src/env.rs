@@ -109,6 +109,7 @@ pub const VARS: &[Var] = &[
     tuning("ADMIN_HEALTH_TIMEOUT_MS", "2000", "admin: how long system health waits for each service, in ms"),
     tuning("ADMIN_DB_POOL_SIZE", "8", "admin: connections to admin_db (1-1000)"),
     tuning("PROFILE_EVENTS_QUEUE", "profile.events.queue", "profile: the queue its consumer reads (a private one for benchmarks and side-by-side instances)"),
+    tuning("TRUSTED_PROXIES", "127.0.0.1,::1", "services and gateway: proxies whose X-Forwarded-For / X-Real-IP are believed (addresses or CIDR networks, comma-separated, or `none`); the client is the first untrusted hop from the right"),
 
     // Gateway.
     tuning("GATEWAY_HOST", "0.0.0.0", "address the gateway binds"),
@@ -119,6 +120,9 @@ pub const VARS: &[Var] = &[
     tuning("WS_PING_INTERVAL_MS", "30000", "gateway: WebSocket server ping period, in ms"),
     tuning("WS_PONG_TIMEOUT_MS", "10000", "gateway: how long a pong may take before the socket is closed, in ms"),
     tuning("WS_SEND_QUEUE", "256", "gateway: messages queued per socket before a slow client is dropped"),
+    tuning("WS_MAX_CONNECTIONS_PER_USER", "16", "gateway: WebSockets one user may hold open; the next upgrade is refused with 429 until one closes; 0: no cap"),
+    tuning("GATEWAY_HEADER_READ_TIMEOUT_MS", "10000", "gateway: time a client has to send a request's headers, idle keep-alive time included, before the connection is closed, in ms"),
+    tuning("GATEWAY_MAX_HEADER_BYTES", "65536", "gateway: largest request line plus headers, in bytes; a larger head is answered 431"),
 
     // The mfe CLI.
     tuning("RABBITMQ_DIST_PORT", "", "Erlang distribution port of the broker `mfe infra` runs (the first of an --ha cluster); empty: AMQP port + 20000"),

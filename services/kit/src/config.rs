@@ -55,6 +55,8 @@ impl ServiceConfig {
     pub fn from_env(service: Service) -> Result<Self, ConfigError> {
         let port = env::parse_env("PORT", service.default_port())?;
         let bind = env::get("BIND_ADDR");
+        // Read per request through `client_ip::trusted_proxies`; a bad value fails here, at start.
+        crate::client_ip::TrustedProxies::from_env()?;
         Ok(Self {
             service,
             bind,

@@ -9,7 +9,10 @@
 //! - [`sentry`]: Sentry error reporting when `SENTRY_DSN` is set.
 //! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
 //! - [`auth`]: the `AuthUser` extractor and role guards.
-//! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper.
+//! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper
+//!   (generic 400s, the field path, control characters refused).
+//! - [`input`]: control characters refused in JSON bodies and query strings (one rule).
+//! - [`client_ip`]: the client's address behind trusted proxies (`TRUSTED_PROXIES`).
 //! - [`health`]: `/health` checking the database, broker and Redis.
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
@@ -24,9 +27,11 @@
 //! - [`testing`]: fresh per-test databases and test configurations for integration tests.
 pub mod auth;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod input;
 pub mod jwt;
 pub mod metrics;
 pub mod otel;
@@ -40,6 +45,7 @@ pub mod telemetry;
 pub mod testing;
 
 pub use auth::{AuthUser, RequireAdmin};
+pub use client_ip::ClientIp;
 pub use config::ServiceConfig;
 pub use error::{ApiError, Json};
 pub use jwt::{Claims, JwtKeys, Role};

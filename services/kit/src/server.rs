@@ -43,12 +43,14 @@ pub fn with_common_routes(api: Router, health: Health, metrics: Metrics) -> Rout
 
 /// The middleware of [`with_common_routes`] without its routes, for a service that serves its
 /// own `/health` and `/metrics` (payments adds business metrics to the page): the request body
-/// limit, the request metrics and the correlation id.
+/// limit, control characters refused in the query string, the request metrics and the
+/// correlation id.
 pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
     router
         // `limit_request_body` is the one limit; axum's own would answer 400 through `Json`.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(limit_request_body))
+        .layer(middleware::from_fn(crate::input::refuse_control_characters))
         .layer(middleware::from_fn_with_state(metrics, track_requests))
         .layer(middleware::from_fn(correlation_id))
 }
