@@ -8,7 +8,8 @@
 //! - [`otel`]: OTLP span export and W3C trace-context propagation (HTTP headers, events).
 //! - [`sentry`]: Sentry error reporting when `SENTRY_DSN` is set.
 //! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
-//! - [`auth`]: the `AuthUser` extractor and role guards.
+//! - [`auth`]: the `AuthUser` extractor and role guards, and [`auth::Caller`] (user or service).
+//! - [`revocation`]: the Redis denylist of ended sessions the extractor checks.
 //! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper.
 //! - [`health`]: `/health` checking the database, broker and Redis.
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
@@ -31,6 +32,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod otel;
 pub mod pagination;
+pub mod revocation;
 pub mod run;
 pub mod sentry;
 pub mod server;
@@ -39,7 +41,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod testing;
 
-pub use auth::{AuthUser, RequireAdmin};
+pub use auth::{AuthUser, Caller, RequireAdmin};
 pub use config::ServiceConfig;
 pub use error::{ApiError, Json};
 pub use jwt::{Claims, JwtKeys, Role};
