@@ -8,6 +8,7 @@ use axum::{extract::FromRef, Router};
 use mfe_core::{env, Service};
 use mfe_events::{service_link::ServiceLink, Subscription};
 use mfe_kit::{
+    revocation::Revocations,
     config::{ConfigError, ServiceConfig, ServiceUrls},
     health::Health,
     metrics::Metrics,
@@ -132,7 +133,10 @@ impl Application {
             .context("admin service: building the http client")?;
         let state = AppState {
             db: deps.db.clone(),
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose()).with_revocations(Revocations::for_redis(
+                mfe_kit::cache::connect_redis(&cfg.redis_url).await.ok(),
+                &deps.metrics,
+            )),
             metrics: deps.metrics.clone(),
             health: deps.health(cfg, &broker),
             broker: broker.clone(),

@@ -54,6 +54,15 @@ impl Revocations {
         Self { conn, unchecked }
     }
 
+    /// The denylist on `redis` (a service's connection, [`crate::startup::Dependencies::redis`]);
+    /// `None`, with a warning, when Redis was unreachable at start.
+    pub fn for_redis(redis: Option<ConnectionManager>, metrics: &Metrics) -> Option<Self> {
+        if redis.is_none() {
+            tracing::warn!("redis unreachable at start: access tokens of ended sessions are accepted until they expire (no session denylist until restarted)");
+        }
+        redis.map(|conn| Self::new(conn, metrics))
+    }
+
     /// Whether session `session_id` was ended; `false` (accepted) when Redis does not answer.
     pub async fn is_revoked(&self, session_id: &str) -> bool {
         let mut conn = self.conn.clone();

@@ -13,6 +13,7 @@ use axum::{
 };
 use mfe_core::{env, Service};
 use mfe_kit::{
+    revocation::Revocations,
     config::{ConfigError, ServiceConfig},
     health::{health_handler, Health},
     server,
@@ -132,7 +133,8 @@ impl Application {
                 business: BusinessMetrics::new(),
                 psp: settings.psp_step.map(Psp::new),
             },
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose())
+                .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics)),
             health: deps.health(cfg, &broker),
         };
         let server = Server::bind(cfg, router(state.clone()), broker).await.context("payments service")?;

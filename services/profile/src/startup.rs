@@ -6,6 +6,7 @@ use axum::extract::FromRef;
 use mfe_core::Service;
 use mfe_events::{types, Subscription};
 use mfe_kit::{
+    revocation::Revocations,
     cache::Cache,
     config::ConfigError,
     metrics::Metrics,
@@ -93,7 +94,8 @@ impl Application {
         let broker = deps.broker_consuming(cfg, settings.subscription.clone(), handler);
         let state = AppState {
             db: deps.db.clone(),
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose())
+                .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics)),
             profiles_cache,
             metrics: deps.metrics.clone(),
             broker: broker.clone(),
