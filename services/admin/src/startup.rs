@@ -8,10 +8,10 @@ use axum::{extract::FromRef, Router};
 use mfe_core::{env, Service};
 use mfe_events::{service_link::ServiceLink, Subscription};
 use mfe_kit::{
-    revocation::Revocations,
     config::{ConfigError, ServiceConfig, ServiceUrls},
     health::Health,
     metrics::Metrics,
+    revocation::Revocations,
     startup::{Dependencies, Server},
     JwtKeys,
 };

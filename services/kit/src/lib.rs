@@ -9,6 +9,7 @@
 //! - [`sentry`]: Sentry error reporting when `SENTRY_DSN` is set.
 //! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
 //! - [`auth`]: the `AuthUser` extractor and role guards, and [`auth::Caller`] (user or service).
+//! - [`accounts`]: whether a token's user still has an account (asked of auth) before writes.
 //! - [`revocation`]: the Redis denylist of ended sessions the extractor checks.
 //! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper.
 //! - [`health`]: `/health` checking the database, broker and Redis.
@@ -23,6 +24,7 @@
 //!   tracing, serve, flush, exit code).
 //! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
 //! - [`testing`]: fresh per-test databases and test configurations for integration tests.
+pub mod accounts;
 pub mod auth;
 pub mod cache;
 pub mod config;
