@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mfe_kit::config::ConfigError;
+use mfe_kit::{config::ConfigError, revocation::within_budget};
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
@@ -93,7 +93,7 @@ impl Throttle {
                 pipe.get(key).cmd("PTTL").arg(key);
             }
             let mut conn = conn.clone();
-            match pipe.query_async::<Vec<(Option<u32>, i64)>>(&mut conn).await {
+            match within_budget(pipe.query_async::<Vec<(Option<u32>, i64)>>(&mut conn)).await {
                 Ok(counts) => {
                     return keys
                         .iter()
@@ -132,7 +132,7 @@ impl Throttle {
                 pipe.incr(key, 1).ignore();
             }
             let mut conn = conn.clone();
-            match pipe.query_async::<()>(&mut conn).await {
+            match within_budget(pipe.query_async::<()>(&mut conn)).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, "redis cannot count a failed sign-in; counting in this replica"),
             }
@@ -160,7 +160,7 @@ impl Throttle {
         let Some((key, _)) = keys.into_iter().next().filter(|_| self.limits.per_email > 0) else { return };
         if let Some(conn) = &self.redis {
             let mut conn = conn.clone();
-            if let Err(e) = redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn).await {
+            if let Err(e) = within_budget(redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn)).await {
                 tracing::warn!(error = %e, "redis cannot clear the sign-in failures of an email");
             }
         }

@@ -69,7 +69,8 @@ impl Accounts {
     pub async fn lookup(&self, user_id: &str) -> Lookup {
         if let Some(redis) = &self.redis {
             let mut conn = redis.clone();
-            if let Ok(true) = conn.exists::<_, bool>(format!("user:{user_id}")).await {
+            let key = format!("user:{user_id}");
+            if let Ok(true) = crate::revocation::within_budget(conn.exists::<_, bool>(key)).await {
                 return Lookup::Exists;
             }
         }

@@ -27,6 +27,19 @@ use redis::{aio::ConnectionManager, AsyncCommands};
 
 use crate::metrics::Metrics;
 
+/// The longest a denylist lookup or write waits for Redis before giving up (fail open): a
+/// Redis that hangs (or a client reconnecting) must not hold every authenticated request.
+pub const REDIS_BUDGET: Duration = Duration::from_millis(300);
+
+/// `op` bounded by [`REDIS_BUDGET`], a timeout reported like a Redis error.
+pub async fn within_budget<T>(op: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(REDIS_BUDGET, op).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", REDIS_BUDGET.as_millis())),
+    }
+}
+
 /// The Redis key of an ended session.
 pub fn key(session_id: &str) -> String {
     format!("session-revoked:{session_id}")
@@ -66,7 +79,7 @@ impl Revocations {
     /// Whether session `session_id` was ended; `false` (accepted) when Redis does not answer.
     pub async fn is_revoked(&self, session_id: &str) -> bool {
         let mut conn = self.conn.clone();
-        match conn.exists::<_, bool>(key(session_id)).await {
+        match within_budget(conn.exists::<_, bool>(key(session_id))).await {
             Ok(revoked) => revoked,
             Err(e) => {
                 self.unchecked.with_label_values(&["check"]).inc();
@@ -87,7 +100,7 @@ impl Revocations {
             pipe.set_ex(key(sid), 1, ttl.as_secs().max(1)).ignore();
         }
         let mut conn = self.conn.clone();
-        match pipe.query_async::<()>(&mut conn).await {
+        match within_budget(pipe.query_async::<()>(&mut conn)).await {
             Ok(()) => true,
             Err(e) => {
                 self.unchecked.with_label_values(&["revoke"]).inc();

@@ -174,3 +174,61 @@ async fn a_legacy_account_with_an_upper_case_email_signs_in_and_its_address_stay
     let res = app.signup(&legacy.to_lowercase(), "s3cret-pass").await;
     assert_eq!(res.status(), StatusCode::CONFLICT, "no second account for the same address");
 }
+
+/// A redis-server of this test's own on a private port (36379), stopped when dropped: the
+/// shared test stack's Redis is never touched.
+struct OwnRedis {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = 36379;
+        let binary = std::env::var("MFE_REDIS_SERVER").ok().filter(|s| !s.is_empty());
+        let child = tokio::process::Command::new(binary.as_deref().unwrap_or("redis-server"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server, or set MFE_REDIS_SERVER)");
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Self { child, url };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    async fn stop(&mut self) {
+        self.child.kill().await.expect("stop the test's redis-server");
+    }
+}
+
+#[tokio::test]
+async fn with_redis_stopped_tokens_still_work_and_sign_ins_are_still_throttled_per_replica() {
+    mfe_kit::telemetry::init_tracing("auth-service-tests");
+    let mut redis = OwnRedis::start().await;
+    let mut config = testing::test_config(Service::Auth).await;
+    config.redis_url = redis.url.clone();
+    let mut settings = Settings::for_service(config).expect("auth settings");
+    settings.signin_limits = Limits { per_email: 2, per_ip: 0, window: Duration::from_secs(60) };
+    let app = spawn_settings(settings).await;
+    let user = app.new_user(None).await;
+    let email = user.user["email"].as_str().unwrap().to_string();
+
+    redis.stop().await;
+    // The denylist cannot be read: the token is accepted (fail open, after at most the
+    // denylist's Redis budget) rather than every user logged out; sign-in keeps working.
+    let started = std::time::Instant::now();
+    assert_eq!(app.get("/api/auth/devices", Some(&user.access_token)).await.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(app.signin(&email, "s3cret-pass", None).await.status(), StatusCode::OK);
+    // Failed sign-ins are counted in the replica's memory: still throttled.
+    for _ in 0..2 {
+        assert_eq!(app.signin(&email, "wrong-pass-1", None).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.signin(&email, "s3cret-pass", None).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
