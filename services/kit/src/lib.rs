@@ -8,14 +8,15 @@
 //! - [`otel`]: OTLP span export and W3C trace-context propagation (HTTP headers, events).
 //! - [`sentry`]: Sentry error reporting when `SENTRY_DSN` is set.
 //! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
-//! - [`auth`]: the `AuthUser` extractor and role guards, and [`auth::Caller`] (user or service).
-//! - [`accounts`]: whether a token's user still has an account (asked of auth) before writes.
-//! - [`revocation`]: the Redis denylist of ended sessions the extractor checks.
+//! - [`auth`]: the `AuthUser` extractor and role guards.
 //! - [`error`]: `ApiError` → `{"error":{"code","message"}}` and the `Json` extractor wrapper.
 //! - [`health`]: `/health` checking the database, broker and Redis.
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
 //! - [`pagination`]: the keyset cursor of newest-first lists.
+//! - [`revocation`]: the Redis denylist of ended sessions the extractor checks; with
+//!   [`auth::Caller`] (user or service token) and [`accounts`] (whether a token's user still
+//!   has an account, asked of auth before writes), the token hardening of issue 23.
 //! - [`startup`]: how every service starts: its dependencies under the one availability
 //!   policy (lazy database with migrations retried, optional Redis, background broker link)
 //!   and the [`startup::Server`] every `Application` wraps.
@@ -43,7 +44,8 @@ pub mod startup;
 pub mod telemetry;
 pub mod testing;
 
-pub use auth::{AuthUser, Caller, RequireAdmin};
+pub use auth::Caller;
+pub use auth::{AuthUser, RequireAdmin};
 pub use config::ServiceConfig;
 pub use error::{ApiError, Json};
 pub use jwt::{Claims, JwtKeys, Role};
