@@ -11,6 +11,7 @@ use mfe_kit::{
     config::{ConfigError, ServiceConfig, ServiceUrls},
     health::Health,
     metrics::Metrics,
+    revocation::Revocations,
     startup::{Dependencies, Server},
     JwtKeys,
 };
@@ -132,7 +133,10 @@ impl Application {
             .context("admin service: building the http client")?;
         let state = AppState {
             db: deps.db.clone(),
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose()).with_revocations(Revocations::for_redis(
+                mfe_kit::cache::connect_redis(&cfg.redis_url).await.ok(),
+                &deps.metrics,
+            )),
             metrics: deps.metrics.clone(),
             health: deps.health(cfg, &broker),
             broker: broker.clone(),

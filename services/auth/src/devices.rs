@@ -226,24 +226,28 @@ async fn list(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Vec<
 }
 
 /// Marks the given devices of `user_id` revoked, revokes their refresh tokens and enqueues one
-/// `auth.session.revoked` per device.
+/// `auth.session.revoked` per device. Returns the sessions (token families) ended, whose access
+/// tokens the caller denies after its commit ([`crate::sessions::end_access_tokens`]).
 async fn revoke_devices(
     conn: &mut PgConnection,
     state: &AppState,
     user_id: &str,
     device_ids: &[String],
     correlation: &CorrelationId,
-) -> Result<(), ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let now = Utc::now().naive_utc();
-    sqlx::query(
+    let mut families: Vec<String> = sqlx::query_scalar(
         "UPDATE refresh_tokens SET revoked_at = $3
-         WHERE user_id = $1 AND device_id = ANY($2) AND revoked_at IS NULL",
+         WHERE user_id = $1 AND device_id = ANY($2) AND revoked_at IS NULL
+         RETURNING COALESCE(family_id, id)",
     )
     .bind(user_id)
     .bind(device_ids)
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    families.sort();
+    families.dedup();
     for device_id in device_ids {
         state
             .enqueue_event(
@@ -254,7 +258,7 @@ async fn revoke_devices(
             )
             .await?;
     }
-    Ok(())
+    Ok(families)
 }
 
 async fn revoke(
@@ -276,9 +280,10 @@ async fn revoke(
     if revoked.is_empty() {
         return Err(ApiError::NotFound(format!("no active device {device_id} for this user")));
     }
-    revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
+    let families = revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
     tx.commit().await?;
     state.broker.notify();
+    crate::sessions::end_access_tokens(&state, &families).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -316,9 +321,10 @@ async fn logout_others(
     .bind(Utc::now().naive_utc())
     .fetch_all(&mut *tx)
     .await?;
-    revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
+    let families = revoke_devices(&mut tx, &state, auth.id(), &revoked, &correlation).await?;
     tx.commit().await?;
     state.broker.notify();
+    crate::sessions::end_access_tokens(&state, &families).await;
     tracing::info!(user_id = auth.id(), kept = %keep, revoked = revoked.len(), "logged out the other devices");
     Ok(StatusCode::NO_CONTENT)
 }

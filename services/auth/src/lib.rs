@@ -9,6 +9,7 @@
 //! - [`sessions`]: refresh tokens (rotation, the two-tab grace window, reuse detection,
 //!   migrated POC-2 tokens), logout.
 //! - [`devices`]: device sessions (register, list, revoke, logout-others) and [`ClientMeta`].
+//! - [`throttle`]: failed sign-ins counted per email and client address (429 past the limit).
 //! - [`password`]: input rules, argon2id hashing, verification of POC-2 hashes (bcrypt, argon2).
 //!
 //! Every state change that others care about is written to the transactional outbox in the
@@ -18,6 +19,7 @@ pub mod devices;
 pub mod password;
 pub mod sessions;
 pub mod startup;
+pub mod throttle;
 pub mod users;
 
 use std::time::Duration;

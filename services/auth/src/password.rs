@@ -131,10 +131,51 @@ pub fn check_policy(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The normalised (trimmed, lower-case) email, or 422 when it is not a plausible address.
+/// The form an email is stored and looked up in: trimmed, Unicode NFKC (so a full-width
+/// `ａｎｎ＠ｅｘａｍｐｌｅ.ｃｏｍ` or a ligature is the same address as its plain letters), lower case.
+/// Sign-in looks accounts up by this form ([`lookup_email`]), case-insensitively, so legacy
+/// accounts imported with upper-case emails still sign in.
+pub fn lookup_email(raw: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    raw.trim().nfkc().collect::<String>().to_lowercase()
+}
+
+/// Characters that render as nothing or reorder text: zero-width spaces and joiners, the
+/// bidi controls, soft hyphen, word joiner, BOM, variation selectors, fillers (every format
+/// character, `Cf`, plus the default-ignorable code points that are not `Cf`).
+fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    matches!(c.general_category(), GeneralCategory::Format | GeneralCategory::Control)
+        || matches!(c, '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+            | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// The normalised email of a sign-up ([`lookup_email`]), or 422 naming the field when it is not
+/// a plausible address or could pass for another one:
+/// - invisible characters (zero-width, bidi controls, see [`is_invisible`]) are refused: they
+///   make two different accounts look identical;
+/// - after NFKC, only ASCII is accepted. That is the rule against lookalikes (Cyrillic `а` in
+///   `pаypal.com`, Greek `ο`, …): a mixed-script check would still let a whole-Cyrillic
+///   lookalike domain through, and mail systems carry international domains in their ASCII
+///   (`xn--`, punycode) form anyway, in which a lookalike is visible. The cost: an address with
+///   a non-ASCII local part (RFC 6531) cannot sign up; none of the platform's data has one.
 pub fn normalise_email(raw: &str) -> Result<String, ApiError> {
-    let email = raw.trim().to_lowercase();
-    let invalid = || ApiError::Validation(format!("{:?} is not a valid email address", raw.trim()));
+    let shown = raw.trim();
+    if let Some(c) = shown.chars().find(|&c| is_invisible(c)) {
+        return Err(ApiError::Validation(format!(
+            "email must not contain invisible or text-direction characters (found U+{:04X})",
+            c as u32
+        )));
+    }
+    let email = lookup_email(raw);
+    if let Some(c) = email.chars().find(|c| !c.is_ascii()) {
+        return Err(ApiError::Validation(format!(
+            "email must be plain ASCII: U+{:04X} ({c}) can pass for a Latin letter; write an international domain \
+             in its xn-- form",
+            c as u32
+        )));
+    }
+    let invalid = || ApiError::Validation(format!("email {shown:?} is not a valid email address"));
     if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
@@ -144,7 +185,7 @@ pub fn normalise_email(raw: &str) -> Result<String, ApiError> {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !domain.contains("..")
-        && domain.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '-');
+        && domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
     if local.is_empty() || local.len() > 64 || !domain_ok {
         return Err(invalid());
     }
@@ -285,5 +326,30 @@ mod tests {
         for bad in ["", "ann", "ann@", "@example.com", "ann@example", "ann@@example.com", "a b@example.com"] {
             assert!(normalise_email(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn emails_are_nfkc_and_lower_case_and_lookalikes_or_invisibles_are_refused() {
+        // Full-width letters and the full-width @ are the plain address after NFKC.
+        assert_eq!(normalise_email("ＡＮＮ＠ｅｘａｍｐｌｅ.ｃｏｍ").unwrap(), "ann@example.com");
+        assert_eq!(lookup_email(" Ann@Example.COM"), "ann@example.com");
+        for (bad, why) in [
+            ("ann\u{200B}@example.com", "U+200B"),
+            ("ann@exa\u{200D}mple.com", "U+200D"),
+            ("\u{202E}moc.elpmaxe@nna", "U+202E"),
+            ("ann@example.com\u{FEFF}", "U+FEFF"),
+            ("ann@ex\u{00AD}ample.com", "U+00AD"),
+        ] {
+            let err = normalise_email(bad).unwrap_err().to_string();
+            assert!(err.starts_with("email ") && err.contains("invisible") && err.contains(why), "{bad:?}: {err}");
+        }
+        for (bad, why) in
+            [("billing@p\u{0430}ypal.com", "U+0430"), ("\u{03BF}ne@example.com", "U+03BF"), ("ann@bücher.de", "U+00FC")]
+        {
+            let err = normalise_email(bad).unwrap_err().to_string();
+            assert!(err.starts_with("email must be plain ASCII") && err.contains(why), "{bad:?}: {err}");
+        }
+        assert!(matches!(normalise_email("billing@p\u{0430}ypal.com"), Err(ApiError::Validation(_))));
+        assert_eq!(normalise_email("ann@xn--bcher-kva.de").unwrap(), "ann@xn--bcher-kva.de");
     }
 }

@@ -130,11 +130,38 @@ impl Rotation {
     }
 }
 
-/// A new access token for `user` on `device_id`.
-fn access_token(state: &AppState, user: &users::User, device_id: Option<String>) -> Result<String, ApiError> {
-    let (token, _) =
-        state.jwt.issue(&user.id, user.role, crate::ACCESS_TTL, device_id).map_err(|e| ApiError::Internal(e.into()))?;
+/// A new access token for `user` on `device_id`, of the session (token family) `family_id`.
+fn access_token(
+    state: &AppState,
+    user: &users::User,
+    device_id: Option<String>,
+    family_id: &str,
+) -> Result<String, ApiError> {
+    let (token, _) = state
+        .jwt
+        .issue_for_session(&user.id, user.role, crate::ACCESS_TTL, device_id, &session_id(state, family_id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(token)
+}
+
+/// The `sid` of the access tokens of token family `family_id`: the family, prefixed with the
+/// scope of this auth database ([`AppState::session_scope`]). Families auth starts are random
+/// UUIDs, but a migrated family is keyed by its POC-2 row id, the same in every copy of the
+/// legacy data: the scope keeps two auth databases sharing one Redis (the test databases, a
+/// staging copy) from ending each other's sessions.
+pub fn session_id(state: &AppState, family_id: &str) -> String {
+    format!("{}.{family_id}", state.session_scope)
+}
+
+/// Ends the access tokens of `families` (sessions whose refresh tokens were just revoked, the
+/// transaction committed) in every service: see [`mfe_kit::revocation`]. A Redis failure is
+/// logged there; the refresh tokens stay revoked.
+pub async fn end_access_tokens(state: &AppState, families: &[String]) {
+    if let Some(revocations) = state.jwt.revocations() {
+        let ttl = crate::ACCESS_TTL + std::time::Duration::from_secs(mfe_kit::jwt::LEEWAY_SECS);
+        let sessions: Vec<String> = families.iter().map(|family| session_id(state, family)).collect();
+        revocations.revoke(&sessions, ttl).await;
+    }
 }
 
 /// Inserts `refresh_token` (stored as its hash) into `family_id` and returns it with a new
@@ -162,7 +189,7 @@ async fn issue(
     .bind(&device_id)
     .execute(&mut *conn)
     .await?;
-    Ok(Tokens { access_token: access_token(state, user, device_id)?, refresh_token })
+    Ok(Tokens { access_token: access_token(state, user, device_id, family_id)?, refresh_token })
 }
 
 /// Starts a new token family for `user` (sign-up, sign-in) and records it on the device.
@@ -292,11 +319,12 @@ async fn refresh(
             devices::touch(&mut tx, &row.user_id, row.device_id.as_deref()).await?;
             tx.commit().await?;
             tracing::info!(user_id = %row.user_id, family_id, "rotated refresh token presented again within the grace window");
-            let access_token = access_token(&state, &user, row.device_id)?;
+            let access_token = access_token(&state, &user, row.device_id, &family_id)?;
             return Ok(respond(Tokens { access_token, refresh_token: successor }));
         }
         let n = revoke_family(&mut tx, &family_id).await?;
         tx.commit().await?;
+        end_access_tokens(&state, std::slice::from_ref(&family_id)).await;
         tracing::warn!(user_id = %row.user_id, family_id, revoked = n, "rotated refresh token reused; family revoked");
         return Err(invalid("was already used (possible theft); every session of this sign-in was revoked"));
     }
@@ -339,29 +367,48 @@ async fn logout(
         .ok_or_else(|| ApiError::Unauthorized("the account of this token no longer exists".into()))?;
     let mut tx = state.db.begin().await?;
     let now = Utc::now().naive_utc();
+    // The sessions ended, whose access tokens are denied after the commit: the family of the
+    // given refresh token (only that session), else those of the caller's device, else all.
+    let mut families: Vec<String> = Vec::new();
     match (&body.refresh_token, auth.device_id()) {
         (Some(token), _) => {
             // Someone else's token is left alone: the caller can only end its own sessions.
             if let Some(row) = find_token(&mut tx, token).await?.filter(|row| row.user_id == user.id) {
-                revoke_family(&mut tx, &row.family_id.unwrap_or(row.id)).await?;
+                families.push(row.family_id.unwrap_or(row.id));
             }
         }
         (None, Some(device_id)) => {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = $3 WHERE user_id = $1 AND device_id = $2 AND revoked_at IS NULL",
-            )
-            .bind(&user.id)
-            .bind(device_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            families.extend(
+                sqlx::query_scalar::<_, String>(
+                    "UPDATE refresh_tokens SET revoked_at = $3
+                     WHERE user_id = $1 AND device_id = $2 AND revoked_at IS NULL
+                     RETURNING COALESCE(family_id, id)",
+                )
+                .bind(&user.id)
+                .bind(device_id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?,
+            );
         }
         (None, None) => {
-            sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+            families.extend(
+                sqlx::query_scalar::<_, String>(
+                    "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL
+                     RETURNING COALESCE(family_id, id)",
+                )
                 .bind(&user.id)
                 .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                .fetch_all(&mut *tx)
+                .await?,
+            );
+        }
+    }
+    families.sort();
+    families.dedup();
+    if body.refresh_token.is_some() {
+        for family in &families {
+            revoke_family(&mut tx, family).await?;
         }
     }
     let mut data = users::event_data(&user);
@@ -369,6 +416,7 @@ async fn logout(
     state.enqueue_event(&mut tx, types::AUTH_USER_LOGOUT, data, &correlation).await?;
     tx.commit().await?;
     state.broker.notify();
+    end_access_tokens(&state, &families).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -11,13 +11,14 @@ use mfe_kit::{
     cache::Cache,
     config::ConfigError,
     metrics::Metrics,
+    revocation::Revocations,
     server,
     startup::{Dependencies, Server},
     ApiError, CorrelationId, JwtKeys, ServiceConfig,
 };
 use sqlx::{PgConnection, PgPool};
 
-use crate::{devices, sessions, users, DEFAULT_REFRESH_GRACE, SOURCE, USER_CACHE, USER_CACHE_TTL};
+use crate::{devices, sessions, throttle, users, DEFAULT_REFRESH_GRACE, SOURCE, USER_CACHE, USER_CACHE_TTL};
 
 /// Everything the auth service reads at start-up.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Settings {
     pub refresh_grace: Duration,
     /// Connections to auth_db (16).
     pub db_pool_size: u32,
+    /// Sign-in throttling (`AUTH_SIGNIN_*`, see [`throttle`]).
+    pub signin_limits: throttle::Limits,
 }
 
 impl Settings {
@@ -41,7 +44,7 @@ impl Settings {
     /// `service` plus the auth-only settings, read from the environment.
     pub fn for_service(service: ServiceConfig) -> Result<Self, ConfigError> {
         let refresh_grace = refresh_grace(mfe_core::env::parse_env_opt("AUTH_REFRESH_GRACE_SECONDS")?)?;
-        Ok(Self { service, refresh_grace, db_pool_size: 16 })
+        Ok(Self { service, refresh_grace, db_pool_size: 16, signin_limits: throttle::Limits::from_env()? })
     }
 }
 
@@ -72,6 +75,11 @@ pub struct AppState {
     pub broker: ServiceLink,
     /// How refresh tokens rotate: the grace window and the key that derives successors.
     pub rotation: sessions::Rotation,
+    /// Failed sign-ins per email and per client address (see [`throttle`]).
+    pub throttle: throttle::Throttle,
+    /// The prefix of the `sid` of every access token (see [`sessions::session_id`]): 8 hex
+    /// digits of the SHA-256 of the database name, the same for every replica of one auth_db.
+    pub session_scope: String,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -114,9 +122,12 @@ impl Application {
         let cfg = &settings.service;
         let deps = Dependencies::connect(cfg, settings.db_pool_size, &crate::MIGRATOR).await?.with_redis(cfg).await;
         let broker = deps.broker(cfg);
+        let database = deps.db.connect_options().get_database().unwrap_or("auth").to_string();
         let state = AppState {
+            session_scope: hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(database.as_bytes())[..4]),
             db: deps.db.clone(),
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose())
+                .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics)),
             users_cache: deps
                 .redis
                 .clone()
@@ -124,6 +135,7 @@ impl Application {
             metrics: deps.metrics.clone(),
             broker: broker.clone(),
             rotation: sessions::Rotation::new(&cfg.jwt_secret, settings.refresh_grace),
+            throttle: throttle::Throttle::new(settings.signin_limits, deps.redis.clone(), &database),
         };
         let router =
             server::with_common_routes(router().with_state(state.clone()), deps.health(cfg, &broker), deps.metrics);

@@ -9,7 +9,7 @@ use axum::{
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mfe_events::types;
-use mfe_kit::{ApiError, AuthUser, CorrelationId, Json, RequireAdmin, Role};
+use mfe_kit::{ApiError, AuthUser, Caller, CorrelationId, Json, RequireAdmin, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -153,6 +153,15 @@ async fn signup(
     let now = Utc::now().naive_utc();
     let id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
+    // A legacy account may hold the same address in another case (imported byte-identical);
+    // the unique index only sees exact duplicates.
+    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = $1)")
+        .bind(&email)
+        .fetch_one(&mut *tx)
+        .await?;
+    if taken {
+        return Err(ApiError::Conflict(format!("an account with email {email} already exists")));
+    }
     let inserted = sqlx::query_as::<_, UserRow>(&format!(
         r#"INSERT INTO users (id, email, password_hash, name, role, email_verified, created_at, updated_at)
            VALUES ($1, $2, $3, $4, $5::"Role", false, $6, $6)
@@ -194,19 +203,38 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(response)))
 }
 
+/// 429 in the shared error shape, with `Retry-After` in whole seconds.
+fn too_many_attempts(wait: std::time::Duration) -> axum::response::Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let body = json!({"error": {
+        "code": "too_many_requests",
+        "message": format!("too many failed sign-ins; try again in {secs} s"),
+    }});
+    (StatusCode::TOO_MANY_REQUESTS, [(axum::http::header::RETRY_AFTER, secs.to_string())], axum::Json(body))
+        .into_response()
+}
+
 async fn signin(
     State(state): State<AppState>,
     correlation: CorrelationId,
     meta: ClientMeta,
     Json(body): Json<SigninRequest>,
-) -> Result<Json<AuthResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let invalid = || ApiError::Unauthorized("invalid email or password".into());
-    let email = body.email.trim().to_lowercase();
+    let email = password::lookup_email(&body.email);
     let device_id = devices::check_device_id(body.device_id.as_deref())?;
-    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
-        .bind(&email)
-        .fetch_optional(&state.db)
-        .await?;
+    if let Some(wait) = state.throttle.retry_after(&email, meta.ip.as_deref()).await {
+        tracing::info!(ip = meta.ip.as_deref(), "sign-in throttled");
+        return Ok(too_many_attempts(wait));
+    }
+    // Case-insensitive (legacy accounts keep upper-case emails); an exact match wins should
+    // two legacy accounts differ only in case.
+    let row: Option<UserRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE lower(email) = $1 ORDER BY email = $1 DESC, created_at LIMIT 1"
+    ))
+    .bind(&email)
+    .fetch_optional(&state.db)
+    .await?;
     let (user, hash) = match row {
         Some(row) => {
             let (user, hash) = row.into_user()?;
@@ -226,8 +254,12 @@ async fn signin(
     .map_err(|e| ApiError::Internal(e.into()))?;
     let user = match user {
         Some(user) if matches => user,
-        _ => return Err(invalid()),
+        _ => {
+            state.throttle.failed(&email, meta.ip.as_deref()).await;
+            return Err(invalid());
+        }
     };
+    state.throttle.succeeded(&email).await;
 
     let mut tx = state.db.begin().await?;
     let wrote_user = match rehashed {
@@ -259,7 +291,8 @@ async fn signin(
         refresh_token: tokens.refresh_token,
         expires_in: crate::ACCESS_TTL.as_secs(),
         user,
-    }))
+    })
+    .into_response())
 }
 
 /// Replaces the verified POC-2 hash `old` of `user` by `new` (argon2id), in the sign-in's
@@ -287,25 +320,24 @@ async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<User>,
         .ok_or_else(|| ApiError::Unauthorized("the account of this token no longer exists".into()))
 }
 
-/// What a caller that is neither the user nor an admin sees of a user.
-#[derive(Serialize)]
-struct PublicUser<'a> {
-    id: &'a str,
-    name: &'a str,
-    role: Role,
-}
-
+/// `GET /api/auth/users/{id}`, service to service (SPEC §3): another service with a service
+/// token ([`mfe_kit::JwtKeys::issue_service`]) reads any user, an admin any user, a user only
+/// itself; anyone else gets 403 (before the lookup, so it does not tell which ids exist).
 async fn get_user(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Path(id): Path<String>,
-) -> Result<axum::response::Response, ApiError> {
-    let user = find_user(&state, &id).await?.ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    if auth.is_self_or_admin(&user.id) {
-        Ok(Json(user).into_response())
-    } else {
-        Ok(Json(PublicUser { id: &user.id, name: &user.name, role: user.role }).into_response())
+) -> Result<Json<User>, ApiError> {
+    match &caller {
+        Caller::Service(_) => {}
+        Caller::User(user) if user.is_self_or_admin(&id) => {}
+        Caller::User(_) => {
+            return Err(ApiError::Forbidden(
+                "a user can only read its own account here (services and admins: any)".into(),
+            ))
+        }
     }
+    find_user(&state, &id).await?.map(Json).ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))
 }
 
 #[derive(Deserialize)]

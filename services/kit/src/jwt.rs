@@ -2,14 +2,22 @@
 //! verifies them; the services and the gateway all call [`JwtKeys`].
 //!
 //! The algorithm is pinned to HS256 (a token whose header names another algorithm, `none`
-//! included, is rejected), `exp` is required and enforced with a small leeway for clock skew.
+//! included, is rejected), `exp` is required and enforced with a small leeway for clock skew,
+//! and a token is refused before its time: `iat` (required) or `nbf` (when present) more than
+//! the leeway in the future.
+//!
+//! Two kinds of tokens share the secret: user access tokens (auth issues them at sign-in and
+//! refresh; they carry `sid`, the session they belong to, so logout can end them, see
+//! [`crate::revocation`]) and short-lived service tokens ([`JwtKeys::issue_service`], with the
+//! `svc` claim), which a service presents to another's service-to-service endpoints. The user
+//! extractors refuse service tokens and the other way round.
 
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-/// Clock skew tolerated when checking `exp`, in seconds. Small on purpose: a stolen, expired
+/// Clock skew tolerated when checking `exp`, `nbf` and `iat`, in seconds. Small on purpose: a stolen, expired
 /// token should stop working almost at once.
 pub const LEEWAY_SECS: u64 = 5;
 
@@ -67,6 +75,24 @@ pub struct Claims {
     /// The device session the token belongs to, when the client registered one.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "deviceId")]
     pub device_id: Option<String>,
+    /// Not before, seconds since the epoch (auth does not set it; honoured when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// The session (refresh-token family) the token was issued for; logout and every other
+    /// revocation of the session deny it (see [`crate::revocation`]). Absent on tokens issued
+    /// before sessions were tracked, which stay valid until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Set on service tokens only: the name of the calling service (`sub` is `service:<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svc: Option<String>,
+}
+
+impl Claims {
+    /// Whether this is a service token ([`JwtKeys::issue_service`]) rather than a user's.
+    pub fn is_service(&self) -> bool {
+        self.svc.is_some()
+    }
 }
 
 /// Why a token was refused.
@@ -74,6 +100,10 @@ pub struct Claims {
 pub enum JwtError {
     #[error("token expired")]
     Expired,
+    #[error("token is not valid yet (iat or nbf in the future)")]
+    NotYetValid,
+    #[error("token was revoked (its session ended)")]
+    Revoked,
     #[error("token signature is invalid")]
     BadSignature,
     #[error("token algorithm is not HS256")]
@@ -94,6 +124,9 @@ struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// The denylist of ended sessions, checked by [`JwtKeys::authenticate`]; `None` without
+    /// Redis (tokens are then valid until they expire).
+    revocations: Option<crate::revocation::Revocations>,
 }
 
 impl fmt::Debug for JwtKeys {
@@ -108,17 +141,39 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub", "iat"]);
         Self {
             inner: Arc::new(Keys {
                 encoding: EncodingKey::from_secret(secret.as_bytes()),
                 decoding: DecodingKey::from_secret(secret.as_bytes()),
                 validation,
+                revocations: None,
             }),
         }
     }
 
-    /// Issues an access token for `user_id` valid for `ttl`; returns the token and its claims.
+    /// These keys, with [`JwtKeys::authenticate`] also refusing the tokens of sessions in
+    /// `revocations` (`None`: no denylist, as [`JwtKeys::new`]).
+    pub fn with_revocations(self, revocations: Option<crate::revocation::Revocations>) -> Self {
+        let keys = &self.inner;
+        Self {
+            inner: Arc::new(Keys {
+                encoding: keys.encoding.clone(),
+                decoding: keys.decoding.clone(),
+                validation: keys.validation.clone(),
+                revocations,
+            }),
+        }
+    }
+
+    /// The denylist of ended sessions these keys check, if any.
+    pub fn revocations(&self) -> Option<&crate::revocation::Revocations> {
+        self.inner.revocations.as_ref()
+    }
+
+    /// Issues an access token for `user_id` valid for `ttl`, without a session; returns the
+    /// token and its claims.
     pub fn issue(
         &self,
         user_id: &str,
@@ -126,30 +181,88 @@ impl JwtKeys {
         ttl: Duration,
         device_id: Option<String>,
     ) -> Result<(String, Claims), JwtError> {
-        let now = chrono::Utc::now().timestamp();
+        self.sign(Claims::new(user_id, role, ttl, device_id))
+    }
+
+    /// Issues an access token of session `session_id` (the refresh-token family) for `user_id`.
+    pub fn issue_for_session(
+        &self,
+        user_id: &str,
+        role: Role,
+        ttl: Duration,
+        device_id: Option<String>,
+        session_id: &str,
+    ) -> Result<(String, Claims), JwtError> {
+        self.sign(Claims { sid: Some(session_id.to_string()), ..Claims::new(user_id, role, ttl, device_id) })
+    }
+
+    /// Issues a service token for `service` valid for `ttl` (keep it short: a minute). Its
+    /// `sub` is `service:<service>`, its role the least privileged one; user extractors refuse
+    /// it ([`crate::auth::AuthUser`]), [`crate::auth::Caller`] accepts it.
+    pub fn issue_service(&self, service: &str, ttl: Duration) -> Result<String, JwtError> {
         let claims = Claims {
+            svc: Some(service.to_string()),
+            ..Claims::new(&format!("service:{service}"), Role::Customer, ttl, None)
+        };
+        self.sign(claims).map(|(token, _)| token)
+    }
+
+    fn sign(&self, claims: Claims) -> Result<(String, Claims), JwtError> {
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.inner.encoding)
+            .map_err(|e| JwtError::Signing(e.to_string()))?;
+        Ok((token, claims))
+    }
+
+    /// Verifies signature, algorithm, expiry and issue time (`iat`, `nbf`) of `token` and
+    /// returns its claims. Does not consult the denylist: see [`JwtKeys::authenticate`].
+    pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let claims = decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => JwtError::Expired,
+                ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+                ErrorKind::InvalidSignature => JwtError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => JwtError::WrongAlgorithm,
+                _ => JwtError::Malformed(e.to_string()),
+            })?;
+        // jsonwebtoken checks `nbf` but not `iat`: a token issued in the future was minted on a
+        // wrong clock or by someone planning ahead.
+        if claims.iat > chrono::Utc::now().timestamp() + LEEWAY_SECS as i64 {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// [`JwtKeys::verify`], then refuses a token whose session was ended (logout, device
+    /// revoke, refresh-token reuse). While Redis cannot answer the token is accepted (fail
+    /// open, with a warning and `access_token_revocation_unchecked_total`): access tokens live
+    /// 15 minutes, and a Redis outage must not log every user out.
+    pub async fn authenticate(&self, token: &str) -> Result<Claims, JwtError> {
+        let claims = self.verify(token)?;
+        if let (Some(sid), Some(revocations)) = (&claims.sid, &self.inner.revocations) {
+            if revocations.is_revoked(sid).await {
+                return Err(JwtError::Revoked);
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl Claims {
+    /// The claims of a user token issued now for `ttl`, without a session.
+    fn new(user_id: &str, role: Role, ttl: Duration, device_id: Option<String>) -> Self {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
             sub: user_id.to_string(),
             role,
             iat: now,
             exp: now + ttl.as_secs() as i64,
             jti: uuid::Uuid::new_v4().to_string(),
             device_id,
-        };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.inner.encoding)
-            .map_err(|e| JwtError::Signing(e.to_string()))?;
-        Ok((token, claims))
-    }
-
-    /// Verifies signature, algorithm and expiry of `token` and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
-        decode::<Claims>(token, &self.inner.decoding, &self.inner.validation).map(|data| data.claims).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => JwtError::Expired,
-                ErrorKind::InvalidSignature => JwtError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => JwtError::WrongAlgorithm,
-                _ => JwtError::Malformed(e.to_string()),
-            }
-        })
+            nbf: None,
+            sid: None,
+            svc: None,
+        }
     }
 }
 
@@ -203,6 +316,9 @@ mod tests {
             exp: now - 30,
             jti: "j".into(),
             device_id: None,
+            nbf: None,
+            sid: None,
+            svc: None,
         };
         let token =
             encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
@@ -222,10 +338,48 @@ mod tests {
     #[test]
     fn an_hs512_token_with_the_right_secret_is_rejected() {
         let now = chrono::Utc::now().timestamp();
-        let claims =
-            Claims { sub: "u1".into(), role: Role::Admin, iat: now, exp: now + 600, jti: "j".into(), device_id: None };
+        let claims = Claims::new("u1", Role::Admin, Duration::from_secs(600), None);
+        assert!(claims.iat >= now);
         let token =
             encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
         assert_eq!(JwtKeys::new(SECRET).verify(&token), Err(JwtError::WrongAlgorithm));
+    }
+
+    fn signed(claims: &Claims) -> String {
+        encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn a_token_issued_or_valid_only_in_the_future_is_rejected_beyond_the_leeway() {
+        let keys = JwtKeys::new(SECRET);
+        let now = chrono::Utc::now().timestamp();
+        let base = Claims::new("u1", Role::Customer, Duration::from_secs(7200), None);
+        let future_iat = Claims { iat: now + 3600, ..base.clone() };
+        assert_eq!(keys.verify(&signed(&future_iat)), Err(JwtError::NotYetValid), "iat an hour ahead");
+        let future_nbf = Claims { nbf: Some(now + 3600), ..base.clone() };
+        assert_eq!(keys.verify(&signed(&future_nbf)), Err(JwtError::NotYetValid), "nbf an hour ahead");
+        // Within the leeway (a clock slightly ahead) both pass, as does a past nbf.
+        let skewed = Claims { iat: now + 2, nbf: Some(now + 2), ..base.clone() };
+        assert!(keys.verify(&signed(&skewed)).is_ok());
+        let past_nbf = Claims { nbf: Some(now - 60), ..base };
+        assert!(keys.verify(&signed(&past_nbf)).is_ok());
+    }
+
+    #[test]
+    fn session_and_service_tokens_carry_their_claims_and_old_tokens_still_verify() {
+        let keys = JwtKeys::new(SECRET);
+        let (token, _) = keys.issue_for_session("u1", Role::Vendor, Duration::from_secs(60), None, "fam-1").unwrap();
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!(claims.sid.as_deref(), Some("fam-1"));
+        assert!(!claims.is_service());
+        let service = keys.verify(&keys.issue_service("payments", Duration::from_secs(60)).unwrap()).unwrap();
+        assert_eq!(service.svc.as_deref(), Some("payments"));
+        assert_eq!(service.sub, "service:payments");
+        assert!(service.is_service());
+        // A token of before sessions (no sid, nbf, svc) still verifies.
+        let now = chrono::Utc::now().timestamp();
+        let old = format!(r#"{{"sub":"u1","role":"ADMIN","exp":{},"iat":{now},"jti":"x"}}"#, now + 600);
+        let old: Claims = serde_json::from_str(&old).unwrap();
+        assert_eq!(keys.verify(&signed(&old)).unwrap().sid, None);
     }
 }

@@ -17,6 +17,9 @@
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
 //! - [`pagination`]: the keyset cursor of newest-first lists.
+//! - [`revocation`]: the Redis denylist of ended sessions the extractor checks; with
+//!   [`auth::Caller`] (user or service token) and [`accounts`] (whether a token's user still
+//!   has an account, asked of auth before writes), the token hardening of issue 23.
 //! - [`startup`]: how every service starts: its dependencies under the one availability
 //!   policy (lazy database with migrations retried, optional Redis, background broker link)
 //!   and the [`startup::Server`] every `Application` wraps.
@@ -25,6 +28,7 @@
 //!   tracing, serve, flush, exit code).
 //! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
 //! - [`testing`]: fresh per-test databases and test configurations for integration tests.
+pub mod accounts;
 pub mod auth;
 pub mod cache;
 pub mod client_ip;
@@ -36,6 +40,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod otel;
 pub mod pagination;
+pub mod revocation;
 pub mod run;
 pub mod sentry;
 pub mod server;
@@ -44,6 +49,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod testing;
 
+pub use auth::Caller;
 pub use auth::{AuthUser, RequireAdmin};
 pub use client_ip::ClientIp;
 pub use config::ServiceConfig;

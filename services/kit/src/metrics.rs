@@ -122,6 +122,14 @@ impl Metrics {
         }
     }
 
+    /// Registers a collector of another kit module (e.g. the session denylist's counter) so
+    /// `/metrics` renders it; registering the same metric twice keeps the first.
+    pub fn register(&self, collector: Box<dyn Collector>) {
+        if let Err(e) = self.inner.registry.register(collector) {
+            tracing::debug!(error = %e, "metric not registered");
+        }
+    }
+
     pub fn cache_hit(&self, cache: &str) {
         self.inner.cache_hits.with_label_values(&[cache]).inc();
     }

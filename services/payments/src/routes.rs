@@ -89,6 +89,8 @@ async fn create_payment(
     Json(body): Json<CreatePayment>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = body.validate(user.id())?;
+    // A validly signed token of an account that does not exist creates nothing.
+    state.accounts.require(&user).await?;
     let payment = state.service.create(new, correlation.0).await?;
     Ok((StatusCode::CREATED, Json(payment)))
 }

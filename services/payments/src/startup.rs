@@ -13,8 +13,10 @@ use axum::{
 };
 use mfe_core::{env, Service};
 use mfe_kit::{
+    accounts::Accounts,
     config::{ConfigError, ServiceConfig},
     health::{health_handler, Health},
+    revocation::Revocations,
     server,
     startup::{Dependencies, Server},
     JwtKeys,
@@ -70,6 +72,8 @@ pub struct AppState {
     pub service: PaymentsService,
     pub jwt: JwtKeys,
     pub health: Health,
+    /// Whether the caller's account exists, asked of auth before a payment is created.
+    pub accounts: Accounts,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -123,6 +127,8 @@ impl Application {
             payments: PaymentCache::new(conn, deps.metrics.clone()),
         });
         let broker = deps.broker(cfg);
+        let jwt = JwtKeys::new(cfg.jwt_secret.expose())
+            .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics));
         let state = AppState {
             service: PaymentsService {
                 db: deps.db.clone(),
@@ -132,7 +138,8 @@ impl Application {
                 business: BusinessMetrics::new(),
                 psp: settings.psp_step.map(Psp::new),
             },
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: jwt.clone(),
+            accounts: Accounts::new("payments", &cfg.urls.auth, jwt, deps.redis.clone(), &deps.metrics),
             health: deps.health(cfg, &broker),
         };
         let server = Server::bind(cfg, router(state.clone()), broker).await.context("payments service")?;

@@ -173,6 +173,8 @@ async fn put_me(
     Json(body): Json<Map<String, Value>>,
 ) -> Result<Json<Profile>, ApiError> {
     let changes = parse_changes(&body)?;
+    // A validly signed token of an account that does not exist writes no profile.
+    state.accounts.require(&auth).await?;
     let now = Utc::now().naive_utc();
     let mut tx = state.db.begin().await?;
     sqlx::query(

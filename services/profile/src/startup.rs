@@ -6,9 +6,11 @@ use axum::extract::FromRef;
 use mfe_core::Service;
 use mfe_events::{types, Subscription};
 use mfe_kit::{
+    accounts::Accounts,
     cache::Cache,
     config::ConfigError,
     metrics::Metrics,
+    revocation::Revocations,
     server,
     startup::{Dependencies, Server},
     JwtKeys, ServiceConfig,
@@ -63,6 +65,8 @@ pub struct AppState {
     /// The outbox relay (the service publishes nothing yet, but its outbox table exists and the
     /// skeleton is the same as everywhere) and the consumer.
     pub broker: mfe_events::service_link::ServiceLink,
+    /// Whether the caller's account exists, asked of auth before a profile is written.
+    pub accounts: Accounts,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -91,9 +95,12 @@ impl Application {
             metrics: deps.metrics.clone(),
         };
         let broker = deps.broker_consuming(cfg, settings.subscription.clone(), handler);
+        let jwt = JwtKeys::new(cfg.jwt_secret.expose())
+            .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics));
         let state = AppState {
             db: deps.db.clone(),
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: jwt.clone(),
+            accounts: Accounts::new("profile", &cfg.urls.auth, jwt, deps.redis.clone(), &deps.metrics),
             profiles_cache,
             metrics: deps.metrics.clone(),
             broker: broker.clone(),

@@ -95,18 +95,30 @@ async fn signup_input_is_validated_with_422() {
 }
 
 #[tokio::test]
-async fn users_are_listed_for_admins_only_and_looked_up_by_any_valid_token() {
+async fn users_are_listed_for_admins_only_and_looked_up_by_themselves_admins_and_services() {
     let app = spawn_app().await;
     let admin = app.new_user(None).await;
     let other = app.new_user(None).await;
     let other_id = other.user["id"].as_str().unwrap();
 
-    // A CUSTOMER sees only the public part of another user, and cannot list users.
+    // A CUSTOMER cannot read another user (service to service, SPEC §3), only itself, and
+    // cannot list users.
     let res =
         app.get(&format!("/api/auth/users/{}", admin.user["id"].as_str().unwrap()), Some(&other.access_token)).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains("Ann Example") && !body.contains("CUSTOMER"), "nothing of the user leaks: {body}");
+    let own: Value =
+        app.get(&format!("/api/auth/users/{other_id}"), Some(&other.access_token)).await.json().await.unwrap();
+    assert_eq!(own["email"], other.user["email"]);
+    // Another service, with a service token signed with the shared secret, reads any user.
+    let keys = mfe_kit::JwtKeys::new(app.config.jwt_secret.expose());
+    let service = keys.issue_service("payments", std::time::Duration::from_secs(60)).unwrap();
+    let res = app.get(&format!("/api/auth/users/{}", admin.user["id"].as_str().unwrap()), Some(&service)).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let public: Value = res.json().await.unwrap();
-    assert!(public.get("email").is_none(), "{public}");
+    assert_eq!(res.json::<Value>().await.unwrap()["id"], admin.user["id"]);
+    // ...but a service token is no user: `me` refuses it.
+    assert_eq!(app.me(&service).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.get("/api/auth/users", Some(&other.access_token)).await.status(), StatusCode::FORBIDDEN);
     assert_eq!(app.get("/api/auth/users", None).await.status(), StatusCode::UNAUTHORIZED);
 

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, Signed, TestApp};
 
 const CHROME_UA: &str =
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
@@ -233,8 +233,15 @@ async fn deleting_an_unknown_device_is_404_and_a_bad_label_is_422() {
     let laptop = app.new_user(Some("laptop")).await;
     let res = app.delete("/api/auth/devices/no-such-device", &laptop.access_token).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // Revoking the device the token belongs to ends that token too; from another device, the
+    // laptop is gone.
+    let signed: Value =
+        app.signin(laptop.user["email"].as_str().unwrap(), "s3cret-pass", Some("desk")).await.json().await.unwrap();
+    let desk = signed["accessToken"].as_str().unwrap().to_string();
     assert_eq!(app.delete("/api/auth/devices/laptop", &laptop.access_token).await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(app.delete("/api/auth/devices/laptop", &laptop.access_token).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.delete("/api/auth/devices/laptop", &laptop.access_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.delete("/api/auth/devices/laptop", &desk).await.status(), StatusCode::NOT_FOUND);
+    let laptop = Signed { access_token: desk, ..laptop };
 
     let too_long = "x".repeat(201);
     let res = app
@@ -265,5 +272,5 @@ async fn deleting_an_unknown_device_is_404_and_a_bad_label_is_422() {
     let listed = devices(&app, &laptop.access_token).await;
     let phone = listed.iter().find(|d| d["deviceId"] == "phone").expect("the signed-in phone is listed");
     assert_eq!((&phone["deviceName"], &phone["deviceType"]), (&json!("Safari Browser"), &json!("mobile")));
-    assert_eq!(ids(&listed), ["phone", "tv"]);
+    assert_eq!(ids(&listed), ["phone", "tv", "desk"]);
 }

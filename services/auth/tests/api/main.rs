@@ -7,5 +7,6 @@ mod devices;
 mod helpers;
 mod migrated;
 mod ops;
+mod security;
 mod tokens;
 mod two_tabs;

@@ -22,8 +22,14 @@ pub struct TestApp {
 /// The profile service on a free port with a fresh, migrated database, consuming
 /// `auth.user.registered` from its own exclusive queue (never the shared `profile.events.queue`).
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with its configuration changed by `edit` first (e.g. the auth URL).
+pub async fn spawn_app_with(edit: impl FnOnce(&mut mfe_kit::ServiceConfig)) -> TestApp {
     mfe_kit::telemetry::init_tracing("profile-service-tests");
-    let config = testing::test_config(Service::Profile).await;
+    let mut config = testing::test_config(Service::Profile).await;
+    edit(&mut config);
     let mut settings = Settings::for_service(config.clone()).expect("profile settings");
     settings.subscription = Subscription::exclusive(CONSUMER, &[types::AUTH_USER_REGISTERED]);
     let app = Application::build(settings)

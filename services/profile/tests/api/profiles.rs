@@ -169,3 +169,26 @@ async fn an_oversized_streamed_body_is_answered_413_without_resetting_the_connec
     // A body within the limit still works on the same client (its pooled connections are sound).
     assert_eq!(app.put_me(&token, &json!({"bio": "after the big one"})).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_valid_token_of_a_user_auth_does_not_know_writes_no_profile() {
+    let known = uuid::Uuid::new_v4().to_string();
+    let secret = mfe_kit::ServiceConfig::from_env(mfe_core::Service::Profile).unwrap().jwt_secret;
+    let auth = mfe_kit::testing::fake_auth_users(secret.expose(), vec![known.clone()]).await;
+    let app = crate::helpers::spawn_app_with(|config| config.urls.auth = auth).await;
+
+    let ghost = uuid::Uuid::new_v4().to_string();
+    let res = app.put_me(&app.token_for(&ghost), &json!({"bio": "nobody"})).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "the account of this token no longer exists");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM user_profiles WHERE user_id = $1")
+        .bind(&ghost)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "no profile was created for the unknown user");
+
+    let res = app.put_me(&app.token_for(&known), &json!({"bio": "somebody"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}

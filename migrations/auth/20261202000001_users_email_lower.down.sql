@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS "users_email_lower_idx";
