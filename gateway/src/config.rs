@@ -109,6 +109,9 @@ pub struct FrontDoor {
     pub max_header_bytes: usize,
     /// WebSockets one user may hold open; 0 is no cap.
     pub ws_max_per_user: usize,
+    /// The Redis holding the session denylist (`REDIS_URL`): an upgrade with the token of an
+    /// ended session is refused as the services refuse it. `None` (tests): no denylist.
+    pub redis_url: Option<String>,
 }
 
 impl Default for FrontDoor {
@@ -119,6 +122,7 @@ impl Default for FrontDoor {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             ws_max_per_user: 16,
+            redis_url: None,
         }
     }
 }
@@ -128,8 +132,8 @@ impl FrontDoor {
     /// would be refused.
     pub const MIN_HEADER_BYTES: usize = 8192;
 
-    /// Reads `TRUSTED_PROXIES`, `GATEWAY_HEADER_READ_TIMEOUT_MS`, `GATEWAY_MAX_HEADER_BYTES` and
-    /// `WS_MAX_CONNECTIONS_PER_USER`.
+    /// Reads `TRUSTED_PROXIES`, `GATEWAY_HEADER_READ_TIMEOUT_MS`, `GATEWAY_MAX_HEADER_BYTES`,
+    /// `WS_MAX_CONNECTIONS_PER_USER` and `REDIS_URL`.
     pub fn from_env() -> anyhow::Result<Self> {
         let d = Self::default();
         let max_header_bytes = parse_env("GATEWAY_MAX_HEADER_BYTES", d.max_header_bytes)?;
@@ -148,6 +152,7 @@ impl FrontDoor {
             header_read_timeout,
             max_header_bytes,
             ws_max_per_user: parse_env("WS_MAX_CONNECTIONS_PER_USER", d.ws_max_per_user)?,
+            redis_url: Some(env::get("REDIS_URL")),
         })
     }
 }

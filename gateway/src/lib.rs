@@ -28,7 +28,7 @@ use axum::{
     routing::get,
     Router,
 };
-use mfe_kit::JwtKeys;
+use mfe_kit::{revocation::Revocations, JwtKeys};
 
 pub use config::{GatewayConfig, Route};
 use metrics::GatewayMetrics;
@@ -92,6 +92,20 @@ pub struct Application {
     limits: server::Limits,
 }
 
+/// The session denylist of the services, on `front.redis_url`; `None` without one, or (with
+/// the warning of [`Revocations::for_redis`]) when Redis is unreachable at start.
+async fn revocations(front: &config::FrontDoor, metrics: &GatewayMetrics) -> Option<Revocations> {
+    let url = front.redis_url.as_deref()?;
+    let conn = match mfe_kit::cache::connect_redis(url).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::warn!(error = %e, url = %mfe_core::redact_url_password(url), "redis unreachable");
+            None
+        }
+    };
+    Revocations::for_redis(conn, metrics.registry())
+}
+
 impl Application {
     /// Binds `host:port` (port 0 picks a free one), starts the upstream health checks and the
     /// event bridge.
@@ -103,7 +117,7 @@ impl Application {
         let state = AppState {
             proxy: proxy.clone(),
             rooms: rooms.clone(),
-            jwt: JwtKeys::new(cfg.jwt_secret.expose()),
+            jwt: JwtKeys::new(cfg.jwt_secret.expose()).with_revocations(revocations(&cfg.front, &metrics).await),
             heartbeat: Heartbeat { ping_interval: cfg.ws_ping_interval, pong_timeout: cfg.ws_pong_timeout },
             metrics: metrics.clone(),
             ws_slots: UserSockets::new(cfg.front.ws_max_per_user),

@@ -199,6 +199,11 @@ impl GatewayMetrics {
     }
 
     /// The registry in the Prometheus text format.
+    /// The registry, for collectors of shared parts (the session denylist's counter).
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.inner.registry.gather(), &mut buffer).expect("text encoding never fails");

@@ -36,7 +36,7 @@ pub async fn ws_handler(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let claims = match authenticate(&state, query.as_deref(), &headers) {
+    let claims = match authenticate(&state, query.as_deref(), &headers).await {
         Ok(claims) => claims,
         Err((reason, message)) => {
             state.metrics.ws_rejected(reason);
@@ -89,7 +89,12 @@ pub async fn ws_handler(
 }
 
 /// The claims of the request's token, or why there is none: `(metric reason, message)`.
-fn authenticate(state: &AppState, query: Option<&str>, headers: &HeaderMap) -> Result<Claims, (&'static str, String)> {
+/// The message names the kind of refusal only; the decoder's detail goes to a debug line.
+async fn authenticate(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Claims, (&'static str, String)> {
     let from_query = query.and_then(token_from_query);
     let from_header = headers
         .get(AUTHORIZATION)
@@ -102,12 +107,13 @@ fn authenticate(state: &AppState, query: Option<&str>, headers: &HeaderMap) -> R
             "a token is required: connect to /ws?token=JWT or send Authorization: Bearer JWT".into(),
         ));
     };
-    state.jwt.verify(&token).map_err(|e| {
-        let reason = match e {
-            JwtError::Expired => "expired_token",
-            _ => "invalid_token",
-        };
-        (reason, format!("the token was refused: {e}"))
+    state.jwt.authenticate(&token).await.map_err(|e| {
+        tracing::debug!(error = %e, "websocket upgrade refused");
+        match e {
+            JwtError::Expired => ("expired_token", "the token expired, refresh it".to_string()),
+            JwtError::Revoked => ("revoked_token", "the session of this token ended, sign in again".to_string()),
+            _ => ("invalid_token", "the token was refused".to_string()),
+        }
     })
 }
 

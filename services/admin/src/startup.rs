@@ -135,7 +135,7 @@ impl Application {
             db: deps.db.clone(),
             jwt: JwtKeys::new(cfg.jwt_secret.expose()).with_revocations(Revocations::for_redis(
                 mfe_kit::cache::connect_redis(&cfg.redis_url).await.ok(),
-                &deps.metrics,
+                deps.metrics.registry(),
             )),
             metrics: deps.metrics.clone(),
             health: deps.health(cfg, &broker),

@@ -127,7 +127,7 @@ impl Application {
             session_scope: hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(database.as_bytes())[..4]),
             db: deps.db.clone(),
             jwt: JwtKeys::new(cfg.jwt_secret.expose())
-                .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics)),
+                .with_revocations(Revocations::for_redis(deps.redis.clone(), deps.metrics.registry())),
             users_cache: deps
                 .redis
                 .clone()

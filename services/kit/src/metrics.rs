@@ -124,6 +124,12 @@ impl Metrics {
 
     /// Registers a collector of another kit module (e.g. the session denylist's counter) so
     /// `/metrics` renders it; registering the same metric twice keeps the first.
+    /// The registry `/metrics` renders, for collectors shared with the gateway
+    /// ([`crate::revocation::Revocations`]).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.inner.registry
+    }
+
     pub fn register(&self, collector: Box<dyn Collector>) {
         if let Err(e) = self.inner.registry.register(collector) {
             tracing::debug!(error = %e, "metric not registered");

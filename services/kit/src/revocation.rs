@@ -25,7 +25,6 @@ use std::time::Duration;
 use prometheus::{IntCounterVec, Opts};
 use redis::{aio::ConnectionManager, AsyncCommands};
 
-use crate::metrics::Metrics;
 
 /// The longest a denylist lookup or write waits for Redis before giving up (fail open): a
 /// Redis that hangs (or a client reconnecting) must not hold every authenticated request.
@@ -53,8 +52,9 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// The denylist on `conn`, counting what it could not check on `metrics`.
-    pub fn new(conn: ConnectionManager, metrics: &Metrics) -> Self {
+    /// The denylist on `conn`, counting what it could not check in `registry` (a service's
+    /// [`crate::metrics::Metrics::registry`], the gateway's own).
+    pub fn new(conn: ConnectionManager, registry: &prometheus::Registry) -> Self {
         let unchecked = IntCounterVec::new(
             Opts::new(
                 "access_token_revocation_unchecked_total",
@@ -63,17 +63,19 @@ impl Revocations {
             &["op"],
         )
         .expect("valid metric");
-        metrics.register(Box::new(unchecked.clone()));
+        if let Err(e) = registry.register(Box::new(unchecked.clone())) {
+            tracing::debug!(error = %e, "metric not registered");
+        }
         Self { conn, unchecked }
     }
 
     /// The denylist on `redis` (a service's connection, [`crate::startup::Dependencies::redis`]);
     /// `None`, with a warning, when Redis was unreachable at start.
-    pub fn for_redis(redis: Option<ConnectionManager>, metrics: &Metrics) -> Option<Self> {
+    pub fn for_redis(redis: Option<ConnectionManager>, registry: &prometheus::Registry) -> Option<Self> {
         if redis.is_none() {
             tracing::warn!("redis unreachable at start: access tokens of ended sessions are accepted until they expire (no session denylist until restarted)");
         }
-        redis.map(|conn| Self::new(conn, metrics))
+        redis.map(|conn| Self::new(conn, registry))
     }
 
     /// Whether session `session_id` was ended; `false` (accepted) when Redis does not answer.
@@ -115,13 +117,13 @@ impl Revocations {
 mod tests {
     use super::*;
 
-    async fn revocations() -> (Revocations, Metrics) {
+    async fn revocations() -> (Revocations, crate::metrics::Metrics) {
         let url = mfe_core::env::get("REDIS_URL");
         let conn = crate::cache::connect_redis(&url).await.unwrap_or_else(|e| {
             panic!("redis at {url} unreachable ({e}) — start the test stack: `mfe infra start` with test.env loaded")
         });
-        let metrics = Metrics::new("kit-test");
-        (Revocations::new(conn, &metrics), metrics)
+        let metrics = crate::metrics::Metrics::new("kit-test");
+        (Revocations::new(conn, metrics.registry()), metrics)
     }
 
     #[tokio::test]

@@ -128,7 +128,7 @@ impl Application {
         });
         let broker = deps.broker(cfg);
         let jwt = JwtKeys::new(cfg.jwt_secret.expose())
-            .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics));
+            .with_revocations(Revocations::for_redis(deps.redis.clone(), deps.metrics.registry()));
         let state = AppState {
             service: PaymentsService {
                 db: deps.db.clone(),

@@ -41,7 +41,7 @@ async fn a_token_of_an_ended_session_is_refused_by_payments() {
     assert_eq!(app.list_payments(&token, "").await.status(), StatusCode::OK);
     // What auth writes at logout.
     let redis = mfe_kit::cache::connect_redis(&settings.service.redis_url).await.expect("test stack redis");
-    let revocations = Revocations::new(redis, &mfe_kit::metrics::Metrics::new("payments-test"));
+    let revocations = Revocations::new(redis, mfe_kit::metrics::Metrics::new("payments-test").registry());
     assert!(revocations.revoke(std::slice::from_ref(&sid), Duration::from_secs(60)).await);
     let res = app.list_payments(&token, "").await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);

@@ -96,7 +96,7 @@ impl Application {
         };
         let broker = deps.broker_consuming(cfg, settings.subscription.clone(), handler);
         let jwt = JwtKeys::new(cfg.jwt_secret.expose())
-            .with_revocations(Revocations::for_redis(deps.redis.clone(), &deps.metrics));
+            .with_revocations(Revocations::for_redis(deps.redis.clone(), deps.metrics.registry()));
         let state = AppState {
             db: deps.db.clone(),
             jwt: jwt.clone(),
