@@ -109,14 +109,14 @@ print(f"  {len(rounds)} rounds, median shown; p99 per round in run order: " + ",
 PY
 }
 
-# The queues the payments events are routed to (SPEC §7). Nothing consumes them during the
-# bench (the admin service, which drains admin.events.queue, is not running, and nothing drains
-# payments.events.queue), so the broker would keep every event of every run: they are emptied
+# The queue the payments events are routed to (SPEC §7). Nothing consumes it during the bench
+# (the admin service, which drains admin.events.queue, is not running), so the broker would
+# keep every event of every run: it is emptied
 # before the run and after it (this is the test stack's broker), and the count is printed.
-mgmt="http://127.0.0.1:${RABBITMQ_MANAGEMENT_PORT:-25673}/api/queues/%2f"
+mgmt="http://127.0.0.1:${RABBITMQ_MANAGEMENT_PORT:-25782}/api/queues/%2f"
 rabbit_user="$(python3 -c "import sys, urllib.parse as u; print(u.unquote(u.urlparse(sys.argv[1]).username or 'guest'))" "$RABBITMQ_URL")"
 rabbit_pass="$(python3 -c "import sys, urllib.parse as u; print(u.unquote(u.urlparse(sys.argv[1]).password or 'guest'))" "$RABBITMQ_URL")"
-event_queues=(admin.events.queue payments.events.queue)
+event_queues=(admin.events.queue)
 queued() { curl -fsS -u "$rabbit_user:$rabbit_pass" "$mgmt/$1" 2>/dev/null | python3 -c "import json, sys; print(json.load(sys.stdin).get('messages', 0))" 2>/dev/null || echo "?"; }
 purge_event_queues() {
   for q in "${event_queues[@]}"; do

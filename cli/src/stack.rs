@@ -136,6 +136,7 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     // On the HA broker the services get every node as a failover candidate and quorum queues.
     start_supervisor(ctx, &bin_dir, &rt.broker_env()?)?;
     wait_apps_healthy(Duration::from_secs(90)).await?;
+    wait_front_door_routes().await?;
     if args.observability.observability {
         infra::prometheus::Prometheus::new(&ctx.config)?.start().await?;
     }
@@ -238,14 +239,71 @@ async fn wait_apps_healthy(timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gateway's view of its upstreams (`GET /health` → `upstreams`), or `None` when no gateway
-/// answers at GATEWAY_URL.
-async fn gateway_upstreams() -> Option<Vec<(String, bool)>> {
+/// The gateway's view of its upstreams (`GET /health` → `upstreams`: name → `up`), or `None` when
+/// no gateway answers at `gateway` with that list.
+async fn gateway_upstreams(gateway: &str) -> Option<Vec<(String, bool)>> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().ok()?;
-    let url = format!("{}/health", APP_PROCESSES[4].url());
+    let url = format!("{}/health", gateway.trim_end_matches('/'));
     let body: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
     let upstreams = body.get("upstreams")?.as_object()?;
     Some(upstreams.iter().map(|(name, state)| (name.clone(), state == "up")).collect())
+}
+
+/// Why [`wait_gateway_routes`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotRouting {
+    /// No gateway answered `/health` with its upstreams.
+    NoGateway,
+    /// These upstreams were still marked down at the deadline.
+    Down(Vec<String>),
+}
+
+/// Polls the gateway at `gateway` until it marks every upstream up; returns how long that took.
+/// The gateway takes an upstream out when a health check fails and back in at the next passing
+/// one (`GATEWAY_HEALTH_INTERVAL_MS` later), so a service that answers its own `/health` may
+/// still get 503 through the gateway for up to one interval.
+pub async fn wait_gateway_routes(gateway: &str, timeout: Duration) -> Result<Duration, NotRouting> {
+    let started = Instant::now();
+    loop {
+        let down = match gateway_upstreams(gateway).await {
+            Some(upstreams) if !upstreams.is_empty() => {
+                let down: Vec<String> = upstreams.into_iter().filter(|(_, up)| !up).map(|(n, _)| n).collect();
+                if down.is_empty() {
+                    return Ok(started.elapsed());
+                }
+                NotRouting::Down(down)
+            }
+            _ => NotRouting::NoGateway,
+        };
+        if started.elapsed() >= timeout {
+            return Err(down);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last step of `mfe up`: every service answers its `/health`, but the front door (nginx →
+/// gateway) routes to it only once the gateway's own health check has passed — a check that ran
+/// while the service was still starting marked it down. Waits for the gateway to mark every
+/// upstream up (at most three health intervals, at least 30 s).
+async fn wait_front_door_routes() -> anyhow::Result<()> {
+    let interval = mfe_core::env::parse_env_ms("GATEWAY_HEALTH_INTERVAL_MS", Duration::from_secs(5))?;
+    let timeout = (interval * 3).max(Duration::from_secs(30));
+    let gateway = APP_PROCESSES[APP_PROCESSES.len() - 1].url();
+    match wait_gateway_routes(&gateway, timeout).await {
+        Ok(waited) => {
+            eprintln!("gateway: routes to every service ({:.1} s after they answered)", waited.as_secs_f64());
+            Ok(())
+        }
+        Err(NotRouting::NoGateway) => {
+            bail!("the gateway at {gateway} does not list its upstreams on /health — see `tail .mfe/stack/gateway.log`")
+        }
+        Err(NotRouting::Down(down)) => bail!(
+            "the gateway still marks {} down {} s after every service answered /health — see `mfe status` and `tail .mfe/stack/gateway.log`",
+            down.join(", "),
+            timeout.as_secs()
+        ),
+    }
 }
 
 /// After something restarted a shared dependency (the event-hub suite restarts RabbitMQ), waits
@@ -254,23 +312,18 @@ async fn gateway_upstreams() -> Option<Vec<(String, bool)>> {
 /// `Ok(None)`: no gateway is running, nothing to wait for; `Ok(Some(waited))`: routing again;
 /// `Err`: still some upstream down at the deadline (named in the message).
 pub async fn wait_routing_again(timeout: Duration) -> Result<Option<Duration>, String> {
-    let started = Instant::now();
-    loop {
-        let Some(upstreams) = gateway_upstreams().await else {
-            return Ok(None);
-        };
-        let down: Vec<&str> = upstreams.iter().filter(|(_, up)| !up).map(|(n, _)| n.as_str()).collect();
-        if down.is_empty() {
-            return Ok(Some(started.elapsed()));
-        }
-        if started.elapsed() >= timeout {
-            return Err(format!(
-                "the gateway still marks {} down {} s after the broker restart — see `mfe status`",
-                down.join(", "),
-                timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let gateway = APP_PROCESSES[APP_PROCESSES.len() - 1].url();
+    if gateway_upstreams(&gateway).await.is_none() {
+        return Ok(None);
+    }
+    match wait_gateway_routes(&gateway, timeout).await {
+        Ok(waited) => Ok(Some(waited)),
+        Err(NotRouting::NoGateway) => Err(format!("the gateway at {gateway} stopped answering /health")),
+        Err(NotRouting::Down(down)) => Err(format!(
+            "the gateway still marks {} down {} s after the broker restart — see `mfe status`",
+            down.join(", "),
+            timeout.as_secs()
+        )),
     }
 }
 
@@ -405,6 +458,52 @@ fn spawn_app(dir: &Path, bin_dir: &Path, p: AppProcess) -> anyhow::Result<tokio:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in gateway on a free port: its `/health` lists `auth` down for the first
+    /// `down_for` requests, then up. Returns its URL and the count of requests it answered.
+    async fn fake_gateway(down_for: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let mut buf = [0u8; 2048];
+                let _ = sock.read(&mut buf).await;
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let auth = if n < down_for { "down" } else { "up" };
+                let body = format!(r#"{{"status":"ok","upstreams":{{"auth":"{auth}","payments":"up"}}}}"#);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn up_waits_until_the_gateway_marks_every_upstream_up() {
+        let (url, count) = fake_gateway(3).await;
+        let waited = wait_gateway_routes(&url, Duration::from_secs(10)).await;
+        assert!(waited.is_ok(), "{waited:?}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4, "returned at the first all-up answer");
+    }
+
+    #[tokio::test]
+    async fn up_gives_up_naming_the_upstreams_still_down() {
+        let (url, _) = fake_gateway(usize::MAX).await;
+        let started = Instant::now();
+        let err = wait_gateway_routes(&url, Duration::from_millis(600)).await.unwrap_err();
+        assert_eq!(err, NotRouting::Down(vec!["auth".into()]));
+        assert!(started.elapsed() < Duration::from_secs(5), "bounded by its timeout");
+        let nobody = wait_gateway_routes("http://127.0.0.1:9", Duration::from_millis(300)).await;
+        assert_eq!(nobody, Err(NotRouting::NoGateway));
+    }
 
     #[test]
     fn every_service_of_the_table_is_started_once_before_the_gateway() {

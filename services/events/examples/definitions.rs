@@ -1,8 +1,8 @@
-//! Regenerates the topology part of `rabbitmq/definitions.json` from the code, keeping the
+//! Regenerates the topology part (and the policies) of `rabbitmq/definitions.json` from the code, keeping the
 //! users, vhosts and permissions already in the file:
 //! `cargo run -p mfe-events --example definitions > rabbitmq/definitions.json.new`.
 
-use mfe_events::topology::{definitions, platform_plan};
+use mfe_events::topology::{definitions, platform_plan, policies};
 use mfe_events::HubConfig;
 
 fn main() -> anyhow::Result<()> {
@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
     for section in ["exchanges", "queues", "bindings"] {
         file[section] = code[section].clone();
     }
+    file["policies"] = policies();
     println!("{}", serde_json::to_string_pretty(&file)?);
     Ok(())
 }

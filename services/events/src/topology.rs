@@ -8,6 +8,13 @@
 //!   reaches another consumer;
 //! - exchange `events.dlx` (direct) and queue `events.dlq`, bound with routing key `events.dlq`.
 //!
+//! Only services that consume have a queue (SPEC §7: per-consumer queues): admin and profile.
+//! Auth and payments only publish; their former queues (`auth.events.queue`,
+//! `payments.events.queue` and their retry queues) had no consumer and grew without bound, so
+//! they are gone from the topology, and the policy [`RETIRED_QUEUES_POLICY`] (in the
+//! definitions both brokers load at boot) deletes them, with what they hold, from a broker that
+//! still has them once they have been unused for [`RETIRED_QUEUE_EXPIRES_MS`].
+//!
 //! `rabbitmq/definitions.json` holds the same topology for the default [`HubConfig`]; a test
 //! compares the two.
 
@@ -66,11 +73,11 @@ impl Subscription {
     }
 }
 
-/// The four service queues of SPEC §7 and their bindings (the gateway uses exclusive queues).
+/// The queues of the services that consume (SPEC §7) and their bindings (the gateway uses
+/// exclusive queues). A queue nobody reads only grows: a service gets one here when it gets a
+/// consumer.
 pub fn service_queues() -> Vec<Subscription> {
     vec![
-        Subscription::durable("auth", &["auth.#"]),
-        Subscription::durable("payments", &["payments.#"]),
         // Admin keeps the audit log of everything.
         Subscription::durable("admin", &["#"]),
         Subscription::durable("profile", &["auth.user.registered", "profile.#"]),
@@ -89,6 +96,32 @@ const EXCLUSIVE_RETRY_EXPIRES_MS: i64 = 10 * 60 * 1000;
 /// failover (seconds), short enough that a replica gone for good does not collect every event
 /// for long.
 pub const REPLICA_QUEUE_EXPIRES_MS: i64 = 2 * 60 * 1000;
+
+/// The queues of the services that never consumed (auth, payments): `<service>.events.queue`
+/// and its retry queues. Nothing declares them any more.
+pub const RETIRED_QUEUES: &[&str] = &["auth.events.queue", "payments.events.queue"];
+
+/// The name of the policy that deletes [`RETIRED_QUEUES`] from a broker that still has them.
+pub const RETIRED_QUEUES_POLICY: &str = "retired-event-queues";
+
+/// How long a retired queue lives unused (no consumer, no `basic.get`) before the broker deletes
+/// it: deletion discards its messages (no dead-lettering), which nobody was going to read.
+pub const RETIRED_QUEUE_EXPIRES_MS: i64 = 60 * 1000;
+
+/// The `policies` section of the definitions in vhost `/`: [`RETIRED_QUEUES_POLICY`], matching
+/// each retired queue and its retry queues by an anchored pattern (isolated test topologies,
+/// `<prefix>.auth.events.queue`, never match).
+pub fn policies() -> Value {
+    let names: Vec<String> = RETIRED_QUEUES.iter().map(|q| q.replace('.', "\\.")).collect();
+    json!([{
+        "vhost": "/",
+        "name": RETIRED_QUEUES_POLICY,
+        "pattern": format!("^({})(\\.retry\\.[0-9]+)?$", names.join("|")),
+        "apply-to": "queues",
+        "priority": 0,
+        "definition": {"expires": RETIRED_QUEUE_EXPIRES_MS},
+    }])
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDecl {
@@ -219,7 +252,7 @@ pub fn platform_plan(cfg: &HubConfig) -> Plan {
 }
 
 /// The `exchanges`, `queues` and `bindings` sections of `rabbitmq/definitions.json` for `plan`
-/// in vhost `/`.
+/// in vhost `/` (the `policies` section is [`policies`]).
 pub fn definitions(plan: &Plan) -> Value {
     let exchanges: Vec<Value> = plan
         .exchanges
@@ -346,6 +379,29 @@ mod tests {
                 "{section}: missing from definitions.json {missing:?}; only in definitions.json {extra:?}"
             );
         }
+        assert_eq!(file["policies"], policies(), "definitions.json's policies are the code's");
+    }
+
+    #[test]
+    fn every_durable_queue_has_a_consumer_and_the_retired_ones_are_deleted_by_policy() {
+        let plan = platform_plan(&HubConfig::default());
+        let consumers: BTreeSet<String> = service_queues().into_iter().map(|s| s.consumer).collect();
+        // The services that consume: admin (audit log) and profile (user registered).
+        assert_eq!(consumers, BTreeSet::from(["admin".to_string(), "profile".to_string()]));
+        let policy = &policies()[0];
+        let pattern = regex::Regex::new(policy["pattern"].as_str().unwrap()).unwrap();
+        for q in &plan.queues {
+            assert!(!pattern.is_match(&q.name), "the retirement policy would delete the live queue {}", q.name);
+        }
+        for retired in RETIRED_QUEUES {
+            assert!(plan.queues.iter().all(|q| !q.name.starts_with(retired)), "{retired} is still declared");
+            for name in [retired.to_string(), retry_queue_name(retired, 1000), retry_queue_name(retired, 4000)] {
+                assert!(pattern.is_match(&name), "the policy misses {name}");
+            }
+            assert!(!pattern.is_match(&format!("mfe.test.1.{retired}")), "an isolated queue is not retired");
+        }
+        assert_eq!(policy["apply-to"], "queues");
+        assert_eq!(policy["definition"], json!({"expires": RETIRED_QUEUE_EXPIRES_MS}));
     }
 
     #[test]

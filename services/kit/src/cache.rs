@@ -1,5 +1,10 @@
 //! A small Redis cache of JSON values with a TTL. Redis is a cache only: every failure is
-//! logged and treated as a miss, so a Redis outage slows requests down but never fails them.
+//! logged and treated as a miss, so a Redis outage never fails a request — nor slows it down
+//! much: after a failure, the cache's reads and fills skip Redis for [`SKIP_AFTER_FAILURE`]
+//! (misses without a round trip), and a lost connection is retried once per command, without
+//! the client's backoff sleeps ([`connect_redis`]). Invalidations (deletes, versioned puts,
+//! tag bumps) are never skipped: they always try, so an entry is never left stale because a
+//! failure a moment ago made the cache look away.
 //!
 //! Keys are `<name>:<key>`: a cache named `user` keeps user `42` under `user:42`, the seed's
 //! key patterns (`user:{id}`, `payment:{id}`, `profile:{userId}`). Three kinds of entries:
@@ -11,12 +16,41 @@
 //!   read the database before a write can never put its older copy back after the writer's;
 //! - tagged entries (list pages, [`Cache::get_tagged`]), invalidated a whole tag at a time.
 
-use std::time::Duration;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, LazyLock,
+};
+use std::time::{Duration, Instant};
 
 use redis::{aio::ConnectionManager, AsyncCommands};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::metrics::Metrics;
+
+/// How long reads and fills skip Redis after it failed: during an outage one request in this
+/// long pays for a connection attempt, the others go straight to the database.
+pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Since when [`Skip`] counts (one clock for the process).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Until when reads and fills skip Redis, in ms since [`EPOCH`] (0: not skipping).
+#[derive(Default)]
+struct Skip(AtomicU64);
+
+impl Skip {
+    fn now_ms() -> u64 {
+        EPOCH.elapsed().as_millis() as u64
+    }
+
+    fn active(&self) -> bool {
+        Self::now_ms() < self.0.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) {
+        self.0.store(Self::now_ms() + SKIP_AFTER_FAILURE.as_millis() as u64, Ordering::Relaxed);
+    }
+}
 
 /// A named cache (`name` labels the hit/miss counters and prefixes the keys).
 #[derive(Clone)]
@@ -25,11 +59,22 @@ pub struct Cache {
     conn: ConnectionManager,
     ttl: Duration,
     metrics: Metrics,
+    skip: Arc<Skip>,
 }
 
 impl Cache {
     pub fn new(name: &'static str, conn: ConnectionManager, ttl: Duration, metrics: Metrics) -> Self {
-        Self { name, conn, ttl, metrics }
+        Self { name, conn, ttl, metrics, skip: Arc::default() }
+    }
+
+    /// A read or a fill skipped because Redis failed less than [`SKIP_AFTER_FAILURE`] ago.
+    fn skipping(&self) -> bool {
+        self.skip.active()
+    }
+
+    /// Records a failure of Redis (any command): reads and fills skip it for a while.
+    fn failed(&self) {
+        self.skip.failed();
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -38,12 +83,17 @@ impl Cache {
 
     /// The cached value of `key`, counting a hit or a miss.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        if self.skipping() {
+            self.metrics.cache_miss(self.name);
+            return None;
+        }
         let mut conn = self.conn.clone();
         let raw: Result<Option<String>, _> = conn.get(self.full_key(key)).await;
         let value = match raw {
             Ok(Some(s)) => serde_json::from_str(&s).ok(),
             Ok(None) => None,
             Err(e) => {
+                self.failed();
                 tracing::warn!(cache = self.name, error = %e, "redis get failed; treating as a miss");
                 None
             }
@@ -57,19 +107,24 @@ impl Cache {
 
     /// Stores `value` under `key` for the cache's TTL.
     pub async fn set<T: Serialize>(&self, key: &str, value: &T) {
+        if self.skipping() {
+            return;
+        }
         let Ok(json) = serde_json::to_string(value) else { return };
         let mut conn = self.conn.clone();
         let result: Result<(), _> = conn.set_ex(self.full_key(key), json, self.ttl.as_secs().max(1)).await;
         if let Err(e) = result {
+            self.failed();
             tracing::warn!(cache = self.name, error = %e, "redis set failed");
         }
     }
 
-    /// Removes `key`; called after every write of the cached record.
+    /// Removes `key`; called after every write of the cached record (never skipped).
     pub async fn delete(&self, key: &str) {
         let mut conn = self.conn.clone();
         let result: Result<(), _> = conn.del(self.full_key(key)).await;
         if let Err(e) = result {
+            self.failed();
             tracing::warn!(cache = self.name, error = %e, "redis delete failed; the entry expires with its ttl");
         }
     }
@@ -101,12 +156,17 @@ return 1
 impl Cache {
     /// The record stored under `key` (counting a hit or a miss).
     pub async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        if self.skipping() {
+            self.metrics.cache_miss(self.name);
+            return None;
+        }
         let mut conn = self.conn.clone();
         let raw: Result<Option<String>, _> = conn.hget(self.full_key(key), "body").await;
         let value = match raw {
             Ok(Some(s)) => serde_json::from_str(&s).ok(),
             Ok(None) => None,
             Err(e) => {
+                self.failed();
                 tracing::warn!(cache = self.name, error = %e, "redis hget failed; treating as a miss");
                 None
             }
@@ -132,6 +192,7 @@ impl Cache {
         match invocation.invoke_async::<i64>(&mut conn).await {
             Ok(stored) => stored == 1,
             Err(e) => {
+                self.failed();
                 tracing::error!(cache = self.name, key, error = %e, "cannot store a versioned entry; an older one may be served until its ttl");
                 false
             }
@@ -211,12 +272,17 @@ impl Cache {
     /// (counting a hit or a miss). `None` when Redis failed: the caller then neither reads nor
     /// fills the cache.
     pub async fn get_tagged(&self, tag: &str, key: &str) -> Option<TaggedLookup> {
+        if self.skipping() {
+            self.metrics.cache_miss(self.name);
+            return None;
+        }
         let mut conn = self.conn.clone();
         let raw: Result<(Option<u64>, Option<i64>, Option<String>), _> =
             conn.mget(&[self.tag_version_key(tag), self.tag_writing_key(tag), self.tagged_key(tag, key)]).await;
         let (version, writing, stored) = match raw {
             Ok((v, writing, stored)) => (v.unwrap_or(0), writing.unwrap_or(0) > 0, stored),
             Err(e) => {
+                self.failed();
                 tracing::warn!(cache = self.name, error = %e, "redis mget failed; treating as a miss");
                 self.metrics.cache_miss(self.name);
                 return None;
@@ -236,10 +302,14 @@ impl Cache {
     /// Stores `body` under `key` of `tag` as of `version` (the one [`Cache::get_tagged`] gave
     /// before the data was read, with no write in flight), for the cache's TTL.
     pub async fn set_tagged(&self, tag: &str, key: &str, version: u64, body: &str) {
+        if self.skipping() {
+            return;
+        }
         let mut conn = self.conn.clone();
         let value = format!("{version}\n{body}");
         let result: Result<(), _> = conn.set_ex(self.tagged_key(tag, key), value, self.ttl.as_secs().max(1)).await;
         if let Err(e) = result {
+            self.failed();
             tracing::warn!(cache = self.name, error = %e, "redis set failed");
         }
     }
@@ -278,6 +348,7 @@ impl Cache {
     async fn send_invalidation<T: std::fmt::Debug>(&self, pipe: redis::Pipeline, tags: &[T]) {
         let mut conn = self.conn.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            self.failed();
             tracing::error!(cache = self.name, error = %e, ?tags, "cannot invalidate cached entries; they may be stale until their ttl");
         }
     }
@@ -298,20 +369,30 @@ impl Cache {
         // EVALSHA, loading the script first when this Redis has not seen it.
         let result = invocation.invoke_async::<()>(&mut conn).await;
         if let Err(e) = result {
+            self.failed();
             tracing::error!(cache = self.name, error = %e, ?tags, "cannot end a tagged write; the tags are served from the source until the write guard expires");
         }
     }
 }
 
 /// Connects to Redis with a connection manager that reconnects on its own. Connection and
-/// response timeouts are short, so a stalled Redis costs a request milliseconds, not seconds.
+/// response timeouts are short, so a stalled Redis costs a request a second at most.
+///
+/// No retries within a reconnection: the client's backoff starts at 1 s and multiplies by its
+/// "factor" (100 by default: redis 0.27 hands it to backon as the multiplier), so with retries
+/// one command waited 1 + 100 s (plus jitter) while Redis was down — a sign-up took 78 s, a
+/// `/me` 236 s. Every later command starts a new attempt anyway, and while Redis is down the
+/// cache skips it ([`SKIP_AFTER_FAILURE`]).
 pub async fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisError> {
     let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
+    ConnectionManager::new_with_config(client, redis_config()).await
+}
+
+fn redis_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(1))
         .set_response_timeout(Duration::from_secs(1))
-        .set_number_of_retries(2);
-    ConnectionManager::new_with_config(client, config).await
+        .set_number_of_retries(0)
 }
 
 #[cfg(test)]
