@@ -60,10 +60,37 @@ pub async fn run(t: &Target) -> Vec<Check> {
             Upgrade::Failed(e) => Check::new(name, false, e),
         });
     }
+    checks.push(after_logout(t, &gateway).await);
     checks.push(big_frame(t, &gateway).await);
     checks.push(cap(t, &gateway).await);
     checks.push(token_not_logged(t).await);
     checks
+}
+
+/// The access token of a session that logged out opens no socket.
+async fn after_logout(t: &Target, base: &str) -> Check {
+    let name = "sockets: the token of a session that logged out";
+    let user = match super::sign_up(&t.http, &t.gateway, &t.email("ws-logout")).await {
+        Ok(u) => u,
+        Err(e) => return Check::new(name, false, format!("{e:#}")),
+    };
+    let logout = super::call(
+        &t.http,
+        reqwest::Method::POST,
+        &format!("{}/api/auth/logout", t.gateway),
+        Some(&user.access),
+        Some(serde_json::json!({"refreshToken": user.refresh})),
+    )
+    .await;
+    if !matches!(&logout, Ok((s, _)) if s.is_success()) {
+        return super::expect_status(&format!("{name} (the logout itself)"), &logout, &[200, 204]);
+    }
+    match upgrade(t, base, Some(&user.access)).await {
+        Upgrade::Refused(401) => Check::new(name, true, "401 before the upgrade"),
+        Upgrade::Refused(s) => Check::new(name, false, format!("{s} (expected 401)")),
+        Upgrade::Open(_) => Check::new(name, false, "the upgrade succeeded after logout"),
+        Upgrade::Failed(e) => Check::new(name, false, e),
+    }
 }
 
 /// A frame over the size limit closes the socket (1009) instead of being buffered.

@@ -304,7 +304,7 @@ async fn logout_others(
     let body: LogoutOthersRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutOthersRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
+        mfe_kit::error::decode_json(&body)?
     };
     let keep = check_device_id(body.current_device_id.as_deref().or(auth.device_id()))?.ok_or_else(|| {
         ApiError::Validation(

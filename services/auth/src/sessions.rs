@@ -360,7 +360,7 @@ async fn logout(
     let body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
+        mfe_kit::error::decode_json(&body)?
     };
     let user = users::find_user(&state, auth.id())
         .await?

@@ -25,7 +25,6 @@ use std::time::Duration;
 use prometheus::{IntCounterVec, Opts};
 use redis::{aio::ConnectionManager, AsyncCommands};
 
-
 /// The longest a denylist lookup or write waits for Redis before giving up (fail open): a
 /// Redis that hangs (or a client reconnecting) must not hold every authenticated request.
 pub const REDIS_BUDGET: Duration = Duration::from_millis(300);
