@@ -11,10 +11,11 @@
 //!
 //! The service binaries must be built beside `mfe` (`cargo build --workspace`).
 
+mod own_stack;
+
+use own_stack::{text, OwnStack};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const GATEWAY: &str = "http://127.0.0.1:38000";
@@ -23,73 +24,6 @@ const NGINX: &str = "https://localhost:38443";
 const MANAGEMENT: &str = "http://127.0.0.1:38582/api";
 /// Short, so the gateway re-checks its upstreams often during the outages.
 const HEALTH_INTERVAL_MS: u64 = 1000;
-
-struct Stack {
-    state_dir: PathBuf,
-}
-
-impl Stack {
-    fn new() -> Self {
-        let state_dir = std::env::temp_dir().join(format!("mfe-degraded-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&state_dir);
-        Self { state_dir }
-    }
-
-    fn mfe(&self, args: &[&str]) -> Output {
-        let db = |port: u16, name: &str| format!("postgres://postgres:postgres@127.0.0.1:{port}/{name}");
-        let svc = |port: u16| format!("http://127.0.0.1:{port}");
-        Command::new(env!("CARGO_BIN_EXE_mfe"))
-            .args(args)
-            .env("MFE_ROOT", concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .env("MFE_STATE_DIR", &self.state_dir)
-            .env("MFE_RUNTIME", "native")
-            .env("AUTH_DATABASE_URL", db(38432, "auth_db"))
-            .env("PAYMENTS_DATABASE_URL", db(38433, "payments_db"))
-            .env("ADMIN_DATABASE_URL", db(38434, "admin_db"))
-            .env("PROFILE_DATABASE_URL", db(38435, "profile_db"))
-            .env("LEGACY_DATABASE_URL", db(38436, "mfe_poc2"))
-            .env("RABBITMQ_URL", "amqp://admin:admin@127.0.0.1:38572/%2f")
-            .env("RABBITMQ_MANAGEMENT_PORT", "38582")
-            .env("RABBITMQ_DIST_PORT", "38592")
-            .env("REDIS_URL", "redis://127.0.0.1:38379")
-            .env("NGINX_HOST", "localhost")
-            .env("NGINX_HTTP_PORT", "38080")
-            .env("NGINX_HTTPS_PORT", "38443")
-            .env("SSL_CERT_PATH", self.state_dir.join("ssl/self-signed.crt"))
-            .env("SSL_KEY_PATH", self.state_dir.join("ssl/self-signed.key"))
-            .env("GATEWAY_URL", GATEWAY)
-            .env("AUTH_SERVICE_URL", svc(38001))
-            .env("PAYMENTS_SERVICE_URL", PAYMENTS)
-            .env("ADMIN_SERVICE_URL", svc(38003))
-            .env("PROFILE_SERVICE_URL", svc(38004))
-            .env("WS_URL", "wss://localhost:38443/ws")
-            .env("PROMETHEUS_PORT", "38090")
-            .env("COMPOSE_PROJECT_NAME", "mfedegradedtest")
-            .env("GATEWAY_HEALTH_INTERVAL_MS", HEALTH_INTERVAL_MS.to_string())
-            .env_remove("GATEWAY_UPSTREAMS")
-            .env_remove("RABBITMQ_QUEUE_TYPE")
-            .env_remove("PSP_AUTO_COMPLETE_MS")
-            .output()
-            .expect("the mfe binary runs")
-    }
-
-    fn must(&self, args: &[&str]) {
-        let out = self.mfe(args);
-        assert!(out.status.success(), "mfe {args:?} failed:\n{}", text(&out));
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.mfe(&["down"]);
-        let _ = self.mfe(&["infra", "clean", "--yes", "--runtime", "native"]);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 fn client() -> reqwest::Client {
     // nginx serves the stack's self-signed certificate for `localhost`.
@@ -153,7 +87,8 @@ async fn assert_gateway_keeps_every_service(http: &reqwest::Client, during: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_or_redis_outage_degrades_the_stack_without_refusing_requests() {
-    let stack = Stack::new();
+    let stack =
+        OwnStack::new("degradedtest", 38000).with("GATEWAY_HEALTH_INTERVAL_MS", &HEALTH_INTERVAL_MS.to_string());
     let up = stack.mfe(&["up", "--runtime", "native"]);
     assert!(up.status.success(), "mfe up failed:\n{}", text(&up));
     let http = client();

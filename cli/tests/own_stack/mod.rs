@@ -2,7 +2,7 @@
 //! names a port, a directory or a project is set from one port base, so nothing inherited
 //! (`make test` exports test.env) points the test at another stack. Ports: `base + 432..436`
 //! PostgreSQL, `+572` AMQP, `+582` management, `+592` Erlang distribution, `+379` Redis, `+080`
-//! / `+443` nginx, `+000` gateway, `+001..004` the services. Dropping it stops and removes it.
+//! / `+443` nginx, `+090` Prometheus, `+000` gateway, `+001..004` the services. Dropping it stops and removes it.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -12,14 +12,25 @@ pub struct OwnStack {
     pub base: u16,
     pub state_dir: PathBuf,
     pub project: String,
+    /// Variables a test sets beyond the stack's own ([`OwnStack::with`]).
+    extra: Vec<(String, String)>,
 }
+
+/// Inherited variables that would change what the stack is; removed from every run.
+const REMOVED: &[&str] = &["RABBITMQ_QUEUE_TYPE", "GATEWAY_UPSTREAMS", "PSP_AUTO_COMPLETE_MS"];
 
 impl OwnStack {
     /// A stack on ports `base..base + 999`, named `project` (its state dir and compose project).
     pub fn new(project: &str, base: u16) -> Self {
         let state_dir = std::env::temp_dir().join(format!("mfe-{project}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
-        Self { base, state_dir, project: project.to_string() }
+        Self { base, state_dir, project: project.to_string(), extra: Vec::new() }
+    }
+
+    /// The same stack with `name=value` set for every run (e.g. a short health interval).
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// Every variable of this stack, as `mfe` and the services read them.
@@ -53,20 +64,28 @@ impl OwnStack {
             ("ADMIN_SERVICE_URL", url(3)),
             ("PROFILE_SERVICE_URL", url(4)),
             ("WS_URL", format!("wss://localhost:{}/ws", b + 443)),
+            ("PROMETHEUS_PORT", (b + 90).to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(self.extra.iter().cloned())
         .collect()
     }
 
     /// Runs `mfe args` against this stack.
     pub fn mfe(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mfe"))
-            .args(args)
-            .envs(self.env())
-            .env_remove("RABBITMQ_QUEUE_TYPE")
-            .output()
-            .expect("the mfe binary runs")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mfe"));
+        cmd.args(args).envs(self.env());
+        for name in REMOVED {
+            cmd.env_remove(name);
+        }
+        cmd.output().expect("the mfe binary runs")
+    }
+
+    /// Runs `mfe args`, which must succeed.
+    pub fn must(&self, args: &[&str]) {
+        let out = self.mfe(args);
+        assert!(out.status.success(), "mfe {args:?} failed:\n{}", text(&out));
     }
 }
 
