@@ -246,7 +246,7 @@ async fn upstream_down_check(http: &reqwest::Client) -> Check {
         cfg.events = None;
         cfg.health_interval = Duration::from_secs(3600);
         for route in &mut cfg.routes {
-            route.upstream = format!("http://{dead}");
+            route.upstreams = vec![format!("http://{dead}")];
         }
         let app = mfe_gateway::Application::build(cfg).await?;
         let port = app.port();

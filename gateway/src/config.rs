@@ -14,10 +14,23 @@ use mfe_kit::client_ip::TrustedProxies;
 pub struct Route {
     /// Short name used in metrics labels and error messages (`auth`, `payments`, ...).
     pub name: String,
-    /// Requests whose path is this prefix or starts with `prefix/` go to `upstream`.
+    /// Requests whose path is this prefix or starts with `prefix/` go to `upstreams`.
     pub prefix: String,
-    /// Base URL of the service, e.g. `http://127.0.0.1:3001`; the path is forwarded unchanged.
-    pub upstream: String,
+    /// Base URL of each replica of the service, e.g. `http://127.0.0.1:3001`; the path is
+    /// forwarded unchanged.
+    pub upstreams: Vec<String>,
+}
+
+impl Route {
+    /// A route to one replica at `upstream`.
+    pub fn new(name: &str, prefix: &str, upstream: &str) -> Self {
+        Self { name: name.into(), prefix: prefix.into(), upstreams: vec![upstream.trim_end_matches('/').into()] }
+    }
+}
+
+/// The replicas of a `*_SERVICE_URL` value: comma-separated base URLs.
+fn replica_urls(value: &str) -> Vec<String> {
+    value.split(',').map(|u| u.trim().trim_end_matches('/')).filter(|u| !u.is_empty()).map(String::from).collect()
 }
 
 /// Everything the gateway needs to know.
@@ -53,7 +66,8 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Reads `PORT`, `GATEWAY_HOST`, the four `*_SERVICE_URL`, `JWT_SECRET`, `RABBITMQ_URL`,
+    /// Reads `PORT`, `GATEWAY_HOST`, the four `*_SERVICE_URL` (each one URL, or the URLs of the
+    /// service's replicas, comma-separated), `JWT_SECRET`, `RABBITMQ_URL`,
     /// `GATEWAY_UPSTREAM_TIMEOUT_MS`, `GATEWAY_CONNECT_TIMEOUT_MS`, `GATEWAY_HEALTH_INTERVAL_MS`,
     /// `WS_PING_INTERVAL_MS`, `WS_PONG_TIMEOUT_MS`, `WS_SEND_QUEUE`, `GATEWAY_WORKERS` and those
     /// of [`FrontDoor::from_env`].
@@ -63,7 +77,7 @@ impl GatewayConfig {
             .map(|s| Route {
                 name: s.name.to_string(),
                 prefix: s.route_prefix.to_string(),
-                upstream: env::get(s.service_url_var).trim_end_matches('/').to_string(),
+                upstreams: replica_urls(&env::get(s.service_url_var)),
             })
             .collect();
         Ok(Self {
@@ -154,5 +168,20 @@ impl FrontDoor {
             ws_max_per_user: parse_env("WS_MAX_CONNECTIONS_PER_USER", d.ws_max_per_user)?,
             redis_url: Some(env::get("REDIS_URL")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_url_lists_its_replicas() {
+        assert_eq!(replica_urls("http://127.0.0.1:3001/"), ["http://127.0.0.1:3001"]);
+        assert_eq!(
+            replica_urls(" http://127.0.0.1:3001, http://127.0.0.1:3101/ ,"),
+            ["http://127.0.0.1:3001", "http://127.0.0.1:3101"]
+        );
+        assert!(replica_urls(" , ").is_empty());
     }
 }

@@ -67,15 +67,35 @@ async fn health(State(state): State<AppState>) -> Response {
         .proxy
         .upstream_states()
         .into_iter()
-        .map(|(name, up)| (name, serde_json::Value::from(if up { "up" } else { "down" })))
+        .map(|(name, up)| (name, serde_json::Value::from(state_word(up))))
+        .collect();
+    let replicas: serde_json::Map<String, serde_json::Value> = state
+        .proxy
+        .replica_states()
+        .into_iter()
+        .map(|(name, replicas)| {
+            let urls: serde_json::Map<String, serde_json::Value> =
+                replicas.into_iter().map(|(url, up)| (url, state_word(up).into())).collect();
+            (name, urls.into())
+        })
         .collect();
     axum::Json(serde_json::json!({
         "status": "ok",
         "service": "gateway",
         "websocketConnections": state.metrics.ws_open_now(),
         "upstreams": upstreams,
+        "replicas": replicas,
     }))
     .into_response()
+}
+
+/// `/health`'s word for whether a route or replica takes requests.
+fn state_word(up: bool) -> &'static str {
+    if up {
+        "up"
+    } else {
+        "down"
+    }
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {

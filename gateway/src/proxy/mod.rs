@@ -2,7 +2,11 @@
 //! path unchanged. Bodies are never collected: the incoming body is handed to the upstream
 //! request as a stream and the upstream's body back to the client the same way, so memory stays
 //! flat whatever the size. Connections to upstreams are pooled ([`pool`]: HTTP/1.1
-//! senders reused most-recent-first).
+//! senders reused most-recent-first). A service may run as several replicas ([`upstream`]: round
+//! robin over those that pass their health checks); a request that could not reach one replica
+//! is sent once to another — any request whose connection could not be opened (nothing of it
+//! was sent), and a bodiless `GET`/`HEAD`/`OPTIONS` that failed later (sending it twice cannot
+//! do anything twice).
 //!
 //! Errors answer in the platform's shape `{"error":{"code","message"}}`: no route 404, upstream
 //! marked down by the health checks 503, connection failure 502, no response headers within the
@@ -12,22 +16,20 @@ mod error;
 mod headers;
 mod health;
 mod pool;
+mod upstream;
 
 use std::{
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use axum::{
     extract::Request,
     http::{
-        header::{self, HeaderValue},
-        uri::{PathAndQuery, Scheme},
-        Uri,
+        header::{self, HeaderMap, HeaderValue},
+        uri::PathAndQuery,
+        Method, Uri,
     },
     response::{IntoResponse, Response},
 };
@@ -38,7 +40,8 @@ use mfe_kit::{
     client_ip::TrustedProxies,
     telemetry::{correlation_id_of, CORRELATION_HEADER},
 };
-use pool::{Pool, PoolLimits, Upstream};
+use pool::{PoolLimits, SendFailure};
+use upstream::{Replica, Upstream};
 
 use crate::{config::Route, metrics::GatewayMetrics};
 
@@ -69,31 +72,11 @@ impl Proxy {
         connect_timeout: Duration,
         metrics: GatewayMetrics,
     ) -> anyhow::Result<Self> {
-        let mut upstreams = Vec::with_capacity(routes.len());
-        for route in routes {
-            let uri: Uri = route.upstream.parse().map_err(|e| {
-                anyhow::anyhow!("the upstream URL of {} (`{}`) is invalid: {e}", route.name, route.upstream)
-            })?;
-            let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-                anyhow::bail!("the upstream URL of {} (`{}`) needs a scheme and a host", route.name, route.upstream);
-            };
-            if scheme != Scheme::HTTP {
-                anyhow::bail!("the upstream URL of {} (`{}`) must be http://", route.name, route.upstream);
-            }
-            metrics.set_upstream_up(&route.name, true);
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|e| {
-                anyhow::anyhow!("the upstream URL of {} (`{}`) has an invalid host: {e}", route.name, route.upstream)
-            })?;
-            upstreams.push(Arc::new(Upstream {
-                histogram: metrics.upstream_histogram(&route.name),
-                requests: metrics.route_requests(&route.name),
-                http: metrics.http_series(&route_template(&route.prefix)),
-                route: route.clone(),
-                up: AtomicBool::new(true),
-                host,
-                pool: Arc::new(Pool::new(authority, PoolLimits::new(connect_timeout))),
-            }));
-        }
+        let limits = PoolLimits::new(connect_timeout);
+        let upstreams = routes
+            .iter()
+            .map(|route| Upstream::new(route, limits, &metrics, &route_template(&route.prefix)).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             upstreams: upstreams.into(),
             timeout: upstream_timeout,
@@ -113,9 +96,20 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Whether each upstream passed its last health check, for the gateway's `/health`.
+    /// Whether each route has a replica in its rotation, for the gateway's `/health`.
     pub fn upstream_states(&self) -> Vec<(String, bool)> {
-        self.upstreams.iter().map(|u| (u.route.name.clone(), u.up.load(Ordering::Relaxed))).collect()
+        self.upstreams.iter().map(|u| (u.route.name.clone(), u.is_up())).collect()
+    }
+
+    /// Each route's replicas (URL, in the rotation), for the gateway's `/health`.
+    pub fn replica_states(&self) -> Vec<(String, Vec<(String, bool)>)> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                let replicas = u.replicas.iter().map(|r| (r.url.clone(), r.up.load(Ordering::Relaxed))).collect();
+                (u.route.name.clone(), replicas)
+            })
+            .collect()
     }
 
     fn find(&self, path: &str) -> Option<&Arc<Upstream>> {
@@ -141,7 +135,7 @@ impl Proxy {
         let forwarded = match span.in_scope(|| self.prepare(req, peer, &correlation_id)) {
             Err(e) => Err(e),
             Ok((upstream, upstream_req)) => {
-                let exchange = self.exchange(upstream, upstream_req);
+                let exchange = self.dispatch(upstream, upstream_req);
                 let result = if span.is_disabled() {
                     exchange.await
                 } else {
@@ -180,7 +174,7 @@ impl Proxy {
     }
 
     /// The upstream of `req` and the request to send it (origin-form URI, forwarding headers,
-    /// `Host` of the upstream, trace context), or why there is none.
+    /// trace context; [`Proxy::dispatch`] sets the replica's `Host`), or why there is none.
     fn prepare(
         &self,
         req: Request,
@@ -190,7 +184,7 @@ impl Proxy {
         let Some(upstream) = self.find(req.uri().path()) else {
             return Err((None, ProxyError::NoRoute { path: req.uri().path().to_string() }));
         };
-        if !upstream.up.load(Ordering::Relaxed) {
+        if !upstream.is_up() {
             return Err((Some(upstream), ProxyError::UpstreamDown { route: upstream.route.name.clone() }));
         }
         let (mut parts, body) = req.into_parts();
@@ -201,27 +195,98 @@ impl Proxy {
         }
         parts.version = axum::http::Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, peer, &self.trusted, correlation_id);
-        parts.headers.insert(header::HOST, upstream.host.clone());
         mfe_kit::telemetry::inject_trace_context(&mut parts.headers);
         Ok((upstream, axum::http::Request::from_parts(parts, body)))
     }
 
-    /// Sends `req` to `upstream` within the timeout; the response with its hop-by-hop headers
-    /// removed, or the 502/504 error.
-    async fn exchange(&self, upstream: &Arc<Upstream>, req: Request) -> Result<Response, ProxyError> {
+    /// Sends `req` to a replica of `upstream`, and once more to another replica when the first
+    /// could not be reached and the request may be sent again (see the module doc).
+    async fn dispatch(&self, upstream: &Upstream, req: Request) -> Result<Response, ProxyError> {
+        let down = || ProxyError::UpstreamDown { route: upstream.route.name.clone() };
+        let first = upstream.pick(None).ok_or_else(down)?;
+        // Kept only where there is another replica to send it to: a clone of the headers is
+        // the one cost, and a lone service never pays it.
+        let replay = if upstream.is_replicated() { Replay::of(&req) } else { None };
+        let (error, unsent) = match self.exchange(upstream, first, req).await {
+            Ok(response) => return Ok(response),
+            Err(Failed::Timeout(error)) => return Err(error),
+            Err(Failed::Connect(error, unsent)) => (error, unsent),
+        };
+        if !upstream.is_replicated() {
+            return Err(error);
+        }
+        upstream.set_up(first, false, "failed a connection", &self.metrics);
+        let (Some(req), Some(next)) =
+            (unsent.map(|r| *r).or_else(|| replay.map(Replay::request)), upstream.pick(Some(first)))
+        else {
+            return Err(error);
+        };
+        tracing::debug!(route = %upstream.route.name, from = %first.url, to = %next.url, "retrying on another replica");
+        self.exchange(upstream, next, req).await.map_err(|f| match f {
+            Failed::Timeout(e) | Failed::Connect(e, _) => e,
+        })
+    }
+
+    /// Sends `req` to `replica` within the timeout; the response with its hop-by-hop headers
+    /// removed, or the 502/504 error (with the request when none of it was sent).
+    async fn exchange(&self, upstream: &Upstream, replica: &Replica, mut req: Request) -> Result<Response, Failed> {
+        req.headers_mut().insert(header::HOST, replica.host.clone());
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, upstream.send(req)).await;
+        let result = tokio::time::timeout(self.timeout, replica.pool.send(req)).await;
         upstream.histogram.observe(started.elapsed().as_secs_f64());
         let response = match result {
             Err(_) => {
                 let route = upstream.route.name.clone();
-                return Err(ProxyError::Timeout { route, timeout_ms: self.timeout.as_millis() });
+                return Err(Failed::Timeout(ProxyError::Timeout { route, timeout_ms: self.timeout.as_millis() }));
             }
-            Ok(Err(reason)) => return Err(ProxyError::Connect { route: upstream.route.name.clone(), reason }),
+            Ok(Err(SendFailure { reason, unsent })) => {
+                return Err(Failed::Connect(
+                    ProxyError::Connect { route: upstream.route.name.clone(), reason },
+                    unsent.map(Box::new),
+                ))
+            }
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// How an exchange failed: in time (no retry: the replica may be working on it), or on the
+/// connection, with the request when none of it was sent.
+enum Failed {
+    Timeout(ProxyError),
+    /// The request is boxed: this is the rare path, and the error should stay small.
+    Connect(ProxyError, Option<Box<Request>>),
+}
+
+/// What it takes to send a bodiless safe request again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// The copy of `req` when it is `GET`, `HEAD` or `OPTIONS` without a body.
+    fn of(req: &Request) -> Option<Self> {
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let bodiless = !req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().get(header::CONTENT_LENGTH).is_none_or(|n| n.as_bytes() == b"0");
+        (safe && bodiless).then(|| Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request {
+        let mut req = Request::new(axum::body::Body::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        *req.version_mut() = axum::http::Version::HTTP_11;
+        req
     }
 }

@@ -21,47 +21,36 @@
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use axum::{
-    body::Body,
-    http::{header::HeaderValue, uri::Authority},
-    response::Response,
-};
+use axum::{body::Body, http::uri::Authority, response::Response};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
-use crate::{
-    config::Route,
-    metrics::{HttpSeries, RouteRequests},
-};
-
-/// One upstream service: where it is, whether its last health check passed, its metrics and its
-/// connection pool.
-pub(super) struct Upstream {
-    pub(super) route: Route,
-    /// Cleared by a failed health check; requests then get 503 without trying the service.
-    pub(super) up: AtomicBool,
-    pub(super) histogram: prometheus::Histogram,
-    /// `gateway_proxy_requests_total{route=..}` by status, resolved once per status seen.
-    pub(super) requests: RouteRequests,
-    /// `http_requests_total` / `http_request_duration_seconds` of the route's template.
-    pub(super) http: HttpSeries,
-    /// The `Host` header of requests to this upstream (its authority).
-    pub(super) host: HeaderValue,
-    pub(super) pool: Arc<Pool>,
+/// Why [`Pool::send`] got no response.
+pub(super) struct SendFailure {
+    /// The innermost cause (refused, reset, timed out), for the 502 body and the log.
+    pub(super) reason: String,
+    /// The request, when none of it reached the upstream.
+    pub(super) unsent: Option<axum::http::Request<Body>>,
 }
 
-impl Upstream {
-    /// Sends `req` through the upstream's pool ([`Pool::send`]).
-    pub(super) async fn send(&self, req: axum::http::Request<Body>) -> Result<Response, String> {
-        self.pool.send(req).await
+impl SendFailure {
+    /// A failure after (part of) the request was sent.
+    fn sent(reason: String) -> Self {
+        Self { reason, unsent: None }
+    }
+}
+
+impl std::fmt::Debug for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendFailure").field("reason", &self.reason).field("unsent", &self.unsent.is_some()).finish()
     }
 }
 
@@ -125,8 +114,10 @@ impl Pool {
     /// the response body returns the connection to the pool once it has been read to the end.
     /// A request refused by a pooled connection that the upstream closed meanwhile (before
     /// anything was sent) is retried once on a fresh connection. At `max_open` it waits for a
-    /// connection to be returned or closed. `Err` is the reason, for 502.
-    pub(super) async fn send(self: &Arc<Self>, req: axum::http::Request<Body>) -> Result<Response, String> {
+    /// connection to be returned or closed. `Err` carries the reason, for 502, and the request
+    /// when none of it was sent (the connection could not be opened), so the proxy may send it
+    /// to another replica.
+    pub(super) async fn send(self: &Arc<Self>, req: axum::http::Request<Body>) -> Result<Response, SendFailure> {
         let mut req = req;
         let mut pooled = true;
         let slot = loop {
@@ -139,7 +130,7 @@ impl Pool {
                                 req = back;
                                 pooled = false;
                             }
-                            None => return Err(error_reason(e.error())),
+                            None => return Err(SendFailure::sent(error_reason(e.error()))),
                         },
                     }
                 }
@@ -152,9 +143,14 @@ impl Pool {
         };
         // Boxed: connecting is the rare path, and its future would otherwise make every
         // request's future larger.
-        let mut sender = Box::pin(self.connect(slot)).await?;
-        let response = sender.send_request(req).await.map_err(|e| error_reason(&e))?;
-        Ok(self.pooled_response(response, sender))
+        let mut sender = match Box::pin(self.connect(slot)).await {
+            Ok(sender) => sender,
+            Err(reason) => return Err(SendFailure { reason, unsent: Some(req) }),
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(self.pooled_response(response, sender)),
+            Err(mut e) => Err(SendFailure { reason: error_reason(e.error()), unsent: e.take_message() }),
+        }
     }
 
     /// Closes the idle connections older than the idle timeout.

@@ -37,10 +37,7 @@ pub fn config(upstream: &str) -> GatewayConfig {
     GatewayConfig {
         host: "127.0.0.1".into(),
         port: 0,
-        routes: mfe_core::SERVICES
-            .iter()
-            .map(|s| Route { name: s.name.into(), prefix: s.route_prefix.into(), upstream: upstream.into() })
-            .collect(),
+        routes: mfe_core::SERVICES.iter().map(|s| Route::new(s.name, s.route_prefix, upstream)).collect(),
         jwt_secret: Secret::new(SECRET),
         events: None,
         upstream_timeout: Duration::from_secs(5),

@@ -65,10 +65,8 @@ async fn spawn_gateway(admin: &str, keys_secret: mfe_core::Secret, events: HubCo
         port: 0,
         routes: mfe_core::SERVICES
             .iter()
-            .map(|s| Route {
-                name: s.name.into(),
-                prefix: s.route_prefix.into(),
-                upstream: if s.service == mfe_core::Service::Admin { admin.to_string() } else { dead.clone() },
+            .map(|s| {
+                Route::new(s.name, s.route_prefix, if s.service == mfe_core::Service::Admin { admin } else { &dead })
             })
             .collect(),
         jwt_secret: keys_secret,
