@@ -13,6 +13,14 @@
 //!
 //! Delivery is at least once (a confirm lost with the connection means a republish), which
 //! the consumers' [`crate::idempotency`] absorbs.
+//!
+//! Replicas of a service run one relay each over the same table, and one of them publishes at
+//! a time: a round starts by taking a transaction-level advisory lock ([`RELAY_LOCK`]); a relay
+//! that finds it held lets the holder publish and tries again [`BUSY_RETRY`] later. Two relays
+//! claiming disjoint rows (`FOR UPDATE SKIP LOCKED` alone) would never publish a row twice at
+//! once, but could publish a payment's `processing` ahead of its `created` still held by the
+//! other: the lock keeps the outbox's order across replicas, the way a single active consumer
+//! keeps a queue's, and a crashed holder's lock ends with its connection.
 
 use crate::envelope::Envelope;
 use crate::error::HubError;
@@ -86,6 +94,23 @@ impl Default for RelayConfig {
     }
 }
 
+/// The advisory lock a relay round holds (`pg_try_advisory_xact_lock`): one publishing relay
+/// per outbox table (per database), whatever the number of replicas.
+pub const RELAY_LOCK: i64 = 0x6d66_655f_6f75_7462; // "mfe_outb"
+
+/// How soon a relay that found another one publishing tries again: short, so rows its own
+/// process wrote do not wait a whole poll interval when the holder's round ends.
+pub const BUSY_RETRY: Duration = Duration::from_millis(20);
+
+/// What one relay round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Published this many rows (0: none pending).
+    Published(usize),
+    /// Another relay holds [`RELAY_LOCK`]; nothing was read.
+    Busy,
+}
+
 /// Publishes outbox rows; see the module docs.
 pub struct OutboxRelay;
 
@@ -132,21 +157,30 @@ async fn relay_loop(pool: PgPool, hub: Hub, cfg: RelayConfig, wake: Arc<Notify>,
     loop {
         if stop.is_cancelled() {
             let flush = async {
-                while let Ok(n) = relay_once(&pool, &hub, cfg.batch).await {
-                    if n == 0 {
-                        break;
+                loop {
+                    match relay_round(&pool, &hub, cfg.batch).await {
+                        Ok(Round::Published(0)) | Err(_) => break,
+                        Ok(Round::Published(_)) => {}
+                        Ok(Round::Busy) => tokio::time::sleep(BUSY_RETRY).await,
                     }
                 }
             };
             let _ = tokio::time::timeout(cfg.shutdown_flush, flush).await;
             return;
         }
-        match relay_once(&pool, &hub, cfg.batch).await {
-            Ok(n) if n as i64 >= cfg.batch => {
+        match relay_round(&pool, &hub, cfg.batch).await {
+            Ok(Round::Busy) => {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(BUSY_RETRY) => {}
+                }
+                continue;
+            }
+            Ok(Round::Published(n)) if n as i64 >= cfg.batch => {
                 pause = cfg.poll_interval;
                 continue;
             }
-            Ok(n) => {
+            Ok(Round::Published(n)) => {
                 pause = cfg.poll_interval;
                 if n > 0 && !cfg.linger.is_zero() {
                     tokio::select! {
@@ -181,12 +215,24 @@ pub enum RelayError {
     },
 }
 
-/// Publishes one batch of pending rows, oldest first; returns how many were published. The
-/// first failed publish ends the round (the rows after it stay pending), so events of one
-/// outbox are published in order.
-/// Rows are locked (`FOR UPDATE SKIP LOCKED`) so several relays never publish the same row.
+/// [`relay_round`], counting a busy round as nothing published.
 pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, RelayError> {
+    Ok(match relay_round(pool, hub, batch).await? {
+        Round::Published(n) => n,
+        Round::Busy => 0,
+    })
+}
+
+/// Publishes one batch of pending rows, oldest first, unless another relay is publishing
+/// ([`Round::Busy`]). The first failed publish ends the round (the rows after it stay pending),
+/// so events of one outbox are published in order.
+pub async fn relay_round(pool: &PgPool, hub: &Hub, batch: i64) -> Result<Round, RelayError> {
     let mut tx = pool.begin().await?;
+    let (mine,): (bool,) =
+        sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
+    if !mine {
+        return Ok(Round::Busy);
+    }
     // Stamping `published_at` need not wait for its own flush of the WAL: lost in a crash, it
     // only means the rows are published again (delivery is at least once anyway). The business
     // writes keep synchronous commits; the relay's commits then ride on their flushes instead of
@@ -200,7 +246,7 @@ pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, R
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Round::Published(0));
     }
     let mut envs = Vec::with_capacity(rows.len());
     let mut broken = Vec::new();
@@ -253,7 +299,7 @@ pub async fn relay_once(pool: &PgPool, hub: &Hub, batch: i64) -> Result<usize, R
     tx.commit().await?;
     match first_error {
         Some(e) => Err(e),
-        None => Ok(published.len()),
+        None => Ok(Round::Published(published.len())),
     }
 }
 
