@@ -243,6 +243,45 @@ pub struct Config {
     pub jwt_secret: String,
     pub gateway_url: String,
     pub ws_url: String,
+    /// Processes of every service and of the gateway (`mfe up --replicas N`; 1 by default).
+    /// `mfe up` records it in `<state dir>/stack/replicas`, so the commands that follow (an
+    /// nginx restart, `mfe status`, `mfe down`) see the stack that runs.
+    pub app_replicas: usize,
+}
+
+/// How far apart the ports of two replicas of one process are: replica *k* (0 the first) of a
+/// process on port *p* listens on *p* + 100 *k* (`mfe up --replicas 3`: auth on 3001, 3101,
+/// 3201), clear of the neighbouring services' ports.
+pub const REPLICA_PORT_STEP: u16 = 100;
+
+/// The most replicas `mfe up --replicas` runs (ports stay within one thousand of the first).
+pub const MAX_REPLICAS: usize = 9;
+
+/// The base URL of replica `k` of the process at `url` (its port moved by
+/// [`REPLICA_PORT_STEP`] × `k`); `var` names the variable in errors.
+pub fn replica_url(var: &str, url: &str, k: usize) -> anyhow::Result<String> {
+    let url = url.trim_end_matches('/');
+    if k == 0 {
+        return Ok(url.to_string());
+    }
+    let mut parsed = Url::parse(url).with_context(|| format!("{var} (`{url}`) is not a valid URL"))?;
+    let port = parsed.port_or_known_default().with_context(|| format!("{var} (`{url}`) has no port"))?;
+    let moved = u16::try_from(k)
+        .ok()
+        .and_then(|k| k.checked_mul(REPLICA_PORT_STEP))
+        .and_then(|d| port.checked_add(d))
+        .with_context(|| format!("{var}: replica {} of `{url}` would listen beyond port 65535", k + 1))?;
+    parsed.set_port(Some(moved)).map_err(|()| anyhow::anyhow!("{var} (`{url}`) cannot take a port"))?;
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// The replicas recorded by the last `mfe up` under `state_dir`, 1 when none is.
+fn recorded_replicas(state_dir: &Path) -> usize {
+    std::fs::read_to_string(state_dir.join("stack/replicas"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| (1..=MAX_REPLICAS).contains(n))
+        .unwrap_or(1)
 }
 
 impl Config {
@@ -268,6 +307,7 @@ impl Config {
         let redis_url = env::get("REDIS_URL");
         let redis = Url::parse(&redis_url).context("REDIS_URL is not a valid redis:// URL")?;
         Ok(Self {
+            app_replicas: recorded_replicas(&state_dir),
             state_dir,
             runtime,
             project: env::get("COMPOSE_PROJECT_NAME"),
@@ -369,6 +409,27 @@ fn find_root() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_listens_a_hundred_ports_further_per_replica() {
+        let url = |k| replica_url("AUTH_SERVICE_URL", "http://127.0.0.1:3001/", k).unwrap();
+        assert_eq!(url(0), "http://127.0.0.1:3001");
+        assert_eq!(url(1), "http://127.0.0.1:3101");
+        assert_eq!(url(2), "http://127.0.0.1:3201");
+        let err = replica_url("GATEWAY_URL", "http://127.0.0.1:65500", 1).unwrap_err().to_string();
+        assert_eq!(err, "GATEWAY_URL: replica 2 of `http://127.0.0.1:65500` would listen beyond port 65535");
+    }
+
+    #[test]
+    fn the_recorded_replicas_are_read_back_and_nonsense_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(recorded_replicas(dir.path()), 1);
+        std::fs::create_dir_all(dir.path().join("stack")).unwrap();
+        for (text, n) in [("3\n", 3), ("0", 1), ("99", 1), ("x", 1)] {
+            std::fs::write(dir.path().join("stack/replicas"), text).unwrap();
+            assert_eq!(recorded_replicas(dir.path()), n, "{text:?}");
+        }
+    }
 
     #[test]
     fn component_names_parse_with_aliases_and_unknown_names_are_refused() {

@@ -6,6 +6,11 @@
 //! file under `<state dir>/stack/`, restarts a crashed one with backoff and records each restart
 //! so `mfe status` reports it instead of hiding it. `mfe down` asks the supervisor to stop them
 //! in reverse order, then stops the infrastructure.
+//!
+//! `mfe up --replicas N` runs N processes of each service and of the gateway ([`Instance`]:
+//! replica *k* listens [`crate::config::REPLICA_PORT_STEP`] × *k* ports above the first). Each
+//! gateway is given every replica of every service (a list per `*_SERVICE_URL`), and nginx every
+//! gateway; services keep calling each other at the first replica's URL.
 
 use crate::config::Component;
 use crate::infra::{self, Runtime};
@@ -37,6 +42,62 @@ pub const APP_PROCESSES: [AppProcess; 5] = [
     AppProcess { name: "gateway", binary: "mfe-gateway", url_var: "GATEWAY_URL" },
 ];
 
+/// One running copy of an [`AppProcess`]: replica `replica` (0 the first) of the stack's N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub process: AppProcess,
+    pub replica: usize,
+}
+
+impl Instance {
+    /// `auth` for the first replica, `auth-2`, `auth-3`, … for the others: the names of its log,
+    /// pid and restart files and of its `mfe status` row.
+    pub fn name(&self) -> String {
+        match self.replica {
+            0 => self.process.name.to_string(),
+            k => format!("{}-{}", self.process.name, k + 1),
+        }
+    }
+
+    /// Its base URL: the process's, with the port of this replica.
+    pub fn url(&self) -> anyhow::Result<String> {
+        crate::config::replica_url(self.process.url_var, &self.process.url(), self.replica)
+    }
+
+    pub fn port(&self) -> anyhow::Result<u16> {
+        let url = self.url()?;
+        let parsed = url::Url::parse(&url).with_context(|| format!("{} is not a valid URL", self.process.url_var))?;
+        parsed.port_or_known_default().with_context(|| format!("{} has no port", self.process.url_var))
+    }
+}
+
+/// Every instance of a stack of `replicas`, in start order: each service's replicas, then the
+/// gateways.
+pub fn instances(replicas: usize) -> Vec<Instance> {
+    APP_PROCESSES
+        .iter()
+        .flat_map(|&process| (0..replicas.max(1)).map(move |replica| Instance { process, replica }))
+        .collect()
+}
+
+/// What a gateway of a stack of `replicas` is told beyond its port: every replica of every
+/// service, one comma-separated list per `*_SERVICE_URL`. Empty with one replica (the
+/// environment already says it).
+pub fn gateway_env(replicas: usize) -> anyhow::Result<Vec<(&'static str, String)>> {
+    if replicas <= 1 {
+        return Ok(Vec::new());
+    }
+    APP_PROCESSES
+        .iter()
+        .filter(|p| p.name != "gateway")
+        .map(|&process| {
+            let urls =
+                (0..replicas).map(|replica| Instance { process, replica }.url()).collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((process.url_var, urls.join(",")))
+        })
+        .collect()
+}
+
 impl AppProcess {
     /// The process of a service, from its row of [`mfe_core::SERVICES`].
     pub const fn service(s: Service) -> Self {
@@ -65,6 +126,10 @@ pub struct UpArgs {
     pub bin_dir: Option<PathBuf>,
     #[command(flatten)]
     pub observability: infra::ObservabilityArg,
+    /// Processes of each service and of the gateway (native runtime): replica k listens 100 × k
+    /// ports above the first, nginx balances over the gateways, each gateway over the replicas.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=crate::config::MAX_REPLICAS as i64))]
+    pub replicas: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +162,11 @@ fn supervisor_pid_file(ctx: &Ctx) -> PathBuf {
     stack_dir(ctx).join("supervisor.pid")
 }
 
+/// Where `mfe up` records the stack's replicas ([`crate::config::Config::app_replicas`]).
+fn replicas_file(ctx: &Ctx) -> PathBuf {
+    stack_dir(ctx).join("replicas")
+}
+
 fn default_bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the mfe binary")?;
     Ok(exe.parent().context("the mfe binary has no directory")?.to_path_buf())
@@ -123,20 +193,40 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
             ctx.config.ssl_cert_path.parent().unwrap_or(Path::new(".")).display()
         );
     }
-    let mut ha_ctx = ctx.clone();
-    ha_ctx.config.rabbitmq_ha |= args.ha.ha;
-    let ctx = &ha_ctx;
+    let mut up_ctx = ctx.clone();
+    up_ctx.config.rabbitmq_ha |= args.ha.ha;
+    let replicas = usize::from(args.replicas);
+    let replicas_before = up_ctx.config.app_replicas;
+    up_ctx.config.app_replicas = replicas;
+    let ctx = &up_ctx;
     let rt = Runtime::select(ctx, args.runtime.runtime).await?;
     if args.ha.ha {
         infra::refuse_docker_ha(&rt)?;
+    }
+    if replicas > 1 && matches!(rt, Runtime::Docker(_)) {
+        bail!("--replicas runs on the native runtime only for now — use --runtime native");
+    }
+    if let Some(pid) = read_pid(&supervisor_pid_file(ctx)) {
+        if replicas != replicas_before {
+            bail!(
+                "the stack already runs with {replicas_before} replica(s) (supervisor pid {pid}) — `mfe down --keep-infra` first to change it to {replicas}"
+            );
+        }
+    }
+    fs::create_dir_all(stack_dir(ctx)).with_context(|| format!("cannot create {}", stack_dir(ctx).display()))?;
+    fs::write(replicas_file(ctx), format!("{replicas}\n"))?;
+    if replicas != replicas_before {
+        // nginx lists the gateways in its configuration: one started for another count is
+        // restarted with the new list.
+        rt.stop(&[Component::Nginx]).await?;
     }
     rt.start(&Component::ALL, false).await?;
     let split = crate::config::DbService::SPLIT;
     crate::db::migrate_all(&ctx.config, &split).await?;
     // On the HA broker the services get every node as a failover candidate and quorum queues.
     start_supervisor(ctx, &bin_dir, &rt.broker_env()?)?;
-    wait_apps_healthy(Duration::from_secs(90)).await?;
-    wait_front_door_routes().await?;
+    wait_apps_healthy(replicas, Duration::from_secs(90)).await?;
+    wait_front_door_routes(replicas).await?;
     if args.observability.observability {
         infra::prometheus::Prometheus::new(&ctx.config)?.start().await?;
     }
@@ -156,6 +246,9 @@ pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<()> {
     infra::prometheus::Prometheus::new(&ctx.config)?.stop();
     stop_supervisor(ctx)?;
     if !args.keep_infra {
+        // Kept with the infrastructure: nginx still lists that many gateways, and the next
+        // `mfe up` restarts it when it asks for another count.
+        let _ = fs::remove_file(replicas_file(ctx));
         let rt = Runtime::select(ctx, args.runtime.runtime).await?;
         rt.stop(&Component::ALL).await?;
     }
@@ -176,8 +269,8 @@ async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
             report.push(check);
         }
     }
-    for p in APP_PROCESSES {
-        report.push(app_check(ctx, p).await);
+    for instance in instances(ctx.config.app_replicas) {
+        report.push(app_check(ctx, instance).await);
     }
     if let Some(check) = infra::prometheus::Prometheus::new(&ctx.config)?.check().await {
         report.push(check);
@@ -186,12 +279,16 @@ async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn app_check(ctx: &Ctx, p: AppProcess) -> Check {
+async fn app_check(ctx: &Ctx, instance: Instance) -> Check {
     let dir = stack_dir(ctx);
-    let pid = read_pid(&dir.join(format!("{}.pid", p.name)));
-    let restarts = fs::read_to_string(dir.join(format!("{}.restarts", p.name))).unwrap_or_default();
+    let name = instance.name();
+    let pid = read_pid(&dir.join(format!("{name}.pid")));
+    let restarts = fs::read_to_string(dir.join(format!("{name}.restarts"))).unwrap_or_default();
     let n_restarts = restarts.lines().count();
-    let url = p.url();
+    let url = match instance.url() {
+        Ok(url) => url,
+        Err(e) => return Check::new(name, false, e.to_string()),
+    };
     let health = probe_health(&url).await;
     let mut detail = match (&pid, &health) {
         (Some(pid), Ok(())) => format!("running pid {pid}, healthy at {url}"),
@@ -203,7 +300,7 @@ async fn app_check(ctx: &Ctx, p: AppProcess) -> Check {
         let last = restarts.lines().last().unwrap_or_default();
         detail.push_str(&format!("; restarted {n_restarts}× after crashes (last: {last})"));
     }
-    Check::new(p.name, health.is_ok(), detail).metric("restarts", n_restarts as u64).metric("url", url)
+    Check::new(name, health.is_ok(), detail).metric("restarts", n_restarts as u64).metric("url", url)
 }
 
 async fn probe_health(base: &str) -> Result<(), String> {
@@ -215,22 +312,18 @@ async fn probe_health(base: &str) -> Result<(), String> {
     }
 }
 
-async fn wait_apps_healthy(timeout: Duration) -> anyhow::Result<()> {
+async fn wait_apps_healthy(replicas: usize, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    for p in APP_PROCESSES {
+    for instance in instances(replicas) {
+        let (name, url) = (instance.name(), instance.url()?);
         loop {
-            match probe_health(&p.url()).await {
+            match probe_health(&url).await {
                 Ok(()) => {
-                    eprintln!("{}: healthy at {}", p.name, p.url());
+                    eprintln!("{name}: healthy at {url}");
                     break;
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    bail!(
-                        "{} did not become healthy at {}: {e} — see its log with `tail .mfe/stack/{}.log`",
-                        p.name,
-                        p.url(),
-                        p.name
-                    )
+                    bail!("{name} did not become healthy at {url}: {e} — see its log with `tail .mfe/stack/{name}.log`")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
@@ -239,14 +332,24 @@ async fn wait_apps_healthy(timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gateway's view of its upstreams (`GET /health` → `upstreams`: name → `up`), or `None` when
-/// no gateway answers at `gateway` with that list.
+/// The gateway's view of its upstreams (`GET /health` → `upstreams`: name → `up`; with several
+/// replicas of a service, `replicas`: name → URL → `up`, each replica named `auth <url>`), or
+/// `None` when no gateway answers at `gateway` with that list.
 async fn gateway_upstreams(gateway: &str) -> Option<Vec<(String, bool)>> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().ok()?;
     let url = format!("{}/health", gateway.trim_end_matches('/'));
     let body: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
     let upstreams = body.get("upstreams")?.as_object()?;
-    Some(upstreams.iter().map(|(name, state)| (name.clone(), state == "up")).collect())
+    let mut states = Vec::new();
+    for (name, state) in upstreams {
+        match body.pointer(&format!("/replicas/{name}")).and_then(|r| r.as_object()).filter(|r| r.len() > 1) {
+            Some(replicas) => {
+                states.extend(replicas.iter().map(|(url, state)| (format!("{name} {url}"), state == "up")))
+            }
+            None => states.push((name.clone(), state == "up")),
+        }
+    }
+    Some(states)
 }
 
 /// Why [`wait_gateway_routes`] gave up.
@@ -285,25 +388,28 @@ pub async fn wait_gateway_routes(gateway: &str, timeout: Duration) -> Result<Dur
 /// The last step of `mfe up`: every service answers its `/health`, but the front door (nginx →
 /// gateway) routes to it only once the gateway's own health check has passed — a check that ran
 /// while the service was still starting marked it down. Waits for the gateway to mark every
-/// upstream up (at most three health intervals, at least 30 s).
-async fn wait_front_door_routes() -> anyhow::Result<()> {
+/// upstream up (at most three health intervals, at least 30 s) — every gateway of `replicas`,
+/// every replica of every service.
+async fn wait_front_door_routes(replicas: usize) -> anyhow::Result<()> {
     let interval = mfe_core::env::parse_env_ms("GATEWAY_HEALTH_INTERVAL_MS", Duration::from_secs(5))?;
     let timeout = (interval * 3).max(Duration::from_secs(30));
-    let gateway = APP_PROCESSES[APP_PROCESSES.len() - 1].url();
-    match wait_gateway_routes(&gateway, timeout).await {
-        Ok(waited) => {
-            eprintln!("gateway: routes to every service ({:.1} s after they answered)", waited.as_secs_f64());
-            Ok(())
+    for gateway in instances(replicas).into_iter().filter(|i| i.process.name == "gateway") {
+        let (name, url) = (gateway.name(), gateway.url()?);
+        match wait_gateway_routes(&url, timeout).await {
+            Ok(waited) => {
+                eprintln!("{name}: routes to every service ({:.1} s after they answered)", waited.as_secs_f64())
+            }
+            Err(NotRouting::NoGateway) => {
+                bail!("the gateway at {url} does not list its upstreams on /health — see `tail .mfe/stack/{name}.log`")
+            }
+            Err(NotRouting::Down(down)) => bail!(
+                "the gateway at {url} still marks {} down {} s after every service answered /health — see `mfe status` and `tail .mfe/stack/{name}.log`",
+                down.join(", "),
+                timeout.as_secs()
+            ),
         }
-        Err(NotRouting::NoGateway) => {
-            bail!("the gateway at {gateway} does not list its upstreams on /health — see `tail .mfe/stack/gateway.log`")
-        }
-        Err(NotRouting::Down(down)) => bail!(
-            "the gateway still marks {} down {} s after every service answered /health — see `mfe status` and `tail .mfe/stack/gateway.log`",
-            down.join(", "),
-            timeout.as_secs()
-        ),
     }
+    Ok(())
 }
 
 /// After something restarted a shared dependency (the event-hub suite restarts RabbitMQ), waits
@@ -340,17 +446,17 @@ fn start_supervisor(ctx: &Ctx, bin_dir: &Path, env: &[(&'static str, String)]) -
         eprintln!("up: services already supervised (pid {pid})");
         return Ok(());
     }
-    for p in APP_PROCESSES {
-        let port = p.port()?;
+    for instance in instances(ctx.config.app_replicas) {
+        let port = instance.port()?;
         if crate::infra::ports::in_use(port) {
             bail!(
                 "{} cannot start: {} — stop it or set {}",
-                p.name,
+                instance.name(),
                 crate::infra::ports::describe_taken(port),
-                p.url_var
+                instance.process.url_var
             );
         }
-        let _ = fs::remove_file(dir.join(format!("{}.restarts", p.name)));
+        let _ = fs::remove_file(dir.join(format!("{}.restarts", instance.name())));
     }
     let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"))?;
     // The mfe beside the services (a rebuilt binary replaces the running one's path).
@@ -391,10 +497,12 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
     let dir = stack_dir(ctx);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let all = instances(ctx.config.app_replicas);
+    let gateway_env = gateway_env(ctx.config.app_replicas)?;
     let mut children: Vec<Option<tokio::process::Child>> = Vec::new();
-    let mut backoff = vec![Duration::from_millis(500); APP_PROCESSES.len()];
-    for p in APP_PROCESSES {
-        children.push(Some(spawn_app(&dir, &args.bin_dir, p)?));
+    let mut backoff = vec![Duration::from_millis(500); all.len()];
+    for instance in &all {
+        children.push(Some(spawn_app(&dir, &args.bin_dir, instance, &gateway_env)?));
     }
     loop {
         tokio::select! {
@@ -402,27 +510,27 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        for (i, p) in APP_PROCESSES.iter().enumerate() {
+        for (i, instance) in all.iter().enumerate() {
+            let name = instance.name();
             let exited = match children[i].as_mut() {
                 Some(child) => child.try_wait()?.map(|s| s.to_string()),
                 None => Some("not running".into()),
             };
             if let Some(status) = exited {
-                let line =
-                    format!("{} {} exited ({status}); restarting", chrono::Utc::now().format("%H:%M:%S"), p.name);
+                let line = format!("{} {name} exited ({status}); restarting", chrono::Utc::now().format("%H:%M:%S"));
                 eprintln!("supervisor: {line}");
                 let mut f =
-                    fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.restarts", p.name)))?;
+                    fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.restarts")))?;
                 use std::io::Write;
                 writeln!(f, "{} at {}", status, chrono::Utc::now().format("%H:%M:%S"))?;
                 tokio::time::sleep(backoff[i]).await;
                 backoff[i] = (backoff[i] * 2).min(Duration::from_secs(30));
-                children[i] = spawn_app(&dir, &args.bin_dir, *p).ok();
+                children[i] = spawn_app(&dir, &args.bin_dir, instance, &gateway_env).ok();
             }
         }
     }
     eprintln!("supervisor: stopping");
-    for (i, p) in APP_PROCESSES.iter().enumerate().rev() {
+    for (i, instance) in all.iter().enumerate().rev() {
         if let Some(mut child) = children[i].take() {
             if let Some(pid) = child.id() {
                 let _ =
@@ -432,17 +540,26 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
                 let _ = child.kill().await;
             }
         }
-        let _ = fs::remove_file(dir.join(format!("{}.pid", p.name)));
-        eprintln!("supervisor: {} stopped", p.name);
+        let _ = fs::remove_file(dir.join(format!("{}.pid", instance.name())));
+        eprintln!("supervisor: {} stopped", instance.name());
     }
     let _ = fs::remove_file(supervisor_pid_file(ctx));
     Ok(())
 }
 
-fn spawn_app(dir: &Path, bin_dir: &Path, p: AppProcess) -> anyhow::Result<tokio::process::Child> {
-    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", p.name)))?;
+/// Starts `instance` on its port; a gateway also gets `gateway_env` ([`gateway_env`]).
+fn spawn_app(
+    dir: &Path,
+    bin_dir: &Path,
+    instance: &Instance,
+    gateway_env: &[(&'static str, String)],
+) -> anyhow::Result<tokio::process::Child> {
+    let (name, p) = (instance.name(), instance.process);
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
+    let extra = if p.name == "gateway" { gateway_env } else { &[] };
     let child = tokio::process::Command::new(bin_dir.join(p.binary))
-        .env("PORT", p.port()?.to_string())
+        .env("PORT", instance.port()?.to_string())
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -450,7 +567,7 @@ fn spawn_app(dir: &Path, bin_dir: &Path, p: AppProcess) -> anyhow::Result<tokio:
         .spawn()
         .with_context(|| format!("cannot start {}", p.binary))?;
     if let Some(pid) = child.id() {
-        fs::write(dir.join(format!("{}.pid", p.name)), format!("{pid}\n"))?;
+        fs::write(dir.join(format!("{name}.pid")), format!("{pid}\n"))?;
     }
     Ok(child)
 }
@@ -503,6 +620,51 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "bounded by its timeout");
         let nobody = wait_gateway_routes("http://127.0.0.1:9", Duration::from_millis(300)).await;
         assert_eq!(nobody, Err(NotRouting::NoGateway));
+    }
+
+    #[test]
+    fn replicas_are_named_placed_a_hundred_ports_apart_and_started_services_first() {
+        let all = instances(2);
+        assert_eq!(all.len(), 2 * APP_PROCESSES.len());
+        let names: Vec<String> = all.iter().map(Instance::name).collect();
+        assert_eq!(names[..2], ["auth", "auth-2"]);
+        assert_eq!(names[names.len() - 2..], ["gateway", "gateway-2"]);
+        for i in &all {
+            assert_eq!(i.port().unwrap(), i.process.port().unwrap() + 100 * i.replica as u16, "{}", i.name());
+        }
+        assert_eq!(instances(1).iter().map(Instance::name).collect::<Vec<_>>(), APP_PROCESSES.map(|p| p.name));
+    }
+
+    #[test]
+    fn each_gateway_is_told_every_replica_of_every_service() {
+        assert!(gateway_env(1).unwrap().is_empty(), "one replica: the environment says it already");
+        let env = gateway_env(3).unwrap();
+        assert_eq!(env.len(), mfe_core::SERVICES.len());
+        let (var, urls) = &env[0];
+        assert_eq!(*var, "AUTH_SERVICE_URL");
+        let port = APP_PROCESSES[0].port().unwrap();
+        let want: Vec<String> = (0..3).map(|k| format!("http://127.0.0.1:{}", port + 100 * k)).collect();
+        assert_eq!(urls, &want.join(","));
+    }
+
+    #[tokio::test]
+    async fn a_replicated_route_counts_as_routing_only_when_every_replica_is_in() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let mut buf = [0u8; 2048];
+                let _ = sock.read(&mut buf).await;
+                let body = r#"{"upstreams":{"auth":"up"},"replicas":{"auth":{"http://a":"up","http://b":"down"}}}"#;
+                let resp =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = sock.write_all(resp.as_bytes()).await;
+            }
+        });
+        let err = wait_gateway_routes(&url, Duration::from_millis(300)).await.unwrap_err();
+        assert_eq!(err, NotRouting::Down(vec!["auth http://b".into()]));
     }
 
     #[test]

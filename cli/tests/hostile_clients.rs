@@ -54,12 +54,12 @@ async fn spawn_platform() -> Platform {
     cfg.port = 0;
     cfg.events = None;
     for route in &mut cfg.routes {
-        route.upstream = match route.name.as_str() {
+        route.upstreams = vec![match route.name.as_str() {
             "auth" => format!("http://127.0.0.1:{auth_port}"),
             "admin" => format!("http://127.0.0.1:{admin_port}"),
             "payments" => format!("http://127.0.0.1:{payments_port}"),
             _ => format!("http://127.0.0.1:{}", mfe_kit::testing::closed_port()),
-        };
+        }];
     }
     let gateway = mfe_gateway::Application::build(cfg).await.expect("the gateway builds");
     let gateway_port = gateway.port();

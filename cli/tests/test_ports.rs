@@ -25,8 +25,8 @@ const EPMD: u16 = 4369;
 /// The port ranges the stacks of tests and scripts take for themselves: 19xxx
 /// (`cli/tests/readme_table.rs`), 38xxx (the degradation test), 42xxx (`cli/tests/chaos.rs`),
 /// 43xxx (`scripts/bench-ha.sh`), 44xxx (`scripts/bench-chaos.sh`), 46xxx
-/// (`cli/tests/security.rs`).
-const PRIVATE_RANGES: &[(u16, u16)] = &[(19000, 19999), (38000, 38999), (42000, 44999), (46000, 46999)];
+/// (`cli/tests/security.rs`), 31xxx (`cli/tests/replicas.rs`).
+const PRIVATE_RANGES: &[(u16, u16)] = &[(19000, 19999), (31000, 31999), (38000, 38999), (42000, 44999), (46000, 46999)];
 
 /// Ports with what they are, so a collision names both sides.
 #[derive(Default)]

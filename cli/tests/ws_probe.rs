@@ -206,10 +206,10 @@ async fn admin_behind_gateway() -> (String, String) {
     cfg.host = "127.0.0.1".into();
     cfg.port = 0;
     for route in &mut cfg.routes {
-        route.upstream = match route.name.as_str() {
+        route.upstreams = vec![match route.name.as_str() {
             "admin" => format!("http://127.0.0.1:{admin_port}"),
             _ => "http://127.0.0.1:9".into(),
-        };
+        }];
     }
     let mut gateway = mfe_gateway::Application::build(cfg).await.expect("the gateway builds");
     assert!(gateway.wait_for_events(std::time::Duration::from_secs(15)).await, "the bridge did not reach RabbitMQ");

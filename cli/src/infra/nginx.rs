@@ -37,7 +37,8 @@ const GATEWAY_FAILURE_POLICY: &str = "max_fails=3 fail_timeout=10s";
 /// read from the environment contract (`mfe env example`), set directly by tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeSettings {
-    /// GATEWAY_UPSTREAMS, or the one gateway of GATEWAY_URL when that is empty: one source.
+    /// GATEWAY_UPSTREAMS, or when that is empty the gateway of GATEWAY_URL and its replicas
+    /// (`mfe up --replicas N`): one source.
     pub gateways: Vec<String>,
     pub shell: String,
     pub auth_mfe: String,
@@ -51,14 +52,17 @@ pub struct EdgeSettings {
 impl EdgeSettings {
     /// From the environment contract (`.env`, then the SPEC defaults).
     pub fn from_env(cfg: &Config) -> anyhow::Result<Self> {
-        Self::from_lookup(&cfg.gateway_url, mfe_core::env::get)
+        Self::from_lookup(&cfg.gateway_url, cfg.app_replicas, mfe_core::env::get)
     }
 
-    /// From `get(NAME)` (a value or the variable's default) and the gateway URL.
-    pub fn from_lookup(gateway_url: &str, get: impl Fn(&str) -> String) -> anyhow::Result<Self> {
+    /// From `get(NAME)` (a value or the variable's default), the gateway URL and how many
+    /// replicas of it run.
+    pub fn from_lookup(gateway_url: &str, replicas: usize, get: impl Fn(&str) -> String) -> anyhow::Result<Self> {
         let listed = get("GATEWAY_UPSTREAMS");
         let gateways = if listed.trim().is_empty() {
-            vec![host_port("GATEWAY_URL", gateway_url)?]
+            (0..replicas.max(1))
+                .map(|k| host_port("GATEWAY_URL", &crate::config::replica_url("GATEWAY_URL", gateway_url, k)?))
+                .collect::<anyhow::Result<_>>()?
         } else {
             listed
                 .split(',')
@@ -292,7 +296,7 @@ mod tests {
     }
 
     fn defaults() -> EdgeSettings {
-        EdgeSettings::from_lookup(mfe_core::env::var("GATEWAY_URL").default, |n| {
+        EdgeSettings::from_lookup(mfe_core::env::var("GATEWAY_URL").default, 1, |n| {
             mfe_core::env::var(n).default.to_string()
         })
         .unwrap()
@@ -310,8 +314,21 @@ mod tests {
     }
 
     #[test]
+    fn replicas_of_the_gateway_are_every_one_an_upstream_unless_listed() {
+        let defaults = |n: &str| mfe_core::env::var(n).default.to_string();
+        let edge = EdgeSettings::from_lookup("http://127.0.0.1:3000", 3, defaults).unwrap();
+        assert_eq!(edge.gateways, ["127.0.0.1:3000", "127.0.0.1:3100", "127.0.0.1:3200"]);
+        let listed = EdgeSettings::from_lookup("http://127.0.0.1:3000", 3, |n| match n {
+            "GATEWAY_UPSTREAMS" => "10.0.0.7:3000".to_string(),
+            other => defaults(other),
+        })
+        .unwrap();
+        assert_eq!(listed.gateways, ["10.0.0.7:3000"], "an explicit list wins");
+    }
+
+    #[test]
     fn gateway_upstreams_list_every_gateway_with_the_failure_policy() {
-        let edge = EdgeSettings::from_lookup("http://127.0.0.1:3000", |n| match n {
+        let edge = EdgeSettings::from_lookup("http://127.0.0.1:3000", 1, |n| match n {
             "GATEWAY_UPSTREAMS" => "127.0.0.1:3000, http://10.0.0.7:3100,[::1]:3200".to_string(),
             other => mfe_core::env::var(other).default.to_string(),
         })
@@ -321,7 +338,7 @@ mod tests {
             servers,
             "    server 127.0.0.1:3000 max_fails=3 fail_timeout=10s;\n    server 10.0.0.7:3100 max_fails=3 fail_timeout=10s;\n    server [::1]:3200 max_fails=3 fail_timeout=10s;"
         );
-        let err = EdgeSettings::from_lookup("http://127.0.0.1:3000", |n| match n {
+        let err = EdgeSettings::from_lookup("http://127.0.0.1:3000", 1, |n| match n {
             "GATEWAY_UPSTREAMS" => "127.0.0.1:3000,not a host".to_string(),
             other => mfe_core::env::var(other).default.to_string(),
         })

@@ -74,12 +74,12 @@ pub async fn spawn_stack() -> Stack {
     cfg.host = "127.0.0.1".into();
     cfg.port = 0;
     for route in &mut cfg.routes {
-        route.upstream = match route.name.as_str() {
+        route.upstreams = vec![match route.name.as_str() {
             "auth" => format!("http://127.0.0.1:{auth_port}"),
             "payments" => format!("http://127.0.0.1:{payments_port}"),
             "profile" => format!("http://127.0.0.1:{profile_port}"),
             _ => "http://127.0.0.1:9".into(),
-        };
+        }];
     }
     // `mfe ws probe --connections N` holds N sockets of one user: no per-user cap here.
     cfg.front.ws_max_per_user = 0;
