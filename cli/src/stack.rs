@@ -500,7 +500,15 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
     let all = instances(ctx.config.app_replicas);
     let gateway_env = gateway_env(ctx.config.app_replicas)?;
     let mut children: Vec<Option<tokio::process::Child>> = Vec::new();
-    let mut backoff = vec![Duration::from_millis(500); all.len()];
+    // Per process: the next restart's delay (doubling from FIRST_BACKOFF up to MAX_BACKOFF, back
+    // to FIRST_BACKOFF after a run of STABLE_RUN), when it was started, and when a crashed one
+    // is due again — each process waits out its own backoff, never another's.
+    const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    const STABLE_RUN: Duration = Duration::from_secs(10);
+    let mut backoff = vec![FIRST_BACKOFF; all.len()];
+    let mut started = vec![Instant::now(); all.len()];
+    let mut due: Vec<Option<Instant>> = vec![None; all.len()];
     for instance in &all {
         children.push(Some(spawn_app(&dir, &args.bin_dir, instance, &gateway_env)?));
     }
@@ -508,24 +516,39 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         for (i, instance) in all.iter().enumerate() {
+            if let Some(at) = due[i] {
+                if Instant::now() >= at {
+                    due[i] = None;
+                    started[i] = Instant::now();
+                    children[i] = spawn_app(&dir, &args.bin_dir, instance, &gateway_env).ok();
+                }
+                continue;
+            }
             let name = instance.name();
             let exited = match children[i].as_mut() {
                 Some(child) => child.try_wait()?.map(|s| s.to_string()),
                 None => Some("not running".into()),
             };
             if let Some(status) = exited {
-                let line = format!("{} {name} exited ({status}); restarting", chrono::Utc::now().format("%H:%M:%S"));
+                children[i] = None;
+                if started[i].elapsed() >= STABLE_RUN {
+                    backoff[i] = FIRST_BACKOFF;
+                }
+                let line = format!(
+                    "{} {name} exited ({status}); restarting in {:.1} s",
+                    chrono::Utc::now().format("%H:%M:%S"),
+                    backoff[i].as_secs_f64()
+                );
                 eprintln!("supervisor: {line}");
                 let mut f =
                     fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.restarts")))?;
                 use std::io::Write;
                 writeln!(f, "{} at {}", status, chrono::Utc::now().format("%H:%M:%S"))?;
-                tokio::time::sleep(backoff[i]).await;
-                backoff[i] = (backoff[i] * 2).min(Duration::from_secs(30));
-                children[i] = spawn_app(&dir, &args.bin_dir, instance, &gateway_env).ok();
+                due[i] = Some(Instant::now() + backoff[i]);
+                backoff[i] = (backoff[i] * 2).min(MAX_BACKOFF);
             }
         }
     }
