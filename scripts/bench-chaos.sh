@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The full chaos schedule (issue 17; `make test` runs only `--quick`): `mfe up --ha` on ports of
-# its own (44xxx, state in /tmp), `mfe test chaos` with the full holds (20 s calm, 30 s down,
+# The full chaos schedule (issue 17; `make test` runs only `--quick`): `mfe up --ha --replicas 2`
+# on ports of its own (44xxx, state in /tmp), `mfe test chaos` with the full holds (20 s calm, 30 s down,
 # 40 s paused) at BENCH_CHAOS_RATE operations a second (default 10), its report printed, then
 # the stack stopped and removed. Exit 1 when the history checker found a violation.
 set -euo pipefail
@@ -26,6 +26,6 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
-echo "bench-chaos: mfe up --ha on 44xxx..." >&2
-"$MFE" up --ha --runtime native >/dev/null
+echo "bench-chaos: mfe up --ha --replicas 2 on 44xxx..." >&2
+"$MFE" up --ha --replicas 2 --runtime native >/dev/null
 "$MFE" test chaos --rate "${BENCH_CHAOS_RATE:-10}"

@@ -1,8 +1,9 @@
 //! `mfe test chaos --quick` on real processes: a whole stack of its own (`mfe up --ha`: five
 //! PostgreSQL servers, the three-node RabbitMQ cluster, Redis, nginx, the services and the
-//! gateway) on ports 42xxx, the workload through nginx while a broker node is killed and
-//! another paused and the payments database restarts; the history checker must find nothing
-//! lost, duplicated or out of order, and every fault must have had traffic to judge.
+//! gateway, two replicas of each: `--replicas 2`) on ports 42xxx, the workload through nginx
+//! while a broker node is killed and another paused, the payments database restarts, and a
+//! payments replica and a gateway with sockets on it are killed; the history checker must find
+//! nothing lost, duplicated or out of order, and every fault must have had traffic to judge.
 
 mod own_stack;
 
@@ -12,8 +13,8 @@ use serde_json::Value;
 #[test]
 fn the_quick_chaos_schedule_loses_duplicates_and_reorders_nothing() {
     let stack = OwnStack::new("chaostest", 42000);
-    let up = stack.mfe(&["up", "--ha", "--runtime", "native"]);
-    assert!(up.status.success(), "mfe up --ha failed:\n{}", text(&up));
+    let up = stack.mfe(&["up", "--ha", "--replicas", "2", "--runtime", "native"]);
+    assert!(up.status.success(), "mfe up --ha --replicas 2 failed:\n{}", text(&up));
 
     let run = stack.mfe(&["test", "chaos", "--quick", "--json"]);
     let report: Value = serde_json::from_slice(&run.stdout)
@@ -22,13 +23,22 @@ fn the_quick_chaos_schedule_loses_duplicates_and_reorders_nothing() {
     let check = |name: &str| {
         checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no check {name} in {report:#}"))
     };
+    for c in checks {
+        eprintln!("{}: {}", c["name"].as_str().unwrap_or("?"), c["detail"].as_str().unwrap_or(""));
+    }
     assert_eq!(report["passed"], true, "the suite found violations:\n{report:#}");
     assert!(run.status.success(), "exit status {:?} with a passing report", run.status);
 
     // Something to judge: traffic and events in every window that ran.
     let workload = check("workload");
     assert!(workload["metrics"]["events_committed"].as_u64().unwrap() > 100, "{workload:#}");
-    for fault in ["kill-broker-leader", "pause-broker-node", "restart-payments-db"] {
+    for fault in [
+        "kill-broker-leader",
+        "pause-broker-node",
+        "restart-payments-db",
+        "kill-payments-replica",
+        "kill-gateway-replica",
+    ] {
         assert!(!check(&format!("fault {fault}"))["detail"].as_str().unwrap().starts_with("not run"), "{fault} ran");
         let verdict = &check(&format!("history {fault}"))["metrics"];
         assert!(verdict["requests_total"].as_u64().unwrap() > 10, "{fault} had traffic: {verdict:#}");

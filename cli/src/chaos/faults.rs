@@ -3,8 +3,10 @@
 //!
 //! The faults act on real processes: `kill -9` of the Erlang VM of the broker node that leads
 //! the most quorum queues (and its return through the runtime's own start), SIGSTOP/SIGCONT of
-//! another node for longer than the AMQP heartbeat, and a restart of the payments database.
-//! A fault the machine cannot produce is reported as not run, with the reason.
+//! another node for longer than the AMQP heartbeat, a restart of the payments database, and —
+//! on a stack of several replicas (`mfe up --replicas 2`) — `kill -9` of one payments replica
+//! and of one gateway with its sockets connected (they reconnect through nginx to another).
+//! A fault the machine or the stack cannot produce is reported as not run, with the reason.
 
 use anyhow::{bail, Context as _};
 use std::time::Duration;
@@ -30,11 +32,21 @@ pub enum Fault {
     PartitionBroker,
     /// A fast restart of the payments database.
     RestartPaymentsDb,
+    /// `kill -9` of the first payments replica; the supervisor starts it again.
+    KillPaymentsReplica,
+    /// `kill -9` of the first gateway, with sockets connected to it.
+    KillGatewayReplica,
 }
 
 impl Fault {
-    pub const SCHEDULE: [Fault; 4] =
-        [Fault::KillBrokerLeader, Fault::PauseBrokerNode, Fault::PartitionBroker, Fault::RestartPaymentsDb];
+    pub const SCHEDULE: [Fault; 6] = [
+        Fault::KillBrokerLeader,
+        Fault::PauseBrokerNode,
+        Fault::PartitionBroker,
+        Fault::RestartPaymentsDb,
+        Fault::KillPaymentsReplica,
+        Fault::KillGatewayReplica,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +54,8 @@ impl Fault {
             Fault::PauseBrokerNode => "pause-broker-node",
             Fault::PartitionBroker => "partition-broker",
             Fault::RestartPaymentsDb => "restart-payments-db",
+            Fault::KillPaymentsReplica => "kill-payments-replica",
+            Fault::KillGatewayReplica => "kill-gateway-replica",
         }
     }
 }
@@ -118,6 +132,18 @@ impl Injector {
                 let done = self.restart_db(Component::PaymentsDb).await?;
                 (done, t0.elapsed() + Duration::from_secs(5))
             }
+            Fault::KillPaymentsReplica | Fault::KillGatewayReplica => {
+                if self.cfg.app_replicas < 2 {
+                    return Ok(Outcome::NotRun(format!(
+                        "the stack runs {} replica of each process: start it with `mfe up --ha --replicas 2`",
+                        self.cfg.app_replicas
+                    )));
+                }
+                let process = if fault == Fault::KillPaymentsReplica { "payments" } else { "gateway" };
+                // The requests on the killed process's connections at that instant; the rest
+                // go to the other replica.
+                (self.kill_replica(process).await?, Duration::from_secs(2))
+            }
         };
         let end = self.clock.now();
         let window = FaultWindow {
@@ -176,6 +202,40 @@ impl Injector {
         self.native.stop(&[c]).await?;
         self.native.start(&[c], true).await?;
         Ok(format!("{c} stopped and started again in {:.1} s", t.elapsed().as_secs_f64()))
+    }
+
+    /// `kill -9` of the first replica of `process`, then waits until the supervisor has started
+    /// it again, it answers `/health`, and one gateway health interval has put it back in the
+    /// rotation.
+    async fn kill_replica(&self, process: &str) -> anyhow::Result<String> {
+        let instance = crate::stack::instances(self.cfg.app_replicas)
+            .into_iter()
+            .find(|i| i.process.name == process && i.replica == 0)
+            .with_context(|| format!("no {process} process in the stack"))?;
+        let pid_file = self.cfg.state_dir.join(format!("stack/{}.pid", instance.name()));
+        let read_pid = || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+        let pid =
+            read_pid().with_context(|| format!("{} has no pid file at {}", instance.name(), pid_file.display()))?;
+        signal(pid, "KILL")?;
+        let t = std::time::Instant::now();
+        let url = format!("{}/health", instance.url()?);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        loop {
+            let restarted = read_pid().is_some_and(|p| p != pid);
+            if restarted && http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(90), "{} was not back within 90 s", instance.name());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let back = t.elapsed();
+        let interval = mfe_core::env::parse_env_ms("GATEWAY_HEALTH_INTERVAL_MS", Duration::from_secs(5))?;
+        tokio::time::sleep(interval + Duration::from_millis(500)).await;
+        Ok(format!(
+            "kill -9 of {} (pid {pid}) while its replica served; restarted by the supervisor and healthy after {:.1} s",
+            instance.name(),
+            back.as_secs_f64()
+        ))
     }
 }
 
