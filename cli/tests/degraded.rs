@@ -13,7 +13,7 @@
 
 mod own_stack;
 
-use own_stack::{text, OwnStack};
+use own_stack::{call, http_client as client, text, OwnStack};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -24,31 +24,6 @@ const NGINX: &str = "https://localhost:38443";
 const MANAGEMENT: &str = "http://127.0.0.1:38582/api";
 /// Short, so the gateway re-checks its upstreams often during the outages.
 const HEALTH_INTERVAL_MS: u64 = 1000;
-
-fn client() -> reqwest::Client {
-    // nginx serves the stack's self-signed certificate for `localhost`.
-    reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build().unwrap()
-}
-
-/// One JSON call: the status and the body (`null` when not JSON).
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = http.request(method, url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 async fn gateway_upstreams(http: &reqwest::Client) -> Value {
     call(http, reqwest::Method::GET, &format!("{GATEWAY}/health"), None, None).await.1["upstreams"].clone()

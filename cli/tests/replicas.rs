@@ -9,7 +9,7 @@
 
 mod own_stack;
 
-use own_stack::{text, OwnStack};
+use own_stack::{call, http_client as client, text, OwnStack};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -17,34 +17,6 @@ const BASE: u16 = 31000;
 const NGINX: &str = "https://localhost:31443";
 /// The second gateway (replica 2: the first's port + 100).
 const GATEWAY_2: &str = "http://127.0.0.1:31100";
-
-fn client() -> reqwest::Client {
-    // nginx serves the stack's self-signed certificate for `localhost`.
-    reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build().unwrap()
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = http.request(method, url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(Value::Null))
-        }
-        Err(e) => (0, json!(e.to_string())),
-    }
-}
 
 async fn create_payment(http: &reqwest::Client, base: &str, token: &str, n: usize) -> (u16, Value) {
     let body = json!({"amount": "12.50", "currency": "USD", "type": "instant", "description": format!("replica {n}")});

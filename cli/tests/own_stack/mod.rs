@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 pub struct OwnStack {
     pub base: u16,
@@ -100,4 +101,35 @@ impl Drop for OwnStack {
 /// stdout and stderr of a run, for failure messages.
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// An HTTP client for the stack's fronts: nginx serves the stack's self-signed certificate for
+/// `localhost`.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// One JSON call: the status and the body (`null` when not JSON); a transport failure is
+/// status 0 with its message as the body.
+pub async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+        }
+        Err(e) => (0, serde_json::Value::String(format!("{url}: {e}"))),
+    }
 }

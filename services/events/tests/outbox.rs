@@ -6,8 +6,7 @@ use common::*;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use mfe_events::outbox::{self, OutboxRelay};
-use mfe_events::{handler_fn, idempotency, types, Envelope, Subscription};
-use std::sync::{Arc, Mutex};
+use mfe_events::{idempotency, types, Envelope, Subscription};
 use std::time::Duration;
 
 #[tokio::test]
@@ -40,21 +39,7 @@ async fn the_relay_publishes_committed_outbox_rows_in_order_and_marks_them_sent(
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("payments", &["payments.#"]).isolated(&p);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let h = hub
-        .subscribe(
-            sub.clone(),
-            handler_fn(move |env: Envelope| {
-                let s = s.clone();
-                async move {
-                    s.lock().unwrap().push(env.id);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (seen, h) = record_ids(&hub, &sub).await;
 
     // One committed business transaction with 50 events, and one rolled back.
     let envs: Vec<Envelope> = (0..50)
@@ -93,21 +78,7 @@ async fn two_relays_on_one_outbox_publish_every_row_once() {
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("payments", &["payments.#"]).isolated(&p);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let h = hub
-        .subscribe(
-            sub.clone(),
-            handler_fn(move |env: Envelope| {
-                let s = s.clone();
-                async move {
-                    s.lock().unwrap().push(env.id);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (seen, h) = record_ids(&hub, &sub).await;
     // Small batches, no linger: the two relays' rounds interleave as much as they can.
     let cfg = outbox::RelayConfig { batch: 5, linger: Duration::ZERO, ..Default::default() };
     let a = OutboxRelay::spawn_with(db.pool.clone(), hub.clone(), cfg.clone());
@@ -178,21 +149,7 @@ async fn a_failed_publish_stops_the_relay_round_so_later_events_never_overtake_i
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("payments", &["payments.#"]).isolated(&p);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let h = hub
-        .subscribe(
-            sub.clone(),
-            handler_fn(move |env: Envelope| {
-                let s = s.clone();
-                async move {
-                    s.lock().unwrap().push(env.id);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (seen, h) = record_ids(&hub, &sub).await;
     // A queue that refuses every message bound to one event type: the broker nacks that
     // publish (and only that one) while the events around it are confirmed.
     let blocker = format!("{p}.blocker");

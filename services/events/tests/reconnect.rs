@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 use mfe_events::outbox::{self, OutboxRelay};
-use mfe_events::{handler_fn, types, Envelope, Subscription};
+use mfe_events::{types, Envelope, Subscription};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[tokio::test]
@@ -17,21 +16,7 @@ async fn after_a_broker_outage_the_hub_reconnects_resumes_its_consumer_and_the_o
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("profile", &[types::AUTH_USER_REGISTERED]).isolated(&p);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let h = hub
-        .subscribe(
-            sub.clone(),
-            handler_fn(move |env: Envelope| {
-                let s = s.clone();
-                async move {
-                    s.lock().unwrap().push(env.id);
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (seen, h) = record_ids(&hub, &sub).await;
     let relay = OutboxRelay::spawn(db.pool.clone(), hub.clone());
 
     let before = Envelope::new(types::AUTH_USER_REGISTERED, "auth-service", serde_json::json!({"n": "before"}));

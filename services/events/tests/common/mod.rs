@@ -5,10 +5,11 @@
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use mfe_events::topology::{base_plan, subscription_plan};
-use mfe_events::{Hub, HubConfig, Subscription};
+use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription, SubscriptionHandle};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A unique prefix so tests never share queues with each other or with live services.
@@ -117,4 +118,19 @@ pub async fn eventually<F: FnMut() -> bool>(max: Duration, mut f: F) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// Subscribes `sub` with a handler that records the id of every delivery, in order.
+pub async fn record_ids(hub: &Hub, sub: &Subscription) -> (Arc<Mutex<Vec<uuid::Uuid>>>, SubscriptionHandle) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = handler_fn(move |env: Envelope| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().push(env.id);
+            Ok(())
+        }
+    });
+    let handle = hub.subscribe(sub.clone(), handler).await.unwrap();
+    (seen, handle)
 }
