@@ -3,7 +3,7 @@
 //! event hub carrying on (publish and consume, nothing lost) after `kill -9` of the node it is
 //! connected to.
 //!
-//! Runs the built `mfe` binary on ports of its own (35572-35594), so it runs beside the shared
+//! Runs the built `mfe` binary on ports of its own (18572-18594), so it runs beside the shared
 //! test stack; only RabbitMQ is started.
 
 use mfe_events::{handler_fn, Envelope, Hub, HubConfig, QueueType, Subscription};
@@ -15,9 +15,9 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const AMQP: u16 = 35572;
-const MANAGEMENT: u16 = 35582;
-const DIST: u16 = 35592;
+const AMQP: u16 = 18572;
+const MANAGEMENT: u16 = 18582;
+const DIST: u16 = 18592;
 
 struct Stack {
     state_dir: PathBuf,
@@ -36,17 +36,17 @@ impl Stack {
             .args(args)
             .env("MFE_ROOT", concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .env("MFE_STATE_DIR", &self.state_dir)
-            .env("AUTH_DATABASE_URL", db(35532, "auth_db"))
-            .env("PAYMENTS_DATABASE_URL", db(35533, "payments_db"))
-            .env("ADMIN_DATABASE_URL", db(35534, "admin_db"))
-            .env("PROFILE_DATABASE_URL", db(35535, "profile_db"))
-            .env("LEGACY_DATABASE_URL", db(35536, "mfe_poc2"))
+            .env("AUTH_DATABASE_URL", db(18532, "auth_db"))
+            .env("PAYMENTS_DATABASE_URL", db(18533, "payments_db"))
+            .env("ADMIN_DATABASE_URL", db(18534, "admin_db"))
+            .env("PROFILE_DATABASE_URL", db(18535, "profile_db"))
+            .env("LEGACY_DATABASE_URL", db(18536, "mfe_poc2"))
             .env("RABBITMQ_URL", format!("amqp://admin:admin@127.0.0.1:{AMQP}/%2f"))
             .env("RABBITMQ_MANAGEMENT_PORT", MANAGEMENT.to_string())
             .env("RABBITMQ_DIST_PORT", DIST.to_string())
-            .env("REDIS_URL", "redis://127.0.0.1:35537")
-            .env("NGINX_HTTP_PORT", "35538")
-            .env("NGINX_HTTPS_PORT", "35539")
+            .env("REDIS_URL", "redis://127.0.0.1:18537")
+            .env("NGINX_HTTP_PORT", "18538")
+            .env("NGINX_HTTPS_PORT", "18539")
             .env("SSL_CERT_PATH", self.state_dir.join("no-cert/self-signed.crt"))
             .env("SSL_KEY_PATH", self.state_dir.join("no-cert/self-signed.key"))
             .env_remove("MFE_RUNTIME")
@@ -132,7 +132,7 @@ async fn queue_info(prefix: &str, dead: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_forms_reports_its_quorum_queues_and_the_hub_survives_kill_9_of_its_node() {
     for p in all_ports() {
-        assert!(port_is_free(p), "port {p} is taken: this test needs 35572-35594 free");
+        assert!(port_is_free(p), "port {p} is taken: this test needs 18572-18594 free");
     }
     let stack = Stack::new();
 
@@ -256,8 +256,23 @@ async fn a_three_node_cluster_forms_reports_its_quorum_queues_and_the_hub_surviv
     }
     let all_consumed = killed.elapsed();
 
-    // 3. Status names the missing node; the queues keep a leader and a majority.
-    let status = stack.status();
+    // 3. Status names the missing node; the queues keep a leader and a majority. A queue the
+    // workload left idle (the dead-letter queue) elects its new leader a Raft election timeout
+    // after the loss, so the status is read until every queue has one (bounded).
+    let queues_led = |status: &Value| {
+        status["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"].as_str().unwrap().starts_with("queue:"))
+            .all(|c| c["passed"] == true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = stack.status();
+    while !queues_led(&status) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        status = stack.status();
+    }
     let summary = check(&status, "rabbitmq");
     assert_eq!(summary["passed"], false, "{summary}");
     let expected = format!("cluster: degraded (2/3 running; {victim} down)");
