@@ -1,6 +1,6 @@
 //! `mfe test chaos --quick` on real processes: a whole stack of its own (`mfe up --ha`: five
 //! PostgreSQL servers, the three-node RabbitMQ cluster, Redis, nginx, the services and the
-//! gateway, two replicas of each: `--replicas 2`) on ports 42xxx, the workload through nginx
+//! gateway, two replicas of each: `--replicas 2`) on ports 27xxx, the workload through nginx
 //! while a broker node is killed and another paused, the payments database restarts, and a
 //! payments replica and a gateway with sockets on it are killed; the history checker must find
 //! nothing lost, duplicated or out of order, and every fault must have had traffic to judge.
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 #[test]
 fn the_quick_chaos_schedule_loses_duplicates_and_reorders_nothing() {
-    let stack = OwnStack::new("chaostest", 42000);
+    let stack = OwnStack::new("chaostest", 27000);
     let up = stack.mfe(&["up", "--ha", "--replicas", "2", "--runtime", "native"]);
     assert!(up.status.success(), "mfe up --ha --replicas 2 failed:\n{}", text(&up));
 

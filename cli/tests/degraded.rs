@@ -1,5 +1,5 @@
 //! The degradation policy on real processes (issue #23's acceptance): a stack of its own
-//! (`mfe up`, one broker node) on ports 38xxx, then
+//! (`mfe up`, one broker node) on ports 17xxx, then
 //! - right after `mfe up`, the front door routes to every service: a sign-up through nginx is
 //!   201, not 503 "marked down by health checks";
 //! - with RabbitMQ stopped, 100 of 100 payment creates through the gateway and one through
@@ -18,10 +18,10 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
-const GATEWAY: &str = "http://127.0.0.1:38000";
-const PAYMENTS: &str = "http://127.0.0.1:38002";
-const NGINX: &str = "https://localhost:38443";
-const MANAGEMENT: &str = "http://127.0.0.1:38582/api";
+const GATEWAY: &str = "http://127.0.0.1:17000";
+const PAYMENTS: &str = "http://127.0.0.1:17002";
+const NGINX: &str = "https://localhost:17443";
+const MANAGEMENT: &str = "http://127.0.0.1:17582/api";
 /// Short, so the gateway re-checks its upstreams often during the outages.
 const HEALTH_INTERVAL_MS: u64 = 1000;
 
@@ -63,7 +63,7 @@ async fn assert_gateway_keeps_every_service(http: &reqwest::Client, during: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_or_redis_outage_degrades_the_stack_without_refusing_requests() {
     let stack =
-        OwnStack::new("degradedtest", 38000).with("GATEWAY_HEALTH_INTERVAL_MS", &HEALTH_INTERVAL_MS.to_string());
+        OwnStack::new("degradedtest", 17000).with("GATEWAY_HEALTH_INTERVAL_MS", &HEALTH_INTERVAL_MS.to_string());
     let up = stack.mfe(&["up", "--runtime", "native"]);
     assert!(up.status.success(), "mfe up failed:\n{}", text(&up));
     let http = client();
@@ -83,8 +83,8 @@ async fn a_broker_or_redis_outage_degrades_the_stack_without_refusing_requests()
     assert_eq!(status, 201, "sign-up through nginx right after mfe up: {body}");
     let token = body["accessToken"].as_str().expect("an access token").to_string();
 
-    let payments_db = PgPool::connect("postgres://postgres:postgres@127.0.0.1:38433/payments_db").await.unwrap();
-    let admin_db = PgPool::connect("postgres://postgres:postgres@127.0.0.1:38434/admin_db").await.unwrap();
+    let payments_db = PgPool::connect("postgres://postgres:postgres@127.0.0.1:17433/payments_db").await.unwrap();
+    let admin_db = PgPool::connect("postgres://postgres:postgres@127.0.0.1:17434/admin_db").await.unwrap();
 
     // The retired queues: the policy is there, the queues are not.
     let mgmt = |path: &str| {

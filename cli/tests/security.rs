@@ -1,4 +1,4 @@
-//! `mfe test security` on a stack of its own (ports 46xxx, `mfe up`): every attack of the suite
+//! `mfe test security` on a stack of its own (ports 21xxx, `mfe up`): every attack of the suite
 //! gets the answer it must get. The suite is the test: a check that fails names the attack and
 //! what came back.
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 #[test]
 fn every_attack_of_the_security_suite_is_refused() {
-    let stack = OwnStack::new("security-test", 46000);
+    let stack = OwnStack::new("security-test", 21000);
     let up = stack.mfe(&["up", "--runtime", "native"]);
     assert!(up.status.success(), "mfe up failed:\n{}", text(&up));
 
