@@ -47,6 +47,8 @@ pub struct EdgeSettings {
     /// Serialised origins (`https://app.example.com`, `http://localhost:4201`), as browsers send
     /// them in `Origin`.
     pub cors_allowed_origins: Vec<String>,
+    /// The api zone's rate per client address (NGINX_API_RATE: `100r/m`, `50r/s`).
+    pub api_rate: String,
 }
 
 impl EdgeSettings {
@@ -79,6 +81,7 @@ impl EdgeSettings {
             payments_mfe: mfe("PAYMENTS_MFE_URL")?,
             admin_mfe: mfe("ADMIN_MFE_URL")?,
             cors_allowed_origins: parse_origins(&get("CORS_ALLOWED_ORIGINS"))?,
+            api_rate: parse_rate("NGINX_API_RATE", &get("NGINX_API_RATE"))?,
         })
     }
 
@@ -100,6 +103,7 @@ impl EdgeSettings {
             ("MFE_PAYMENTS_MFE_UPSTREAM", rewrite(&self.payments_mfe)),
             ("MFE_ADMIN_MFE_UPSTREAM", rewrite(&self.admin_mfe)),
             ("MFE_CORS_ORIGIN_MAP", origins),
+            ("MFE_API_RATE", self.api_rate.clone()),
         ])
     }
 }
@@ -115,6 +119,16 @@ fn host_port(var: &str, value: &str) -> anyhow::Result<String> {
     let port = url.port_or_known_default().with_context(|| format!("{var}: `{value}` names no port"))?;
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
     Ok(format!("{host}:{port}"))
+}
+
+/// A `limit_req_zone` rate as nginx takes it: a positive count per second or minute (`100r/m`).
+fn parse_rate(var: &str, value: &str) -> anyhow::Result<String> {
+    let value = value.trim();
+    let count = value.strip_suffix("r/m").or_else(|| value.strip_suffix("r/s"));
+    match count.and_then(|n| n.parse::<u64>().ok()) {
+        Some(n) if n > 0 => Ok(value.to_string()),
+        _ => bail!("{var}: `{value}` is not a rate — write requests per second or minute, e.g. 100r/m or 50r/s"),
+    }
 }
 
 /// CORS_ALLOWED_ORIGINS: comma-separated origins, `none` for none. Each is normalised as a
@@ -311,6 +325,17 @@ mod tests {
             ["127.0.0.1:4200", "127.0.0.1:4201", "127.0.0.1:4202", "127.0.0.1:4203"]
         );
         assert_eq!(edge.cors_allowed_origins.len(), 4);
+    }
+
+    #[test]
+    fn the_api_rate_is_an_nginx_rate_or_one_line_naming_the_variable() {
+        assert_eq!(parse_rate("NGINX_API_RATE", "100r/m").unwrap(), "100r/m");
+        assert_eq!(parse_rate("NGINX_API_RATE", " 50r/s ").unwrap(), "50r/s");
+        for bad in ["100", "0r/s", "fast", "10r/h"] {
+            let err = parse_rate("NGINX_API_RATE", bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("NGINX_API_RATE: `{}` is not a rate", bad.trim())), "{err}");
+        }
+        assert_eq!(defaults().vars(str::to_string)["MFE_API_RATE"], "100r/m");
     }
 
     #[test]

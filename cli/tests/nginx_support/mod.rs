@@ -42,6 +42,7 @@ pub fn edge_settings(gateway_port: u16) -> mfe::infra::nginx::EdgeSettings {
         admin_mfe: closed(),
         cors_allowed_origins: mfe::infra::nginx::parse_origins(mfe_core::env::var("CORS_ALLOWED_ORIGINS").default)
             .unwrap(),
+        api_rate: mfe_core::env::var("NGINX_API_RATE").default.to_string(),
     }
 }
 

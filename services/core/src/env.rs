@@ -75,6 +75,7 @@ pub const VARS: &[Var] = &[
     platform("SSL_CERT_PATH", "nginx/ssl/self-signed.crt", "TLS certificate served by nginx"),
     platform("SSL_KEY_PATH", "nginx/ssl/self-signed.key", "TLS private key served by nginx (mode 0600)"),
     platform("NGINX_HOST", "localhost", "host name nginx answers to"),
+    platform("NGINX_API_RATE", "100r/m", "requests per client address nginx passes to /api/ (its limit_req rate, burst 20): NNNr/m or NNNr/s"),
     platform("NGINX_HTTP_PORT", "80", "nginx plain HTTP port (redirects to HTTPS)"),
     platform("NGINX_HTTPS_PORT", "443", "nginx HTTPS port"),
     platform("GATEWAY_UPSTREAMS", "", "gateway instances nginx balances (least_conn), comma-separated host:port; empty: the one of GATEWAY_URL"),
