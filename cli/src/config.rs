@@ -275,9 +275,14 @@ pub fn replica_url(var: &str, url: &str, k: usize) -> anyhow::Result<String> {
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
+/// Where `mfe up` records the stack's replicas ([`Config::app_replicas`]).
+pub fn replicas_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("stack/replicas")
+}
+
 /// The replicas recorded by the last `mfe up` under `state_dir`, 1 when none is.
 fn recorded_replicas(state_dir: &Path) -> usize {
-    std::fs::read_to_string(state_dir.join("stack/replicas"))
+    std::fs::read_to_string(replicas_file(state_dir))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|n| (1..=MAX_REPLICAS).contains(n))

@@ -39,8 +39,11 @@ pub const APP_PROCESSES: [AppProcess; 5] = [
     AppProcess::service(Service::Profile),
     AppProcess::service(Service::Payments),
     AppProcess::service(Service::Admin),
-    AppProcess { name: "gateway", binary: "mfe-gateway", url_var: "GATEWAY_URL" },
+    GATEWAY,
 ];
+
+/// The gateway: started last, it fronts the services.
+pub const GATEWAY: AppProcess = AppProcess { name: "gateway", binary: "mfe-gateway", url_var: "GATEWAY_URL" };
 
 /// One running copy of an [`AppProcess`]: replica `replica` (0 the first) of the stack's N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +92,7 @@ pub fn gateway_env(replicas: usize) -> anyhow::Result<Vec<(&'static str, String)
     }
     APP_PROCESSES
         .iter()
-        .filter(|p| p.name != "gateway")
+        .filter(|p| !p.is_gateway())
         .map(|&process| {
             let urls =
                 (0..replicas).map(|replica| Instance { process, replica }.url()).collect::<anyhow::Result<Vec<_>>>()?;
@@ -109,9 +112,14 @@ impl AppProcess {
         mfe_core::env::get(self.url_var).trim_end_matches('/').to_string()
     }
 
+    /// The port of its first replica.
     pub fn port(&self) -> anyhow::Result<u16> {
-        let url = url::Url::parse(&self.url()).with_context(|| format!("{} is not a valid URL", self.url_var))?;
-        url.port_or_known_default().with_context(|| format!("{} has no port", self.url_var))
+        Instance { process: *self, replica: 0 }.port()
+    }
+
+    /// Whether this is the gateway (the process that fronts the services).
+    pub fn is_gateway(&self) -> bool {
+        self.binary == GATEWAY.binary
     }
 }
 
@@ -162,9 +170,17 @@ fn supervisor_pid_file(ctx: &Ctx) -> PathBuf {
     stack_dir(ctx).join("supervisor.pid")
 }
 
-/// Where `mfe up` records the stack's replicas ([`crate::config::Config::app_replicas`]).
 fn replicas_file(ctx: &Ctx) -> PathBuf {
-    stack_dir(ctx).join("replicas")
+    crate::config::replicas_file(&ctx.config.state_dir)
+}
+
+/// The pid file the supervisor keeps for the process `name` (an [`Instance::name`]).
+pub fn pid_file(state_dir: &Path, name: &str) -> PathBuf {
+    pid_file_in(&state_dir.join("stack"), name)
+}
+
+fn pid_file_in(stack_dir: &Path, name: &str) -> PathBuf {
+    stack_dir.join(format!("{name}.pid"))
 }
 
 fn default_bin_dir() -> anyhow::Result<PathBuf> {
@@ -282,7 +298,7 @@ async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
 async fn app_check(ctx: &Ctx, instance: Instance) -> Check {
     let dir = stack_dir(ctx);
     let name = instance.name();
-    let pid = read_pid(&dir.join(format!("{name}.pid")));
+    let pid = read_pid(&pid_file(&ctx.config.state_dir, &name));
     let restarts = fs::read_to_string(dir.join(format!("{name}.restarts"))).unwrap_or_default();
     let n_restarts = restarts.lines().count();
     let url = match instance.url() {
@@ -393,7 +409,7 @@ pub async fn wait_gateway_routes(gateway: &str, timeout: Duration) -> Result<Dur
 async fn wait_front_door_routes(replicas: usize) -> anyhow::Result<()> {
     let interval = mfe_core::env::parse_env_ms("GATEWAY_HEALTH_INTERVAL_MS", Duration::from_secs(5))?;
     let timeout = (interval * 3).max(Duration::from_secs(30));
-    for gateway in instances(replicas).into_iter().filter(|i| i.process.name == "gateway") {
+    for gateway in instances(replicas).into_iter().filter(|i| i.process.is_gateway()) {
         let (name, url) = (gateway.name(), gateway.url()?);
         match wait_gateway_routes(&url, timeout).await {
             Ok(waited) => {
@@ -563,7 +579,7 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
                 let _ = child.kill().await;
             }
         }
-        let _ = fs::remove_file(dir.join(format!("{}.pid", instance.name())));
+        let _ = fs::remove_file(pid_file_in(&dir, &instance.name()));
         eprintln!("supervisor: {} stopped", instance.name());
     }
     let _ = fs::remove_file(supervisor_pid_file(ctx));
@@ -579,7 +595,7 @@ fn spawn_app(
 ) -> anyhow::Result<tokio::process::Child> {
     let (name, p) = (instance.name(), instance.process);
     let log = fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
-    let extra = if p.name == "gateway" { gateway_env } else { &[] };
+    let extra = if p.is_gateway() { gateway_env } else { &[] };
     let child = tokio::process::Command::new(bin_dir.join(p.binary))
         .env("PORT", instance.port()?.to_string())
         .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
@@ -590,7 +606,7 @@ fn spawn_app(
         .spawn()
         .with_context(|| format!("cannot start {}", p.binary))?;
     if let Some(pid) = child.id() {
-        fs::write(dir.join(format!("{name}.pid")), format!("{pid}\n"))?;
+        fs::write(pid_file_in(dir, &name), format!("{pid}\n"))?;
     }
     Ok(child)
 }

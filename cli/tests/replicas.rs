@@ -28,7 +28,7 @@ fn payment_id(body: &Value) -> Option<String> {
 }
 
 fn pid_of(stack: &OwnStack, name: &str) -> i32 {
-    let path = stack.state_dir.join(format!("stack/{name}.pid"));
+    let path = mfe::stack::pid_file(&stack.state_dir, name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().parse().unwrap()
 }
 

@@ -212,7 +212,7 @@ impl Injector {
             .into_iter()
             .find(|i| i.process.name == process && i.replica == 0)
             .with_context(|| format!("no {process} process in the stack"))?;
-        let pid_file = self.cfg.state_dir.join(format!("stack/{}.pid", instance.name()));
+        let pid_file = crate::stack::pid_file(&self.cfg.state_dir, &instance.name());
         let read_pid = || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
         let pid =
             read_pid().with_context(|| format!("{} has no pid file at {}", instance.name(), pid_file.display()))?;
