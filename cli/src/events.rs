@@ -9,6 +9,9 @@
 //!   than one named event needs `--yes`.
 //! - `mfe events dlq purge [--consumer C] [--type T] [--id ID] --yes`: deletes for good.
 //! - `mfe events tail [--type PATTERN].. [--count N] [--timeout S] [--json]`.
+//! - `mfe events upgrade-queues [--json]`: each service queue an older version declared with
+//!   other arguments is recreated as this one declares it, messages kept
+//!   (`mfe_events::upgrade`); `mfe up` runs it before it starts the services.
 //!
 //! The AMQP work is `mfe_events::dlq` and `mfe_events::tail` (named operations on the hub; only
 //! `mfe-events` speaks AMQP); this module parses, confirms and prints. `--prefix` points every
@@ -20,7 +23,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
-use mfe_events::{DeadLetter, DeadLetterFilter, Hub, HubConfig};
+use mfe_events::{DeadLetter, DeadLetterFilter, Hub, HubConfig, QueueUpgrade};
 
 use crate::report::{Check, Report};
 use crate::Ctx;
@@ -42,6 +45,10 @@ pub enum EventsCommand {
     /// A live view of the events as they pass (a temporary queue of its own), until Ctrl-C,
     /// `--count` or `--timeout`.
     Tail(TailArgs),
+    /// Recreate each service queue an older version declared with other arguments (before the
+    /// single active consumer), every message kept; its consumers must be stopped. `mfe up`
+    /// runs it before starting the services.
+    UpgradeQueues,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,9 +152,40 @@ pub async fn run(ctx: &Ctx, args: EventsArgs) -> anyhow::Result<()> {
             DlqCommand::Purge(a) => purge(ctx, &hub, a).await,
         },
         EventsCommand::Tail(a) => tail(ctx, &hub, a).await,
+        EventsCommand::UpgradeQueues => upgrade_queues(&hub, args.prefix.as_deref()).await?.emit(ctx.json),
     };
     hub.close().await;
     result
+}
+
+/// Brings every service queue (under `prefix`, when given) to the arguments this version
+/// declares ([`Hub::upgrade_queue`]): one check per queue, failed when its upgrade could not run.
+pub async fn upgrade_queues(hub: &Hub, prefix: Option<&str>) -> anyhow::Result<Report> {
+    let mut report = Report::new("events upgrade-queues");
+    for sub in mfe_events::topology::service_queues() {
+        let sub = match prefix.filter(|p| !p.is_empty()) {
+            Some(p) => sub.isolated(p),
+            None => sub,
+        };
+        let check = match hub.upgrade_queue(&sub).await {
+            Ok(outcome) => {
+                let detail = match outcome {
+                    QueueUpgrade::Current { moved: 0 } => "current".to_string(),
+                    QueueUpgrade::Current { moved } => {
+                        format!("current; an unfinished upgrade finished, {moved} message(s) moved back")
+                    }
+                    QueueUpgrade::Created { .. } => "created".to_string(),
+                    QueueUpgrade::Recreated { moved } => {
+                        format!("recreated with a single active consumer, {moved} message(s) kept")
+                    }
+                };
+                Check::new(&sub.queue, true, detail).metric("moved", outcome.moved())
+            }
+            Err(e) => Check::new(&sub.queue, false, e.to_string()),
+        };
+        report.push(check);
+    }
+    Ok(report)
 }
 
 fn filter(select: &Selection, id: Option<&str>) -> DeadLetterFilter {

@@ -33,6 +33,10 @@ pub enum HubError {
     },
     #[error("rabbitmq: {queue} is being read by another consumer (another `mfe events dlq` run?) — wait for it to finish and try again")]
     InUse { queue: String },
+    #[error("rabbitmq: queue {queue} has {consumers} consumer(s) — stop the service that reads it (`mfe down`), then upgrade it (`mfe up` or `mfe events upgrade-queues`)")]
+    QueueInUse { queue: String, consumers: u32 },
+    #[error("rabbitmq: the upgrade of queue {queue} stopped: {reason} — no message is lost; run it again to finish")]
+    UpgradeStopped { queue: String, reason: String },
     #[error("refusing to delete the topology of exchange {exchange:?}: it is not an isolated (test) topology")]
     NotIsolated { exchange: String },
     #[error("the hub is closed")]

@@ -19,6 +19,7 @@
 //!   plan, get one [`Message`]); no other crate handles AMQP types.
 //! - [`idempotency`]: once-per-consumer processing of an event id.
 //! - [`trace`]: W3C trace context carried from the emitting request to the consumer.
+//! - [`upgrade`]: recreating a service queue whose arguments changed, messages kept.
 //!
 //! The tables (`event_outbox`, `processed_events`) are in `migrations/_shared/event_hub.up.sql`,
 //! which each service's migrations include.
@@ -36,6 +37,7 @@ pub mod service_link;
 pub mod tail;
 pub mod topology;
 pub mod trace;
+pub mod upgrade;
 
 pub use config::{HubConfig, QueueType};
 pub use dlq::{DeadLetter, DeadLetterFilter, DeadLetterList, PurgeReport, ReplayReport};
@@ -47,6 +49,7 @@ pub use ops::Message;
 pub use outbox::{OutboxRelay, RelayHandle};
 pub use tail::{Tail, TailedEvent};
 pub use topology::Subscription;
+pub use upgrade::QueueUpgrade;
 
 /// The DDL of the event hub tables, for tests and tools that create scratch databases.
 pub const EVENT_HUB_DDL: &str = include_str!("../../../migrations/_shared/event_hub.up.sql");

