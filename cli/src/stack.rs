@@ -240,9 +240,9 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     let split = crate::config::DbService::SPLIT;
     crate::db::migrate_all(&ctx.config, &split).await?;
     // On the HA broker the services get every node as a failover candidate and quorum queues.
-    let broker_env = rt.broker_env()?;
-    upgrade_event_queues(&broker_env).await?;
-    start_supervisor(ctx, &bin_dir, &broker_env)?;
+    upgrade_event_queues(rt.broker_hub_config(mfe_events::HubConfig::from_env()?.with_connection_name("mfe up"))?)
+        .await?;
+    start_supervisor(ctx, &bin_dir, &rt.broker_env()?)?;
     wait_apps_healthy(replicas, Duration::from_secs(90)).await?;
     wait_front_door_routes(replicas).await?;
     if args.observability.observability {
@@ -263,17 +263,7 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
 /// (`mfe events upgrade-queues`), before the services read them — as the schemas are migrated
 /// before they start. A queue that cannot be upgraded now (its consumers already run) is said
 /// in one line and left as it is: the services consume it as it is.
-async fn upgrade_event_queues(broker_env: &[(&'static str, String)]) -> anyhow::Result<()> {
-    let mut cfg = mfe_events::HubConfig::from_env()?.with_connection_name("mfe up");
-    for (key, value) in broker_env {
-        match *key {
-            "RABBITMQ_URL" => cfg.urls = mfe_events::config::parse_urls(value),
-            "RABBITMQ_QUEUE_TYPE" => {
-                cfg.queue_type = value.parse().map_err(|_| anyhow::anyhow!("RABBITMQ_QUEUE_TYPE {value:?}"))?
-            }
-            _ => {}
-        }
-    }
+async fn upgrade_event_queues(cfg: mfe_events::HubConfig) -> anyhow::Result<()> {
     let hub = mfe_events::Hub::connect(cfg).await?;
     let report = crate::events::upgrade_queues(&hub, None).await;
     hub.close().await;

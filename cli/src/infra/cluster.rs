@@ -128,13 +128,16 @@ impl HaTopology {
         self.nodes.iter().map(|n| n.name.clone()).collect()
     }
 
-    /// What a service needs to use the cluster: every node as a failover candidate, and the
+    /// `base` as a client of the cluster needs it: every node as a failover candidate, and the
     /// queue type the cluster's queues were declared with.
+    pub fn hub_config(&self, base: HubConfig) -> HubConfig {
+        HubConfig { urls: self.nodes.iter().map(|n| n.url.clone()).collect(), queue_type: QueueType::Quorum, ..base }
+    }
+
+    /// The same as the variables a service reads ([`HubConfig::from_env`]).
     pub fn service_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("RABBITMQ_URL", self.nodes.iter().map(|n| n.url.as_str()).collect::<Vec<_>>().join(",")),
-            ("RABBITMQ_QUEUE_TYPE", QueueType::Quorum.as_str().to_string()),
-        ]
+        let cfg = self.hub_config(HubConfig::default());
+        vec![("RABBITMQ_URL", cfg.urls.join(",")), ("RABBITMQ_QUEUE_TYPE", cfg.queue_type.as_str().to_string())]
     }
 }
 

@@ -230,6 +230,19 @@ impl Runtime {
             Runtime::Docker(_) => Ok(Vec::new()),
         }
     }
+
+    /// `base` pointed at the stack's broker as `mfe` itself uses it: unchanged on one node, the
+    /// cluster's nodes and quorum queues on the HA broker (what [`Runtime::broker_env`] gives
+    /// the services).
+    pub fn broker_hub_config(&self, base: mfe_events::HubConfig) -> anyhow::Result<mfe_events::HubConfig> {
+        match self {
+            Runtime::Native(n) => Ok(match n.ha_topology()? {
+                Some(t) => t.hub_config(base),
+                None => base,
+            }),
+            Runtime::Docker(_) => Ok(base),
+        }
+    }
 }
 
 /// `--ha` on the docker runtime: not driven by mfe yet; one line saying what works instead.

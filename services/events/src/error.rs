@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+
 /// What went wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -48,6 +50,17 @@ impl HubError {
         let what = what.into();
         move |source| HubError::Amqp { what, source }
     }
+}
+
+/// Whether the broker refused a declaration because the queue exists with other arguments
+/// (or other flags): AMQP 406 PRECONDITION_FAILED.
+pub(crate) fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e, lapin::Error::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
+/// Whether the broker answered that a queue (or exchange) does not exist: AMQP 404 NOT_FOUND.
+pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e, lapin::Error::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
 /// A handler's failure: retried with backoff, or (`fatal`) dead-lettered at once.

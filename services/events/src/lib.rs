@@ -45,7 +45,7 @@ pub use envelope::{types, Envelope};
 pub use error::{HandlerError, HubError};
 pub use handler::{handler_fn, Handler};
 pub use hub::{Hub, SubscriptionHandle};
-pub use ops::Message;
+pub use ops::{Message, QueueCounts};
 pub use outbox::{OutboxRelay, RelayHandle};
 pub use tail::{Tail, TailedEvent};
 pub use topology::Subscription;

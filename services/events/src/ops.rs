@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::dlq::amqp_to_json;
 use crate::envelope::Envelope;
-use crate::error::HubError;
+use crate::error::{is_not_found, HubError};
 use crate::hub::Hub;
 use crate::topology::{self, Plan};
 
@@ -43,6 +43,14 @@ impl Message {
     pub fn header_i64(&self, name: &str) -> Option<i64> {
         self.headers.get(name)?.as_i64()
     }
+}
+
+/// What a passive declare tells of a queue ([`Hub::queue_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready for delivery (not those delivered and unacked).
+    pub messages: u32,
+    pub consumers: u32,
 }
 
 /// The headers of AMQP properties as JSON values.
@@ -84,14 +92,24 @@ impl Hub {
         Ok(exists)
     }
 
-    /// Whether queue `queue` exists (a passive declare; a missing queue closes only the
-    /// throw-away channel it was asked on).
+    /// Whether queue `queue` exists.
     pub async fn queue_exists(&self, queue: &str) -> Result<bool, HubError> {
+        Ok(self.queue_counts(queue).await?.is_some())
+    }
+
+    /// The messages ready in `queue` and its consumers, `None` when it does not exist (a passive
+    /// declare on a throw-away channel, which the broker closes for a missing queue).
+    pub async fn queue_counts(&self, queue: &str) -> Result<Option<QueueCounts>, HubError> {
         let ch = self.channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let exists = ch.queue_declare(queue, passive, FieldTable::default()).await.is_ok();
-        let _ = ch.close(200, "checked").await;
-        Ok(exists)
+        match ch.queue_declare(queue, passive, FieldTable::default()).await {
+            Ok(q) => {
+                let _ = ch.close(200, "counted").await;
+                Ok(Some(QueueCounts { messages: q.message_count(), consumers: q.consumer_count() }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(HubError::Amqp { what: format!("looking up queue {queue:?}"), source: e }),
+        }
     }
 
     /// Declares every exchange, queue and binding of `plan` (idempotent).

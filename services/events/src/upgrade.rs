@@ -27,11 +27,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeleteOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use serde_json::json;
 
-use crate::error::HubError;
+use crate::config::HubConfig;
+use crate::error::{is_precondition_failed, HubError};
 use crate::hub::Hub;
 use crate::topology::{self, Plan, QueueDecl, Subscription};
 
@@ -66,22 +66,22 @@ pub fn holding_queue_name(queue: &str) -> String {
     format!("{queue}.upgrade")
 }
 
-/// Whether the broker refused a declaration because the queue exists with other arguments
-/// (or other flags): AMQP 406 PRECONDITION_FAILED.
-pub fn is_precondition_failed(e: &lapin::Error) -> bool {
-    matches!(e, lapin::Error::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
-}
-
-/// Whether the broker answered that the queue does not exist: AMQP 404 NOT_FOUND.
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e, lapin::Error::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
-}
-
-/// Messages and consumers of a queue.
-#[derive(Debug, Clone, Copy)]
-struct Counts {
-    messages: u32,
-    consumers: u32,
+/// The holding queue of an upgrade of `sub`'s queue (step 1): durable, of the broker's queue
+/// type, bound with the subscription's keys.
+pub fn holding_plan(cfg: &HubConfig, sub: &Subscription) -> Plan {
+    let hold = holding_queue_name(&sub.queue);
+    let plan = topology::subscription_plan(cfg, sub);
+    Plan {
+        exchanges: Vec::new(),
+        queues: vec![QueueDecl {
+            name: hold.clone(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: BTreeMap::from([("x-queue-type".to_string(), json!(cfg.queue_type.as_str()))]),
+        }],
+        bindings: plan.bindings.into_iter().map(|b| topology::BindingDecl { destination: hold.clone(), ..b }).collect(),
+    }
 }
 
 impl Hub {
@@ -90,8 +90,8 @@ impl Hub {
     pub async fn upgrade_queue(&self, sub: &Subscription) -> Result<QueueUpgrade, HubError> {
         let plan = topology::subscription_plan(self.config(), sub);
         let hold = holding_queue_name(&sub.queue);
-        let unfinished = self.counts(&hold).await?.is_some();
-        let outcome = match self.counts(&sub.queue).await? {
+        let unfinished = self.queue_counts(&hold).await?.is_some();
+        let outcome = match self.queue_counts(&sub.queue).await? {
             None => {
                 self.declare(&plan).await?;
                 QueueUpgrade::Created { moved: 0 }
@@ -126,35 +126,19 @@ impl Hub {
     /// Steps 1–4 of the module docs; returns the messages kept.
     async fn recreate(&self, sub: &Subscription, plan: &Plan, hold: &str) -> Result<u64, HubError> {
         let queue = &sub.queue;
-        let counts = self.counts(queue).await?.unwrap_or(Counts { messages: 0, consumers: 0 });
+        let counts = self.queue_counts(queue).await?.unwrap_or_default();
         if counts.consumers > 0 {
             return Err(HubError::QueueInUse { queue: queue.clone(), consumers: counts.consumers });
         }
         // 1. Every new event reaches the holding queue.
-        let cfg = self.config();
-        let holding = Plan {
-            exchanges: Vec::new(),
-            queues: vec![QueueDecl {
-                name: hold.to_string(),
-                durable: true,
-                exclusive: false,
-                auto_delete: false,
-                arguments: BTreeMap::from([("x-queue-type".to_string(), json!(cfg.queue_type.as_str()))]),
-            }],
-            bindings: plan
-                .bindings
-                .iter()
-                .map(|b| topology::BindingDecl { destination: hold.into(), ..b.clone() })
-                .collect(),
-        };
-        self.declare(&holding).await?;
+        self.declare(&holding_plan(self.config(), sub)).await?;
         // 2. The old queue takes no more; its retry queues empty into it; it empties into the
         // holding queue.
         self.unbind(queue, plan).await?;
         for retry in &plan.queues[1..] {
             self.wait_empty(&retry.name, queue).await?;
         }
-        let moved = self.move_messages(queue, hold).await?;
+        self.move_messages(queue, hold).await?;
         // 3. Deleted and declared again as the code declares it.
         let ch = self.channel().await?;
         ch.queue_delete(queue, QueueDeleteOptions { if_unused: true, if_empty: true, nowait: false }).await.map_err(
@@ -166,8 +150,7 @@ impl Hub {
         let _ = ch.close(200, "deleted").await;
         self.declare(plan).await?;
         // 4. The holding queue's messages (those moved and those published meanwhile) come back.
-        let back = self.drain_holding_queue(sub, hold).await?;
-        Ok(back.max(moved))
+        self.drain_holding_queue(sub, hold).await
     }
 
     /// Unbinds the holding queue, moves its messages into `sub`'s queue and deletes it.
@@ -204,7 +187,7 @@ impl Hub {
         let longest = self.config().retry_delays.iter().max().copied().unwrap_or_default();
         let deadline = Instant::now() + longest + Duration::from_secs(10);
         loop {
-            match self.counts(retry).await? {
+            match self.queue_counts(retry).await? {
                 None => return Ok(()),
                 Some(c) if c.messages == 0 => return Ok(()),
                 Some(c) if Instant::now() >= deadline => {
@@ -254,20 +237,5 @@ impl Hub {
         }
         let _ = ch.close(200, "moved").await;
         Ok(moved)
-    }
-
-    /// The counts of `queue`, `None` when it does not exist (asked on a throw-away channel,
-    /// which the broker closes for a missing queue).
-    async fn counts(&self, queue: &str) -> Result<Option<Counts>, HubError> {
-        let ch = self.channel().await?;
-        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        match ch.queue_declare(queue, passive, FieldTable::default()).await {
-            Ok(q) => {
-                let _ = ch.close(200, "counted").await;
-                Ok(Some(Counts { messages: q.message_count(), consumers: q.consumer_count() }))
-            }
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(HubError::Amqp { what: format!("looking up queue {queue:?}"), source: e }),
-        }
     }
 }

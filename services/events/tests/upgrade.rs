@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use mfe_events::topology::{self, subscription_plan, SINGLE_ACTIVE_CONSUMER};
-use mfe_events::upgrade::holding_queue_name;
+use mfe_events::upgrade::{holding_plan, holding_queue_name};
 use mfe_events::{types, Envelope, HubError, QueueUpgrade, Subscription};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -111,14 +111,7 @@ async fn an_upgrade_stopped_half_way_is_finished_by_the_next_run() {
     // and holding events.
     hub.declare(&subscription_plan(&cfg, &sub)).await.unwrap();
     let hold = holding_queue_name(&sub.queue);
-    let mut holding = subscription_plan(&cfg, &sub);
-    holding.queues.truncate(1);
-    holding.queues[0].name = hold.clone();
-    holding.queues[0].arguments.retain(|k, _| k == "x-queue-type");
-    for b in &mut holding.bindings {
-        b.destination = hold.clone();
-    }
-    hub.declare(&holding).await.unwrap();
+    hub.declare(&holding_plan(&cfg, &sub)).await.unwrap();
     let e = Envelope::new(types::AUTH_USER_REGISTERED, "auth-service", serde_json::json!({"userId": "u1"}));
     hub.publish(&e).await.unwrap();
 

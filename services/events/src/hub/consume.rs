@@ -21,10 +21,9 @@ use super::{
     H_FIRST_FAILURE, H_ORIGINAL_ROUTING_KEY,
 };
 use crate::envelope::Envelope;
-use crate::error::{HandlerError, HubError};
+use crate::error::{is_precondition_failed, HandlerError, HubError};
 use crate::handler::Handler;
 use crate::topology::{self, retry_queue_name, Subscription};
-use crate::upgrade::is_precondition_failed;
 
 /// Runs a subscription across reconnects until cancelled.
 pub(super) async fn consume_loop<H: Handler>(
