@@ -183,6 +183,15 @@ fn pid_file_in(stack_dir: &Path, name: &str) -> PathBuf {
     stack_dir.join(format!("{name}.pid"))
 }
 
+/// The log (stdout and stderr) of the process `name` (an [`Instance::name`]).
+pub fn log_file(state_dir: &Path, name: &str) -> PathBuf {
+    log_file_in(&state_dir.join("stack"), name)
+}
+
+fn log_file_in(stack_dir: &Path, name: &str) -> PathBuf {
+    stack_dir.join(format!("{name}.log"))
+}
+
 fn default_bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the mfe binary")?;
     Ok(exe.parent().context("the mfe binary has no directory")?.to_path_buf())
@@ -612,7 +621,7 @@ fn spawn_app(
     gateway_env: &[(&'static str, String)],
 ) -> anyhow::Result<tokio::process::Child> {
     let (name, p) = (instance.name(), instance.process);
-    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
+    let log = fs::OpenOptions::new().create(true).append(true).open(log_file_in(dir, &name))?;
     let extra = if p.is_gateway() { gateway_env } else { &[] };
     let child = tokio::process::Command::new(bin_dir.join(p.binary))
         .env("PORT", instance.port()?.to_string())

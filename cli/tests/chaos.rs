@@ -42,6 +42,7 @@ fn the_quick_chaos_schedule_loses_duplicates_and_reorders_nothing() {
         "restart-payments-db",
         "kill-payments-replica",
         "kill-gateway-replica",
+        "kill-consumer-after-commit",
     ] {
         assert!(!check(&format!("fault {fault}"))["detail"].as_str().unwrap().starts_with("not run"), "{fault} ran");
         let verdict = &check(&format!("history {fault}"))["metrics"];
@@ -50,6 +51,8 @@ fn the_quick_chaos_schedule_loses_duplicates_and_reorders_nothing() {
             assert_eq!(verdict[zero], 0, "{fault}: {zero}");
         }
     }
+    let crash = check("fault kill-consumer-after-commit")["detail"].as_str().unwrap().to_owned();
+    assert!(crash.contains("aborted after committing event"), "the crash point fired: {crash}");
     // The partition cannot be cut on one network namespace, and the report says so.
     assert!(check("fault partition-broker")["detail"].as_str().unwrap().starts_with("not run: "));
 }

@@ -5,7 +5,9 @@
 //! the most quorum queues (and its return through the runtime's own start), SIGSTOP/SIGCONT of
 //! another node for longer than the AMQP heartbeat, a restart of the payments database, and —
 //! on a stack of several replicas (`mfe up --replicas 2`) — `kill -9` of one payments replica
-//! and of one gateway with its sockets connected (they reconnect through nginx to another).
+//! and of one gateway with its sockets connected (they reconnect through nginx to another), and
+//! admin's consumer crashed between the commit of an event's effects and its ack (armed through
+//! [`mfe_events::crash_point`]: the broker redelivers, and the inbox must find the event done).
 //! A fault the machine or the stack cannot produce is reported as not run, with the reason.
 
 use anyhow::{bail, Context as _};
@@ -36,16 +38,19 @@ pub enum Fault {
     KillPaymentsReplica,
     /// `kill -9` of the first gateway, with sockets connected to it.
     KillGatewayReplica,
+    /// admin's consumer aborted after a handler committed and before its ack.
+    KillConsumerAfterCommit,
 }
 
 impl Fault {
-    pub const SCHEDULE: [Fault; 6] = [
+    pub const SCHEDULE: [Fault; 7] = [
         Fault::KillBrokerLeader,
         Fault::PauseBrokerNode,
         Fault::PartitionBroker,
         Fault::RestartPaymentsDb,
         Fault::KillPaymentsReplica,
         Fault::KillGatewayReplica,
+        Fault::KillConsumerAfterCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Fault {
             Fault::RestartPaymentsDb => "restart-payments-db",
             Fault::KillPaymentsReplica => "kill-payments-replica",
             Fault::KillGatewayReplica => "kill-gateway-replica",
+            Fault::KillConsumerAfterCommit => "kill-consumer-after-commit",
         }
     }
 }
@@ -144,6 +150,12 @@ impl Injector {
                 // go to the other replica.
                 (self.kill_replica(process).await?, Duration::from_secs(2))
             }
+            Fault::KillConsumerAfterCommit => {
+                // With one replica, admin's API is out from the crash until the supervisor's
+                // restart; with two, only the crashed process's connections fail.
+                let done = self.crash_consumer("admin").await?;
+                (done, t0.elapsed() + Duration::from_secs(2))
+            }
         };
         let end = self.clock.now();
         let window = FaultWindow {
@@ -208,20 +220,86 @@ impl Injector {
     /// it again, it answers `/health`, and one gateway health interval has put it back in the
     /// rotation.
     async fn kill_replica(&self, process: &str) -> anyhow::Result<String> {
-        let instance = crate::stack::instances(self.cfg.app_replicas)
+        let instance = self
+            .instances(process)
             .into_iter()
-            .find(|i| i.process.name == process && i.replica == 0)
+            .find(|i| i.replica == 0)
             .with_context(|| format!("no {process} process in the stack"))?;
-        let pid_file = crate::stack::pid_file(&self.cfg.state_dir, &instance.name());
-        let read_pid = || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
-        let pid =
-            read_pid().with_context(|| format!("{} has no pid file at {}", instance.name(), pid_file.display()))?;
+        let pid = self.pid_of(&instance)?;
         signal(pid, "KILL")?;
+        let back = self.wait_restarted(&instance, pid).await?;
+        Ok(format!(
+            "kill -9 of {} (pid {pid}) while its replica served; restarted by the supervisor and healthy after {:.1} s",
+            instance.name(),
+            back.as_secs_f64()
+        ))
+    }
+
+    /// Arms the crash point of every replica of `process` (SIGUSR1): the one consuming next
+    /// aborts after its handler committed and before the ack. Disarms the others (SIGUSR2),
+    /// and waits for the crashed one to be back.
+    async fn crash_consumer(&self, process: &str) -> anyhow::Result<String> {
+        let armed = self
+            .instances(process)
+            .into_iter()
+            .map(|i| {
+                let pid = self.pid_of(&i)?;
+                let log = crate::stack::log_file(&self.cfg.state_dir, &i.name());
+                let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                Ok((i, pid, log, offset))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!armed.is_empty(), "no {process} process in the stack");
+        for (_, pid, ..) in &armed {
+            signal(*pid, "USR1")?;
+        }
+        let t = std::time::Instant::now();
+        let crashed = loop {
+            if let Some(c) = armed.iter().find(|(_, pid, ..)| !alive(*pid)) {
+                break c;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                for (_, pid, ..) in &armed {
+                    let _ = signal(*pid, "USR2");
+                }
+                bail!("no {process} consumer handled an event within 60 s of its crash point being armed");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for (_, pid, ..) in armed.iter().filter(|(_, pid, ..)| *pid != crashed.1) {
+            signal(*pid, "USR2")?;
+        }
+        let (instance, pid, log, offset) = crashed;
+        let event = abort_line_event(log, *offset).with_context(|| {
+            format!("{} (pid {pid}) exited without the crash point's line in {}", instance.name(), log.display())
+        })?;
+        let back = self.wait_restarted(instance, *pid).await?;
+        Ok(format!(
+            "{} (pid {pid}) aborted after committing event {event} and before its ack; restarted and healthy after {:.1} s",
+            instance.name(),
+            back.as_secs_f64()
+        ))
+    }
+
+    fn instances(&self, process: &str) -> Vec<crate::stack::Instance> {
+        crate::stack::instances(self.cfg.app_replicas).into_iter().filter(|i| i.process.name == process).collect()
+    }
+
+    fn pid_of(&self, instance: &crate::stack::Instance) -> anyhow::Result<u32> {
+        let pid_file = crate::stack::pid_file(&self.cfg.state_dir, &instance.name());
+        read_pid(&pid_file).with_context(|| format!("{} has no pid file at {}", instance.name(), pid_file.display()))
+    }
+
+    /// Waits until the supervisor has replaced the process `old_pid` of `instance`, the new one
+    /// answers `/health`, and one gateway health interval has put it back in the rotation;
+    /// returns how long the first two took.
+    async fn wait_restarted(&self, instance: &crate::stack::Instance, old_pid: u32) -> anyhow::Result<Duration> {
+        let pid_file = crate::stack::pid_file(&self.cfg.state_dir, &instance.name());
         let t = std::time::Instant::now();
         let url = format!("{}/health", instance.url()?);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         loop {
-            let restarted = read_pid().is_some_and(|p| p != pid);
+            let restarted = read_pid(&pid_file).is_some_and(|p| p != old_pid);
             if restarted && http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 break;
             }
@@ -231,12 +309,28 @@ impl Injector {
         let back = t.elapsed();
         let interval = mfe_core::env::parse_env_ms("GATEWAY_HEALTH_INTERVAL_MS", Duration::from_secs(5))?;
         tokio::time::sleep(interval + Duration::from_millis(500)).await;
-        Ok(format!(
-            "kill -9 of {} (pid {pid}) while its replica served; restarted by the supervisor and healthy after {:.1} s",
-            instance.name(),
-            back.as_secs_f64()
-        ))
+        Ok(back)
     }
+}
+
+fn read_pid(pid_file: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Whether the process `pid` still runs (a zombie the supervisor has not reaped counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The event id of the crash point's last line in `log`, written after `offset`.
+fn abort_line_event(log: &std::path::Path, offset: u64) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let tail = String::from_utf8_lossy(text.get(offset as usize..)?).into_owned();
+    let rest = tail.lines().rev().find_map(|l| l.split_once(mfe_events::crash_point::ABORT_LINE))?.1;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {

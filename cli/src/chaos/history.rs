@@ -242,7 +242,24 @@ pub fn check(h: &History) -> Judgement {
     }
     if let Some(steady) = j.verdicts.get(STEADY) {
         if steady.requests_failed > 0 {
-            j.note(format!("failed requests outside every fault window: {}", steady.requests_failed));
+            let outside: Vec<String> = h
+                .requests
+                .iter()
+                .filter(|r| !r.ok && j.window(r.at) == STEADY)
+                .take(5)
+                .map(|r| {
+                    let at = r.at;
+                    let before = h.faults.iter().filter(|w| w.end <= at).max_by_key(|w| w.end);
+                    let after =
+                        before.map(|w| format!(", {} ms after {} ended", at - w.end, w.name)).unwrap_or_default();
+                    format!("{:.1} s{after}", at as f64 / 1000.0)
+                })
+                .collect();
+            j.note(format!(
+                "failed requests outside every fault window: {} (at {})",
+                steady.requests_failed,
+                outside.join("; ")
+            ));
         }
     }
     j.finish()
@@ -487,7 +504,15 @@ mod tests {
         let j = check(&h);
         assert_eq!(verdict(&j, STEADY).requests_failed, 1);
         assert!(!j.passed());
-        assert!(j.findings.iter().any(|f| f.starts_with("failed requests outside")));
+        // The finding says when, and how long after the last window.
+        assert!(
+            j.findings
+                .iter()
+                .any(|f| f
+                    == "failed requests outside every fault window: 1 (at 5.0 s, 3000 ms after kill-leader ended)"),
+            "{:?}",
+            j.findings
+        );
 
         let mut h = clean();
         h.requests.extend((0..5).map(|i| Request { at: 1_100 + i, ok: false }));

@@ -4,7 +4,8 @@
 //! - [`workload`]: sign-ups, payments moved through their states, profile and config changes
 //!   through nginx, and one recording WebSocket client per actor;
 //! - [`faults`]: the schedule (broker leader killed, a node paused, the partition where the
-//!   machine allows one, the payments database restarted), each with its window;
+//!   machine allows one, the payments database restarted, replicas killed, a consumer crashed
+//!   between commit and ack), each with its window;
 //! - [`collect`]: the committed events and the consumers' effects, read from the databases;
 //! - [`history`]: the judgement, per window.
 //!
@@ -99,7 +100,11 @@ pub async fn chaos(ctx: &Ctx, args: &ChaosArgs) -> anyhow::Result<Report> {
         match injector.run(fault, &timing).await {
             Ok(Outcome::Ran(window, line)) => {
                 say(format!("{}: {line}", fault.name()));
-                report.push(Check::new(format!("fault {}", fault.name()), true, line));
+                report.push(
+                    Check::new(format!("fault {}", fault.name()), true, line)
+                        .metric("start_ms", window.start)
+                        .metric("end_ms", window.end),
+                );
                 windows.push(window);
             }
             Ok(Outcome::NotRun(why)) => {

@@ -2,7 +2,8 @@
 //! names a port, a directory or a project is set from one port base, so nothing inherited
 //! (`make test` exports test.env) points the test at another stack. Ports: `base + 432..436`
 //! PostgreSQL, `+572` AMQP, `+582` management, `+592` Erlang distribution, `+379` Redis, `+080`
-//! / `+443` nginx, `+090` Prometheus, `+000` gateway, `+001..004` the services. Dropping it stops and removes it.
+//! / `+443` nginx, `+090` Prometheus, `+000` gateway, `+001..004` the services. Dropping it stops and removes it (a failed test keeps the app logs in
+//! `$TMPDIR/mfe-<project>-logs`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -93,6 +94,20 @@ impl OwnStack {
 impl Drop for OwnStack {
     fn drop(&mut self) {
         let _ = self.mfe(&["down"]);
+        // A failed test keeps the processes' logs for whoever reads the failure.
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!("mfe-{}-logs", self.project));
+            let _ = std::fs::remove_dir_all(&kept);
+            if Command::new("cp")
+                .arg("-r")
+                .arg(self.state_dir.join("stack"))
+                .arg(&kept)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                eprintln!("own stack: the app processes' logs are kept in {}", kept.display());
+            }
+        }
         let _ = self.mfe(&["infra", "clean", "--yes", "--runtime", "native"]);
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }

@@ -19,12 +19,14 @@
 //!   plan, get one [`Message`]); no other crate handles AMQP types.
 //! - [`idempotency`]: once-per-consumer processing of an event id.
 //! - [`trace`]: W3C trace context carried from the emitting request to the consumer.
+//! - [`crash_point`]: the chaos suite's consumer crash between commit and ack (SIGUSR1).
 //! - [`upgrade`]: recreating a service queue whose arguments changed, messages kept.
 //!
 //! The tables (`event_outbox`, `processed_events`) are in `migrations/_shared/event_hub.up.sql`,
 //! which each service's migrations include.
 
 pub mod config;
+pub mod crash_point;
 pub mod dlq;
 pub mod envelope;
 pub mod error;

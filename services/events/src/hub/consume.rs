@@ -34,6 +34,7 @@ pub(super) async fn consume_loop<H: Handler>(
     ready: oneshot::Sender<Result<(), HubError>>,
 ) {
     let mut ready = Some(ready);
+    crate::crash_point::install();
     loop {
         let link = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -177,9 +178,11 @@ async fn process<H: Handler>(
 ) -> Result<(), HubError> {
     let cfg = &hub.inner.cfg;
     let attempt = attempt_of(&d);
+    let mut handled = None;
     let outcome = match serde_json::from_slice::<Envelope>(&d.data) {
         Err(e) => Err(HandlerError::fatal(format!("undecodable envelope: {e}"))),
         Ok(mut env) => {
+            handled = Some(env.id);
             env.traceparent = header_string(&d.properties, crate::trace::TRACEPARENT);
             let span =
                 crate::trace::consumer_span(env.traceparent.as_deref(), &env.event_type, env.correlation_id.as_deref());
@@ -190,7 +193,12 @@ async fn process<H: Handler>(
         }
     };
     let failure = match outcome {
-        Ok(()) => return acks.handled(d.delivery_tag).await,
+        Ok(()) => {
+            if let Some(id) = handled {
+                crate::crash_point::after_commit(&sub.queue, id);
+            }
+            return acks.handled(d.delivery_tag).await;
+        }
         Err(e) => e,
     };
     // No `multiple` ack may cover this delivery while it moves (see [`Acks`]).
