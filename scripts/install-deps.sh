@@ -27,6 +27,8 @@ have curl || need+=(curl)
 have dockerd || need+=(docker.io)
 have debootstrap || need+=(debootstrap)
 have python3 || need+=(python3)
+# The chaos suite's broker partition (cli/src/chaos/partition.rs).
+have /usr/sbin/iptables || need+=(iptables)
 id postgres >/dev/null 2>&1 || need+=(postgresql)
 # Benchmarks (`make bench`): load generators, peers and meters.
 have wrk || need+=(wrk)

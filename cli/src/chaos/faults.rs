@@ -3,7 +3,8 @@
 //!
 //! The faults act on real processes: `kill -9` of the Erlang VM of the broker node that leads
 //! the most quorum queues (and its return through the runtime's own start), SIGSTOP/SIGCONT of
-//! another node for longer than the AMQP heartbeat, a restart of the payments database, and —
+//! another node for longer than the AMQP heartbeat, the leader cut off from the other nodes by a
+//! packet filter ([`partition`]), a restart of the payments database, and —
 //! on a stack of several replicas (`mfe up --replicas 2`) — `kill -9` of one payments replica
 //! and of one gateway with its sockets connected (they reconnect through nginx to another), and
 //! admin's consumer crashed between the commit of an event's effects and its ack (armed through
@@ -14,6 +15,7 @@ use anyhow::{bail, Context as _};
 use std::time::Duration;
 
 use super::history::FaultWindow;
+use super::partition;
 use super::workload::Clock;
 use crate::config::{Component, Config};
 use crate::infra::cluster::{self, HaNode};
@@ -75,6 +77,10 @@ pub struct Timing {
     pub down: Duration,
     /// How long a node stays paused (longer than two heartbeats).
     pub pause: Duration,
+    /// How long a node stays cut off. The quick hold is below Erlang's net tick (60 s), so the
+    /// cluster keeps the node as a member while Raft moves its queues' leaders to the majority;
+    /// the full hold is beyond it, so `pause_minority` also stops the node and its clients move.
+    pub partition: Duration,
 }
 
 impl Timing {
@@ -83,11 +89,17 @@ impl Timing {
             calm: Duration::from_secs(5),
             down: Duration::from_secs(8),
             pause: HEARTBEAT * 2 + Duration::from_secs(5),
+            partition: Duration::from_secs(20),
         }
     }
 
     pub fn full() -> Self {
-        Self { calm: Duration::from_secs(20), down: Duration::from_secs(30), pause: HEARTBEAT * 4 }
+        Self {
+            calm: Duration::from_secs(20),
+            down: Duration::from_secs(30),
+            pause: HEARTBEAT * 4,
+            partition: Duration::from_secs(90),
+        }
     }
 }
 
@@ -128,11 +140,12 @@ impl Injector {
             Fault::KillBrokerLeader => (self.kill_leader(timing).await?, Duration::from_secs(5)),
             Fault::PauseBrokerNode => (self.pause_node(timing).await?, HEARTBEAT * 2 + Duration::from_secs(5)),
             Fault::PartitionBroker => {
-                return Ok(Outcome::NotRun(
-                    "the native runtime's broker nodes share one network namespace (127.0.0.1), so no \
-                     partition can be cut between them; kill and pause faults cover node loss"
-                        .into(),
-                ))
+                if let Some(why) = partition::unavailable() {
+                    return Ok(Outcome::NotRun(format!("no partition can be cut here: {why}")));
+                }
+                // Clients of the cut node stall, they do not fail: the API answers from the
+                // outbox meanwhile. A few seconds for the reconnects after healing.
+                (self.partition_node(timing).await?, Duration::from_secs(5))
             }
             Fault::RestartPaymentsDb => {
                 let done = self.restart_db(Component::PaymentsDb).await?;
@@ -171,8 +184,15 @@ impl Injector {
     async fn leader(&self) -> anyhow::Result<HaNode> {
         let topo = self.native.ha_topology()?.context("no HA topology")?;
         let view = cluster::observe(&topo, &self.cfg.rabbitmq_user, &self.cfg.rabbitmq_password).await?;
-        let led = |n: &HaNode| view.queues.iter().filter(|q| q.leader.as_deref() == Some(n.name.as_str())).count();
+        let led = |n: &HaNode| led_by(&view, n);
         topo.nodes.iter().max_by_key(|n| (led(n), std::cmp::Reverse(n.amqp_port))).cloned().context("no nodes")
+    }
+
+    /// How many quorum queues `node` leads now.
+    async fn queues_led(&self, node: &HaNode) -> anyhow::Result<usize> {
+        let topo = self.native.ha_topology()?.context("no HA topology")?;
+        let view = cluster::observe(&topo, &self.cfg.rabbitmq_user, &self.cfg.rabbitmq_password).await?;
+        Ok(led_by(&view, node))
     }
 
     async fn kill_leader(&self, timing: &Timing) -> anyhow::Result<String> {
@@ -206,6 +226,33 @@ impl Injector {
             timing.pause.as_secs(),
             HEARTBEAT.as_secs(),
             t.elapsed().as_secs_f64()
+        ))
+    }
+
+    /// The leader cut off from the other two nodes ([`partition`]) for the partition hold,
+    /// then healed; done once the cluster is whole again. The report says how many queues it
+    /// led before and after: Raft moved the leaders to the majority while it was cut.
+    async fn partition_node(&self, timing: &Timing) -> anyhow::Result<String> {
+        let topo = self.native.ha_topology()?.context("no HA topology")?;
+        let node = self.leader().await?;
+        let led_before = self.queues_led(&node).await?;
+        let pid = self.native.ha_node_vm_pid(&node).with_context(|| format!("{} is not running", node.name))?;
+        let ports: Vec<u16> = topo.nodes.iter().map(|n| n.dist_port).collect();
+        let short = node.name.split('@').next().unwrap_or(&node.name);
+        let cut = partition::Partition::cut(pid, &format!("{}-{short}", self.cfg.project), &ports)?;
+        let how = cut.describe();
+        tokio::time::sleep(timing.partition).await;
+        cut.heal().context("healing the partition")?;
+        let t = std::time::Instant::now();
+        self.native.wait_cluster_whole(Duration::from_secs(180)).await?;
+        let whole = t.elapsed();
+        let led_after = self.queues_led(&node).await?;
+        Ok(format!(
+            "{} cut off from the other nodes for {} s ({how}); it led {led_before} queue(s) before and \
+             {led_after} after; whole again {:.1} s after healing",
+            node.name,
+            timing.partition.as_secs(),
+            whole.as_secs_f64()
         ))
     }
 
@@ -331,6 +378,11 @@ fn abort_line_event(log: &std::path::Path, offset: u64) -> Option<String> {
     let tail = String::from_utf8_lossy(text.get(offset as usize..)?).into_owned();
     let rest = tail.lines().rev().find_map(|l| l.split_once(mfe_events::crash_point::ABORT_LINE))?.1;
     rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// How many quorum queues of `view` `node` leads.
+fn led_by(view: &cluster::ClusterView, node: &HaNode) -> usize {
+    view.queues.iter().filter(|q| q.leader.as_deref() == Some(node.name.as_str())).count()
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 pub mod collect;
 pub mod faults;
 pub mod history;
+pub mod partition;
 pub mod workload;
 
 use anyhow::Context as _;
