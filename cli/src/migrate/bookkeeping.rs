@@ -318,7 +318,7 @@ pub async fn record_ids(
 ) -> anyhow::Result<u64> {
     let per_row = IDS_PER_ROW as usize;
     for from in (0..ids.len()).step_by(per_row) {
-        let part = ids.slice_strs(from, (from + per_row).min(ids.len())).map_err(|e| anyhow::anyhow!(e))?;
+        let part = ids.slice_strings(from, (from + per_row).min(ids.len())).map_err(|e| anyhow::anyhow!(e))?;
         sqlx::query(
             "INSERT INTO mfe_migration.imported_ids (batch_id, table_name, chunk, row_ids) \
              VALUES ($1, $2, nextval('mfe_migration.imported_ids_chunk')::int4, $3::text[])",

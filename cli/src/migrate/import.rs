@@ -574,9 +574,8 @@ async fn import_chunk(pool: &PgPool, batch_id: Uuid, job: &ChunkJob<'_>, run: &R
 
     let mut file = tokio::fs::File::open(&path).await.with_context(|| format!("cannot open {}", path.display()))?;
     // The ids of a direct load come from the file as it streams by: every row of it goes in.
-    // Ids are uuids (36 bytes) in every generated and sample dataset; others only cost a regrowth.
     let mut scanner = if job.mode == LoadMode::Direct {
-        TupleScanner::capturing_ids_for(job.chunk.rows, 36)
+        TupleScanner::capturing_ids_for(job.chunk.rows)
     } else {
         TupleScanner::new()
     };
