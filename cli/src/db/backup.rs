@@ -6,9 +6,14 @@
 //! `pg_dump` inside its container, through the Docker API (`exec`, output streamed to the file) —
 //! a docker-only host needs no PostgreSQL client. `--pg-dump local|container` forces one.
 //!
-//! Compression level 1 (zlib's fastest): the backup is the first step of every `mfe migrate run`
-//! and is compressed on one core. On the benchmark's 4.4 M rows it took 17.8 s for 284 MB, where
-//! the default level had taken 20.6 s in an earlier run (not the same run: the machine is noisy).
+//! Compression: `mfe db backup` writes zlib level 1 (the fastest), a file to keep; `mfe migrate
+//! run` writes its backup uncompressed by default (`--backup-compress`), because there it is
+//! part of the write freeze and pg_dump compresses on one core. On the benchmark's 4.4 M rows,
+//! alternating rounds: level 1 took 19.5 and 17.3 s for 271 MB, level 0 took 11.0 and 9.2 s for
+//! 822 MB — about as much disk as the export files beside it.
+
+/// The compression level of `mfe db backup`.
+pub const BACKUP_COMPRESS: u8 = 1;
 
 use crate::config::{Config, DbService, PgTarget};
 use anyhow::{bail, Context};
@@ -117,7 +122,8 @@ fn parse_major(version_line: &str) -> Option<u32> {
 }
 
 /// Dumps the legacy database into `out_dir/mfe_poc2-<UTC timestamp>.dump` (custom format).
-pub async fn backup_legacy(cfg: &Config, out_dir: &Path, via: DumpVia) -> anyhow::Result<BackupInfo> {
+/// `compress` is pg_dump's `--compress` level (0–9).
+pub async fn backup_legacy(cfg: &Config, out_dir: &Path, via: DumpVia, compress: u8) -> anyhow::Result<BackupInfo> {
     let target = cfg.pg(DbService::Legacy)?;
     // Connect first so an unreachable database gives the usual one-line error, not pg_dump's.
     let pool = crate::pg::connect(cfg, DbService::Legacy).await?;
@@ -143,8 +149,8 @@ pub async fn backup_legacy(cfg: &Config, out_dir: &Path, via: DumpVia) -> anyhow
     let path = out_dir.join(format!("{}-{stamp}.dump", target.database));
     let t0 = Instant::now();
     match (dumper, docker) {
-        (Dumper::Local(pg_dump), _) => backup_with_pg_dump(&pg_dump, &target, &path).await?,
-        (Dumper::Container, Some(docker)) => backup_in_container(&docker, &target, &path).await?,
+        (Dumper::Local(pg_dump), _) => backup_with_pg_dump(&pg_dump, &target, &path, compress).await?,
+        (Dumper::Container, Some(docker)) => backup_in_container(&docker, &target, &path, compress).await?,
         (Dumper::Container, None) => unreachable!("choose picks the container only when there is one"),
     }
     let bytes = std::fs::metadata(&path).with_context(|| format!("backup file {} is missing", path.display()))?.len();
@@ -172,14 +178,16 @@ async fn backup_in_container(
     docker: &crate::infra::docker::Docker,
     target: &PgTarget,
     path: &Path,
+    compress: u8,
 ) -> anyhow::Result<()> {
     let partial = path.with_extension("dump.partial");
     let mut file = std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let password = crate::migrate::sync::url_password(target);
+    let compress = format!("--compress={compress}");
     let cmd = [
         "pg_dump",
         "--format=custom",
-        "--compress=1",
+        &compress,
         "--no-owner",
         "--host=127.0.0.1",
         "--port=5432",
@@ -202,11 +210,11 @@ async fn backup_in_container(
 
 /// Runs a local `pg_dump -Fc` of `target` into `path`. The password travels in the environment,
 /// never on the command line (where `ps` would show it).
-pub async fn backup_with_pg_dump(pg_dump: &Path, target: &PgTarget, path: &Path) -> anyhow::Result<()> {
+pub async fn backup_with_pg_dump(pg_dump: &Path, target: &PgTarget, path: &Path, compress: u8) -> anyhow::Result<()> {
     let partial = path.with_extension("dump.partial");
     let output = tokio::process::Command::new(pg_dump)
         .arg("--format=custom")
-        .arg("--compress=1")
+        .arg(format!("--compress={compress}"))
         .arg("--no-owner")
         .arg("--host")
         .arg(&target.host)

@@ -478,7 +478,7 @@ pub async fn run(ctx: &Ctx, args: DbArgs) -> anyhow::Result<()> {
         }
         DbCommand::Backup(a) => {
             let out = if a.out.is_absolute() { a.out.clone() } else { std::env::current_dir()?.join(&a.out) };
-            let info = backup_legacy(cfg, &out, a.pg_dump).await?;
+            let info = backup_legacy(cfg, &out, a.pg_dump, backup::BACKUP_COMPRESS).await?;
             eprintln!(
                 "backup: {} ({:.1} MB) in {:.1} s",
                 info.path.display(),

@@ -15,9 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The backup step both paths start with: POC-2 as it was before anything moved.
-async fn backup_step(cfg: &Config, out: &Path, report: &mut Report) -> anyhow::Result<()> {
+async fn backup_step(cfg: &Config, out: &Path, compress: u8, report: &mut Report) -> anyhow::Result<()> {
     let t = Instant::now();
-    let backup = crate::db::backup_legacy(cfg, &out.join("backup"), crate::db::DumpVia::Auto).await?;
+    let backup = crate::db::backup_legacy(cfg, &out.join("backup"), crate::db::DumpVia::Auto, compress).await?;
     let stats = StepStats::new("backup", 0, backup.bytes, t);
     say(&format!(
         "backup: {} written to {} in {:.2} s",
@@ -45,10 +45,17 @@ async fn schemas_step(cfg: &Config, services: &[DbService], report: &mut Report)
     Ok(())
 }
 
-pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: bool) -> anyhow::Result<Report> {
+/// `backup_compress`: pg_dump's compression level for the backup.
+pub async fn run(
+    cfg: &Config,
+    services: &[DbService],
+    out: &Path,
+    no_rollback: bool,
+    backup_compress: u8,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut report = Report::new("migrate run");
-    backup_step(cfg, out, &mut report).await?;
+    backup_step(cfg, out, backup_compress, &mut report).await?;
 
     schemas_step(cfg, services, &mut report).await?;
 
@@ -98,10 +105,16 @@ pub async fn run(cfg: &Config, services: &[DbService], out: &Path, no_rollback: 
 
 /// `mfe migrate run --online`: backup → schemas → sync start → (lag ≈ 0) → cutover. A failed cutover
 /// leaves the sync running and POC-2 writable; the report says what differed.
-pub async fn run_online(cfg: &Config, services: &[DbService], out: &Path, timeout: Duration) -> anyhow::Result<Report> {
+pub async fn run_online(
+    cfg: &Config,
+    services: &[DbService],
+    out: &Path,
+    timeout: Duration,
+    backup_compress: u8,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut report = Report::new("migrate run");
-    backup_step(cfg, out, &mut report).await?;
+    backup_step(cfg, out, backup_compress, &mut report).await?;
     schemas_step(cfg, services, &mut report).await?;
     let opts = sync::StartOptions { reset: false, wait: Duration::from_secs(600) };
     let synced = sync::start(cfg, services, out, &opts).await?;
