@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full chaos schedule (issue 17; `make test` runs only `--quick`): `mfe up --ha --replicas 2`
 # on ports of its own (44xxx, state in /tmp), `mfe test chaos` with the full holds (20 s calm, 30 s down,
-# 40 s paused) at BENCH_CHAOS_RATE operations a second (default 10), its report printed, then
+# 40 s paused, 90 s partitioned) at BENCH_CHAOS_RATE operations a second (default 10), its report printed, then
 # the stack stopped and removed. Exit 1 when the history checker found a violation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
