@@ -182,10 +182,21 @@ impl Injector {
 
     /// The node leading the most quorum queues (ties: the first node).
     async fn leader(&self) -> anyhow::Result<HaNode> {
+        Ok(self.leading().await?.0)
+    }
+
+    /// [`Injector::leader`] and how many queues it leads, from one look at the cluster.
+    async fn leading(&self) -> anyhow::Result<(HaNode, usize)> {
         let topo = self.native.ha_topology()?.context("no HA topology")?;
         let view = cluster::observe(&topo, &self.cfg.rabbitmq_user, &self.cfg.rabbitmq_password).await?;
-        let led = |n: &HaNode| led_by(&view, n);
-        topo.nodes.iter().max_by_key(|n| (led(n), std::cmp::Reverse(n.amqp_port))).cloned().context("no nodes")
+        let node = topo
+            .nodes
+            .iter()
+            .max_by_key(|n| (led_by(&view, n), std::cmp::Reverse(n.amqp_port)))
+            .cloned()
+            .context("no nodes")?;
+        let led = led_by(&view, &node);
+        Ok((node, led))
     }
 
     /// How many quorum queues `node` leads now.
@@ -234,8 +245,7 @@ impl Injector {
     /// led before and after: Raft moved the leaders to the majority while it was cut.
     async fn partition_node(&self, timing: &Timing) -> anyhow::Result<String> {
         let topo = self.native.ha_topology()?.context("no HA topology")?;
-        let node = self.leader().await?;
-        let led_before = self.queues_led(&node).await?;
+        let (node, led_before) = self.leading().await?;
         let pid = self.native.ha_node_vm_pid(&node).with_context(|| format!("{} is not running", node.name))?;
         let ports: Vec<u16> = topo.nodes.iter().map(|n| n.dist_port).collect();
         let short = node.name.split('@').next().unwrap_or(&node.name);
