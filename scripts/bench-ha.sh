@@ -33,13 +33,14 @@ single "$MFE" infra start rabbitmq --runtime native >/dev/null
 cluster "$MFE" infra start rabbitmq --ha --runtime native >/dev/null
 
 out=$(mktemp)
-run() { local label=$1; shift; timeout 300 "$@" | tail -n1 | sed "s/\"mode\": *\"ours\"/\"mode\":\"$label\"/" >>"$out"; }
+# `timeout` goes inside the wrapper: it cannot run a shell function.
+run() { local label=$1; shift; "$@" | tail -n1 | sed "s/\"mode\": *\"ours\"/\"mode\":\"$label\"/" >>"$out"; }
 for round in $(seq 1 "$ROUNDS"); do
   echo "bench-ha: round $round of $ROUNDS" >&2
   for rate in 0 1000; do
     n=$N; [ "$rate" = 0 ] || n=$NR
-    run classic-1 single env RABBITMQ_QUEUE_TYPE=classic "$BIN" ours "$rate" "$n"
-    run quorum-3 cluster env RABBITMQ_QUEUE_TYPE=quorum "$BIN" ours "$rate" "$n"
+    run classic-1 single env RABBITMQ_QUEUE_TYPE=classic timeout 300 "$BIN" ours "$rate" "$n"
+    run quorum-3 cluster env RABBITMQ_QUEUE_TYPE=quorum timeout 300 "$BIN" ours "$rate" "$n"
   done
 done
 
