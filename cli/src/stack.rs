@@ -8,9 +8,10 @@
 //! in reverse order, then stops the infrastructure.
 //!
 //! `mfe up --replicas N` runs N processes of each service and of the gateway ([`Instance`]:
-//! replica *k* listens [`crate::config::REPLICA_PORT_STEP`] × *k* ports above the first). Each
-//! gateway is given every replica of every service (a list per `*_SERVICE_URL`), and nginx every
-//! gateway; services keep calling each other at the first replica's URL.
+//! replica *k* listens [`crate::config::REPLICA_PORT_STEP`] × *k* ports above the first). Every
+//! process is given every replica of every service (a list per `*_SERVICE_URL`): the gateway
+//! balances its routes over them, the services their calls to each other
+//! (`mfe_kit::replicas`); nginx is given every gateway.
 
 use crate::config::Component;
 use crate::infra::{self, Runtime};
@@ -83,10 +84,10 @@ pub fn instances(replicas: usize) -> Vec<Instance> {
         .collect()
 }
 
-/// What a gateway of a stack of `replicas` is told beyond its port: every replica of every
+/// What every process of a stack of `replicas` is told beyond its port: every replica of every
 /// service, one comma-separated list per `*_SERVICE_URL`. Empty with one replica (the
 /// environment already says it).
-pub fn gateway_env(replicas: usize) -> anyhow::Result<Vec<(&'static str, String)>> {
+pub fn replica_env(replicas: usize) -> anyhow::Result<Vec<(&'static str, String)>> {
     if replicas <= 1 {
         return Ok(Vec::new());
     }
@@ -541,7 +542,7 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let all = instances(ctx.config.app_replicas);
-    let gateway_env = gateway_env(ctx.config.app_replicas)?;
+    let replica_env = replica_env(ctx.config.app_replicas)?;
     let mut children: Vec<Option<tokio::process::Child>> = Vec::new();
     // Per process: the next restart's delay (doubling from FIRST_BACKOFF up to MAX_BACKOFF, back
     // to FIRST_BACKOFF after a run of STABLE_RUN), when it was started, and when a crashed one
@@ -553,7 +554,7 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
     let mut started = vec![Instant::now(); all.len()];
     let mut due: Vec<Option<Instant>> = vec![None; all.len()];
     for instance in &all {
-        children.push(Some(spawn_app(&dir, &args.bin_dir, instance, &gateway_env)?));
+        children.push(Some(spawn_app(&dir, &args.bin_dir, instance, &replica_env)?));
     }
     loop {
         tokio::select! {
@@ -566,7 +567,7 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
                 if Instant::now() >= at {
                     due[i] = None;
                     started[i] = Instant::now();
-                    children[i] = spawn_app(&dir, &args.bin_dir, instance, &gateway_env).ok();
+                    children[i] = spawn_app(&dir, &args.bin_dir, instance, &replica_env).ok();
                 }
                 continue;
             }
@@ -613,19 +614,18 @@ pub async fn supervise(ctx: &Ctx, args: SuperviseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `instance` on its port; a gateway also gets `gateway_env` ([`gateway_env`]).
+/// Starts `instance` on its port, told where every replica is ([`replica_env`]).
 fn spawn_app(
     dir: &Path,
     bin_dir: &Path,
     instance: &Instance,
-    gateway_env: &[(&'static str, String)],
+    replica_env: &[(&'static str, String)],
 ) -> anyhow::Result<tokio::process::Child> {
     let (name, p) = (instance.name(), instance.process);
     let log = fs::OpenOptions::new().create(true).append(true).open(log_file_in(dir, &name))?;
-    let extra = if p.is_gateway() { gateway_env } else { &[] };
     let child = tokio::process::Command::new(bin_dir.join(p.binary))
         .env("PORT", instance.port()?.to_string())
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(replica_env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -702,9 +702,9 @@ mod tests {
     }
 
     #[test]
-    fn each_gateway_is_told_every_replica_of_every_service() {
-        assert!(gateway_env(1).unwrap().is_empty(), "one replica: the environment says it already");
-        let env = gateway_env(3).unwrap();
+    fn every_process_is_told_every_replica_of_every_service() {
+        assert!(replica_env(1).unwrap().is_empty(), "one replica: the environment says it already");
+        let env = replica_env(3).unwrap();
         assert_eq!(env.len(), mfe_core::SERVICES.len());
         let (var, urls) = &env[0];
         assert_eq!(*var, "AUTH_SERVICE_URL");

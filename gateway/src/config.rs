@@ -8,6 +8,7 @@ use std::time::Duration;
 use mfe_core::env::{self, parse_env, parse_env_ms};
 use mfe_core::{Secret, SERVICES};
 use mfe_kit::client_ip::TrustedProxies;
+use mfe_kit::replicas::parse_urls;
 
 /// One upstream service and the path prefix routed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +27,6 @@ impl Route {
     pub fn new(name: &str, prefix: &str, upstream: &str) -> Self {
         Self { name: name.into(), prefix: prefix.into(), upstreams: vec![upstream.trim_end_matches('/').into()] }
     }
-}
-
-/// The replicas of a `*_SERVICE_URL` value: comma-separated base URLs.
-fn replica_urls(value: &str) -> Vec<String> {
-    value.split(',').map(|u| u.trim().trim_end_matches('/')).filter(|u| !u.is_empty()).map(String::from).collect()
 }
 
 /// Everything the gateway needs to know.
@@ -77,7 +73,7 @@ impl GatewayConfig {
             .map(|s| Route {
                 name: s.name.to_string(),
                 prefix: s.route_prefix.to_string(),
-                upstreams: replica_urls(&env::get(s.service_url_var)),
+                upstreams: parse_urls(&env::get(s.service_url_var)),
             })
             .collect();
         Ok(Self {
@@ -168,20 +164,5 @@ impl FrontDoor {
             ws_max_per_user: parse_env("WS_MAX_CONNECTIONS_PER_USER", d.ws_max_per_user)?,
             redis_url: Some(env::get("REDIS_URL")),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_service_url_lists_its_replicas() {
-        assert_eq!(replica_urls("http://127.0.0.1:3001/"), ["http://127.0.0.1:3001"]);
-        assert_eq!(
-            replica_urls(" http://127.0.0.1:3001, http://127.0.0.1:3101/ ,"),
-            ["http://127.0.0.1:3001", "http://127.0.0.1:3101"]
-        );
-        assert!(replica_urls(" , ").is_empty());
     }
 }

@@ -46,26 +46,27 @@ async fn list_users(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut url = format!("{}/api/auth/users", state.urls.auth.trim_end_matches('/'));
+    let mut path = "/api/auth/users".to_string();
     if let Some(q) = query.filter(|q| !q.is_empty()) {
-        url = format!("{url}?{q}");
+        path = format!("{path}?{q}");
     }
-    let mut request = state.http.get(&url).header(CORRELATION_HEADER.as_str(), correlation.as_str());
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        request = request.header(header::AUTHORIZATION, auth.as_bytes());
-    }
-    let upstream = request.send().await.map_err(|e| {
-        ApiError::Unavailable(format!(
-            "auth service at {}: {} — is it running? check AUTH_SERVICE_URL",
-            state.urls.auth,
-            short(&e)
-        ))
+    let auth = &state.urls.auth;
+    let request = |r: reqwest::RequestBuilder| {
+        let r = r.header(CORRELATION_HEADER.as_str(), correlation.as_str());
+        match headers.get(header::AUTHORIZATION) {
+            Some(token) => r.header(header::AUTHORIZATION, token.as_bytes()),
+            None => r,
+        }
+    };
+    let upstream = auth.get(&state.http, &path, request).await.map_err(|e| {
+        ApiError::Unavailable(format!("auth service at {auth}: {} — is it running? check AUTH_SERVICE_URL", short(&e)))
     })?;
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = upstream.headers().get(reqwest::header::CONTENT_TYPE).map(|v| v.as_bytes().to_vec());
-    let body = upstream.bytes().await.map_err(|e| {
-        ApiError::Unavailable(format!("auth service at {}: reading the answer: {}", state.urls.auth, short(&e)))
-    })?;
+    let body = upstream
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("auth service at {auth}: reading the answer: {}", short(&e))))?;
     let mut response = Response::builder().status(status);
     if let Some(ct) = content_type {
         response = response.header(header::CONTENT_TYPE, ct);
@@ -241,7 +242,7 @@ async fn put_config(
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceHealth {
-    pub name: &'static str,
+    pub name: String,
     pub url: String,
     /// `up` (answered 200), `degraded` (answered, not 200) or `down` (no answer).
     pub status: &'static str,
@@ -254,7 +255,7 @@ pub struct ServiceHealth {
     pub report: Option<serde_json::Value>,
 }
 
-async fn probe(http: &reqwest::Client, name: &'static str, base: &str, timeout: Duration) -> ServiceHealth {
+async fn probe(http: &reqwest::Client, name: String, base: &str, timeout: Duration) -> ServiceHealth {
     let url = format!("{}/health", base.trim_end_matches('/'));
     let started = Instant::now();
     let result = http.get(&url).timeout(timeout).send().await;
@@ -289,18 +290,21 @@ async fn probe(http: &reqwest::Client, name: &'static str, base: &str, timeout: 
     }
 }
 
-/// `GET /api/admin/system/health`: every component's `/health`, called concurrently, each
+/// `GET /api/admin/system/health`: every component's `/health` — each replica of a service its
+/// own row (`auth`, `auth-2`, …, as `mfe up --replicas` names them) — called concurrently, each
 /// bounded by the health timeout; 200 with the table whatever the results.
 async fn system_health(State(state): State<AppState>, RequireAdmin(_): RequireAdmin) -> impl IntoResponse {
     let urls = &state.urls;
-    let targets: [(&'static str, &str); 5] = [
-        ("gateway", &urls.gateway),
-        ("auth", &urls.auth),
-        ("payments", &urls.payments),
-        ("admin", &urls.admin),
-        ("profile", &urls.profile),
-    ];
-    let checks = targets.iter().map(|(name, base)| probe(&state.http, name, base, state.health_timeout));
+    let mut targets = vec![("gateway".to_string(), urls.gateway.as_str())];
+    for (service, replicas) in
+        [("auth", &urls.auth), ("payments", &urls.payments), ("admin", &urls.admin), ("profile", &urls.profile)]
+    {
+        for (k, base) in replicas.urls().iter().enumerate() {
+            let name = if k == 0 { service.to_string() } else { format!("{service}-{}", k + 1) };
+            targets.push((name, base.as_str()));
+        }
+    }
+    let checks = targets.into_iter().map(|(name, base)| probe(&state.http, name, base, state.health_timeout));
     let services = futures::future::join_all(checks).await;
     let up = services.iter().filter(|s| s.status == "up").count();
     let status = if up == services.len() { "ok" } else { "degraded" };

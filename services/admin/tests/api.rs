@@ -201,13 +201,14 @@ async fn audit_logs_filter_by_user_action_resource_and_time_and_page_newest_firs
 async fn system_health_lists_every_service_with_its_state() {
     let (payments, _) = spawn_payments().await;
     let (mut settings, name) = test_settings().await;
-    settings.service.urls.payments = payments.clone();
+    // Two payments replicas: the live one, then one that is down.
+    settings.service.urls.payments = format!("{payments},{}", common::dead_url().await).into();
     let app = spawn_with(settings, name).await;
     let (_, admin) = app.user(Role::Admin);
     let report = app.get_json(&admin, "/api/admin/system/health").await;
     let services = report["services"].as_array().unwrap();
     let names: Vec<&str> = services.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["gateway", "auth", "payments", "admin", "profile"]);
+    assert_eq!(names, ["gateway", "auth", "payments", "payments-2", "admin", "profile"], "a row per replica");
     let payments_row = services.iter().find(|s| s["name"] == "payments").unwrap();
     assert_eq!(payments_row["status"], "up", "{payments_row}");
     assert_eq!(payments_row["httpStatus"], 200);
@@ -216,7 +217,9 @@ async fn system_health_lists_every_service_with_its_state() {
     assert_eq!(auth_row["status"], "down");
     assert!(auth_row["error"].is_string());
     assert_eq!(report["status"], "degraded");
-    assert_eq!(report["summary"], "1/5 services up");
+    let second = services.iter().find(|s| s["name"] == "payments-2").unwrap();
+    assert_eq!(second["status"], "down", "{second}");
+    assert_eq!(report["summary"], "1/6 services up");
     app.teardown().await;
 }
 
@@ -243,7 +246,8 @@ async fn users_are_listed_through_the_auth_service_and_its_outage_is_a_503() {
     assert!(signup.status().is_success(), "signup: {}", signup.text().await.unwrap_or_default());
 
     let (mut settings, name) = test_settings().await;
-    settings.service.urls.auth = auth_url;
+    // A dead replica first: the list still comes, from the next one.
+    settings.service.urls.auth = format!("{},{auth_url}", common::dead_url().await).into();
     let app = spawn_with(settings, name).await;
     let (_, admin) = app.user(Role::Admin);
     let page = app.get_json(&admin, "/api/admin/users?limit=100").await;

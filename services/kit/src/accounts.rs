@@ -5,7 +5,8 @@
 //!
 //! The check asks the auth service, the owner of the users: first auth's own cache in the
 //! shared Redis (`user:{id}`, which auth fills on every lookup, 5 minutes), then
-//! `GET /api/auth/users/{id}` with a service token ([`crate::JwtKeys::issue_service`], valid
+//! `GET /api/auth/users/{id}` with a service token, round robin over auth's replicas
+//! ([`crate::replicas`]) ([`crate::JwtKeys::issue_service`], valid
 //! one minute). 404 → 401 `the account of this token no longer exists`. When auth cannot answer
 //! (down, timing out after 2 s, any other status) the write goes on — fail open, with a warning
 //! and `account_checks_unanswered_total` — so that payments and profile keep taking writes
@@ -20,7 +21,7 @@ use std::time::Duration;
 use prometheus::{IntCounter, Opts};
 use redis::{aio::ConnectionManager, AsyncCommands};
 
-use crate::{auth::AuthUser, error::ApiError, jwt::JwtKeys, metrics::Metrics};
+use crate::{auth::AuthUser, error::ApiError, jwt::JwtKeys, metrics::Metrics, replicas::Replicas};
 
 /// How long a call to auth may take before the check gives up (and the write goes on).
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +30,7 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Accounts {
     service: &'static str,
-    auth_url: String,
+    auth: Replicas,
     keys: JwtKeys,
     redis: Option<ConnectionManager>,
     http: reqwest::Client,
@@ -46,11 +47,11 @@ pub enum Lookup {
 }
 
 impl Accounts {
-    /// The check of `service` against the auth service at `auth_url` (`AUTH_SERVICE_URL`),
+    /// The check of `service` against the auth service's replicas (`AUTH_SERVICE_URL`),
     /// reading auth's user cache on `redis` first when given.
     pub fn new(
         service: &'static str,
-        auth_url: &str,
+        auth: Replicas,
         keys: JwtKeys,
         redis: Option<ConnectionManager>,
         metrics: &Metrics,
@@ -62,7 +63,7 @@ impl Accounts {
         .expect("valid metric");
         metrics.register(Box::new(unanswered.clone()));
         let http = reqwest::Client::builder().timeout(LOOKUP_TIMEOUT).build().expect("a plain http client builds");
-        Self { service, auth_url: auth_url.trim_end_matches('/').to_string(), keys, redis, http, unanswered }
+        Self { service, auth, keys, redis, http, unanswered }
     }
 
     /// What auth knows of `user_id`.
@@ -81,8 +82,8 @@ impl Accounts {
                 return self.unanswered();
             }
         };
-        let url = format!("{}/api/auth/users/{}", self.auth_url, percent_encode(user_id));
-        match self.http.get(&url).bearer_auth(token).send().await {
+        let path = format!("/api/auth/users/{}", percent_encode(user_id));
+        match self.auth.get(&self.http, &path, |r| r.bearer_auth(&token)).await {
             Ok(res) if res.status().is_success() => Lookup::Exists,
             Ok(res) if res.status() == reqwest::StatusCode::NOT_FOUND => Lookup::Unknown,
             Ok(res) => {
@@ -167,7 +168,7 @@ mod tests {
         let seen = Arc::default();
         let url = fake_auth(Arc::clone(&seen)).await;
         let keys = JwtKeys::new(SECRET);
-        let accounts = Accounts::new("payments", &url, keys.clone(), None, &Metrics::new("kit-test"));
+        let accounts = Accounts::new("payments", url.into(), keys.clone(), None, &Metrics::new("kit-test"));
         assert_eq!(accounts.lookup("known").await, Lookup::Exists);
         assert_eq!(accounts.lookup("ghost").await, Lookup::Unknown);
         assert_eq!(seen.lock().unwrap().as_slice(), ["payments", "payments"], "called as the service");
@@ -183,7 +184,8 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let metrics = Metrics::new("kit-test");
         let keys = JwtKeys::new(SECRET);
-        let accounts = Accounts::new("payments", &format!("http://127.0.0.1:{port}"), keys.clone(), None, &metrics);
+        let accounts =
+            Accounts::new("payments", format!("http://127.0.0.1:{port}").into(), keys.clone(), None, &metrics);
         let (_, claims) = keys.issue("anyone", crate::Role::Customer, Duration::from_secs(60), None).unwrap();
         assert!(accounts.require(&AuthUser(claims)).await.is_ok(), "fail open");
         assert!(

@@ -5,24 +5,27 @@
 use mfe_core::env::{self, EnvError};
 use mfe_core::{Secret, Service};
 
-/// Base URLs of the platform's HTTP components, for service-to-service calls.
+use crate::replicas::Replicas;
+
+/// Base URLs of the platform's HTTP components, for service-to-service calls: each service's
+/// every replica (a comma-separated `*_SERVICE_URL`), the gateway's one address.
 #[derive(Debug, Clone)]
 pub struct ServiceUrls {
     pub gateway: String,
-    pub auth: String,
-    pub payments: String,
-    pub admin: String,
-    pub profile: String,
+    pub auth: Replicas,
+    pub payments: Replicas,
+    pub admin: Replicas,
+    pub profile: Replicas,
 }
 
 impl ServiceUrls {
     pub fn from_env() -> Self {
         Self {
             gateway: env::get("GATEWAY_URL"),
-            auth: env::get(Service::Auth.url_var()),
-            payments: env::get(Service::Payments.url_var()),
-            admin: env::get(Service::Admin.url_var()),
-            profile: env::get(Service::Profile.url_var()),
+            auth: Replicas::parse(&env::get(Service::Auth.url_var())),
+            payments: Replicas::parse(&env::get(Service::Payments.url_var())),
+            admin: Replicas::parse(&env::get(Service::Admin.url_var())),
+            profile: Replicas::parse(&env::get(Service::Profile.url_var())),
         }
     }
 }

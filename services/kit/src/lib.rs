@@ -17,6 +17,8 @@
 //! - [`metrics`]: Prometheus registry, request middleware and `/metrics`.
 //! - [`cache`]: the Redis JSON cache with hit/miss counters.
 //! - [`pagination`]: the keyset cursor of newest-first lists.
+//! - [`replicas`]: the replicas of a service another one calls (round robin, one retry at the
+//!   next on a refused connection) and the one parser of `*_SERVICE_URL` lists.
 //! - [`revocation`]: the Redis denylist of ended sessions the extractor checks; with
 //!   [`auth::Caller`] (user or service token) and [`accounts`] (whether a token's user still
 //!   has an account, asked of auth before writes), the token hardening of issue 23.
@@ -40,6 +42,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod otel;
 pub mod pagination;
+pub mod replicas;
 pub mod revocation;
 pub mod run;
 pub mod sentry;

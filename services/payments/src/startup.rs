@@ -139,7 +139,7 @@ impl Application {
                 psp: settings.psp_step.map(Psp::new),
             },
             jwt: jwt.clone(),
-            accounts: Accounts::new("payments", &cfg.urls.auth, jwt, deps.redis.clone(), &deps.metrics),
+            accounts: Accounts::new("payments", cfg.urls.auth.clone(), jwt, deps.redis.clone(), &deps.metrics),
             health: deps.health(cfg, &broker),
         };
         let server = Server::bind(cfg, router(state.clone()), broker).await.context("payments service")?;

@@ -14,7 +14,8 @@ async fn a_valid_token_of_a_user_auth_does_not_know_creates_no_payment() {
     let (mut settings, name) = common::test_settings().await;
     let keys = JwtKeys::new(settings.service.jwt_secret.expose());
     let (known, known_token) = common::user(&keys, Role::Customer);
-    settings.service.urls.auth = testing::fake_auth_users(settings.service.jwt_secret.expose(), vec![known]).await;
+    settings.service.urls.auth =
+        testing::fake_auth_users(settings.service.jwt_secret.expose(), vec![known]).await.into();
     let app = common::spawn_with(settings, name).await;
 
     let (_ghost, ghost_token) = common::user(&keys, Role::Customer);

@@ -100,7 +100,7 @@ impl Application {
         let state = AppState {
             db: deps.db.clone(),
             jwt: jwt.clone(),
-            accounts: Accounts::new("profile", &cfg.urls.auth, jwt, deps.redis.clone(), &deps.metrics),
+            accounts: Accounts::new("profile", cfg.urls.auth.clone(), jwt, deps.redis.clone(), &deps.metrics),
             profiles_cache,
             metrics: deps.metrics.clone(),
             broker: broker.clone(),

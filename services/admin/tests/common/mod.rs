@@ -47,8 +47,9 @@ pub async fn test_settings() -> (Settings, String) {
     settings.health_timeout = Duration::from_millis(1500);
     let dead = dead_url().await;
     let urls = &mut settings.service.urls;
-    (urls.gateway, urls.auth, urls.payments, urls.admin, urls.profile) =
-        (dead.clone(), dead.clone(), dead.clone(), dead.clone(), dead);
+    urls.gateway = dead.clone();
+    (urls.auth, urls.payments, urls.admin, urls.profile) =
+        (dead.as_str().into(), dead.as_str().into(), dead.as_str().into(), dead.into());
     (settings, name)
 }
 

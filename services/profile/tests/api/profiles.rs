@@ -175,7 +175,7 @@ async fn a_valid_token_of_a_user_auth_does_not_know_writes_no_profile() {
     let known = uuid::Uuid::new_v4().to_string();
     let secret = mfe_kit::ServiceConfig::from_env(mfe_core::Service::Profile).unwrap().jwt_secret;
     let auth = mfe_kit::testing::fake_auth_users(secret.expose(), vec![known.clone()]).await;
-    let app = crate::helpers::spawn_app_with(|config| config.urls.auth = auth).await;
+    let app = crate::helpers::spawn_app_with(|config| config.urls.auth = auth.into()).await;
 
     let ghost = uuid::Uuid::new_v4().to_string();
     let res = app.put_me(&app.token_for(&ghost), &json!({"bio": "nobody"})).await;
