@@ -229,9 +229,6 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     if args.ha.ha {
         infra::refuse_docker_ha(&rt)?;
     }
-    if replicas > 1 && matches!(rt, Runtime::Docker(_)) {
-        bail!("--replicas runs on the native runtime only for now — use --runtime native");
-    }
     if let Some(pid) = read_pid(&supervisor_pid_file(ctx)) {
         if replicas != replicas_before {
             bail!(

@@ -335,3 +335,71 @@ fn an_absent_daemon_is_one_clear_line_saying_how_to_start_one() {
     assert!(stderr.contains("cannot reach the Docker daemon at unix:///tmp/mfe-no-docker-here.sock"), "{stderr}");
     assert!(stderr.contains("--runtime native"), "{stderr}");
 }
+
+/// `mfe up --replicas 2` on the docker runtime: the infrastructure in containers, two of every
+/// service and gateway as local processes, and the nginx container balancing over both
+/// gateways — a `kill -9` of the first gateway costs no request through nginx. Ports 295xx and
+/// 296xx (the second replicas), clear of the other docker tests.
+#[test]
+fn with_replicas_the_nginx_container_balances_over_every_gateway() {
+    let project = "mfedockertestreplicas";
+    let mut env = stack_env(project);
+    let docker = require_docker(&env);
+    let db = |port: u16, name: &str| format!("postgres://postgres:postgres@127.0.0.1:{port}/{name}");
+    for (var, value) in [
+        ("AUTH_DATABASE_URL", db(29532, "auth_db")),
+        ("PAYMENTS_DATABASE_URL", db(29533, "payments_db")),
+        ("ADMIN_DATABASE_URL", db(29534, "admin_db")),
+        ("PROFILE_DATABASE_URL", db(29535, "profile_db")),
+        ("LEGACY_DATABASE_URL", db(29536, "mfe_poc2")),
+        ("RABBITMQ_URL", "amqp://admin:admin@127.0.0.1:29572/%2f".into()),
+        ("RABBITMQ_MANAGEMENT_PORT", "29573".into()),
+        ("REDIS_URL", "redis://127.0.0.1:29579".into()),
+        ("NGINX_HTTP_PORT", "29580".into()),
+        ("NGINX_HTTPS_PORT", "29543".into()),
+        ("GATEWAY_URL", "http://127.0.0.1:29500".into()),
+        ("AUTH_SERVICE_URL", "http://127.0.0.1:29501".into()),
+        ("PAYMENTS_SERVICE_URL", "http://127.0.0.1:29502".into()),
+        ("ADMIN_SERVICE_URL", "http://127.0.0.1:29503".into()),
+        ("PROFILE_SERVICE_URL", "http://127.0.0.1:29504".into()),
+        ("GATEWAY_HEALTH_INTERVAL_MS", "1000".into()),
+    ] {
+        env.insert(var.into(), value);
+    }
+    /// Stops the stack and removes the project, however the test ends.
+    struct Down<'a>(&'a HashMap<String, String>);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = mfe(self.0, &["down"]);
+            let _ = mfe(self.0, &["infra", "clean", "--yes"]);
+        }
+    }
+    let _ = mfe(&env, &["down"]);
+    let _ = mfe(&env, &["infra", "clean", "--yes"]);
+    let down = Down(&env);
+
+    ok(&env, &["up", "--runtime", "docker", "--replicas", "2"]);
+    let status: serde_json::Value = serde_json::from_str(&ok(&env, &["status", "--json"])).unwrap();
+    let healthy =
+        |name: &str| status["checks"].as_array().unwrap().iter().any(|c| c["name"] == name && c["passed"] == true);
+    for name in ["nginx", "gateway", "gateway-2", "payments", "payments-2"] {
+        assert!(healthy(name), "{name} is not a healthy row of mfe status: {status}");
+    }
+
+    let http = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let through_nginx = || {
+        http.get("https://localhost:29543/api/payments").send().map(|r| r.status().as_u16()).unwrap_or_else(|e| {
+            panic!("nginx did not answer: {e}");
+        })
+    };
+    assert_eq!(through_nginx(), 401, "nginx → gateway → payments answers (no token: 401)");
+    let pid_path = mfe::stack::pid_file(std::path::Path::new(&env["MFE_STATE_DIR"]), "gateway");
+    let pid: i32 = std::fs::read_to_string(&pid_path).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // nginx sends a request whose connection the dead gateway refuses to the other one.
+    let answers: Vec<u16> = (0..20).map(|_| through_nginx()).collect();
+    assert!(answers.iter().all(|&s| s == 401), "every request through nginx answered by the live gateway: {answers:?}");
+
+    drop(down);
+    assert_eq!(leftovers(&docker, project), Vec::<String>::new(), "down and clean remove the project");
+}
