@@ -24,11 +24,13 @@ const EPMD: u16 = 4369;
 
 /// The port ranges the stacks of tests and scripts take for themselves: 17xxx (the degradation
 /// test), 18xxx (`cli/tests/ha_cluster.rs`), 19xxx (`cli/tests/readme_table.rs`), 21xxx (`cli/tests/security.rs`), 27xxx
-/// (`cli/tests/chaos.rs`), 31xxx (`cli/tests/replicas.rs`), 30xxx (`scripts/bench-replicas.sh`),
+/// (`cli/tests/chaos.rs`), 295xx-296xx (`cli/tests/docker_runtime.rs` with replicas), 31xxx
+/// (`cli/tests/replicas.rs`), 30xxx (`scripts/bench-replicas.sh`),
 /// 43xxx (`scripts/bench-ha.sh`), 44xxx (`scripts/bench-chaos.sh`). The ones `make test` starts
 /// are below 32768, Linux's ephemeral range: there a client socket (or its TIME-WAIT) the
 /// kernel numbered with one of a stack's fixed ports makes that listener fail to bind.
-const PRIVATE_RANGES: &[(u16, u16)] = &[(17000, 19999), (21000, 21999), (27000, 27999), (30000, 31999), (43000, 44999)];
+const PRIVATE_RANGES: &[(u16, u16)] =
+    &[(17000, 19999), (21000, 21999), (27000, 27999), (29500, 29699), (30000, 31999), (43000, 44999)];
 
 /// Ports with what they are, so a collision names both sides.
 #[derive(Default)]
