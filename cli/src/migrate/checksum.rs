@@ -139,6 +139,11 @@ impl Ids {
         Ok(out)
     }
 
+    /// Ids `from..to` as uuids, while every id is one (`None` once one was not).
+    pub fn slice_uuids(&self, from: usize, to: usize) -> Option<Vec<uuid::Uuid>> {
+        Some(self.uuids.as_ref()?[from..to].iter().map(|u| uuid::Uuid::from_bytes(*u)).collect())
+    }
+
     pub fn len(&self) -> usize {
         self.uuids.as_ref().map_or(self.ends.len(), Vec::len)
     }
@@ -433,12 +438,15 @@ mod tests {
         assert!(only_uuids.uuids.is_some(), "two canonical uuids stay compact");
         assert_eq!(only_uuids.to_strings().unwrap(), [a, b]);
         assert_eq!(only_uuids.slice_strings(1, 2).unwrap(), [b]);
+        let as_uuids = only_uuids.slice_uuids(0, 2).expect("compact ids slice as uuids");
+        assert_eq!(as_uuids.iter().map(|u| u.to_string()).collect::<Vec<_>>(), [a, b], "they format back exactly");
         // An uppercase uuid would not format back to itself; an id of another shape neither.
         for other in [upper, "p-big", ""] {
             let mixed = scan(&[a, other, b]);
             assert!(mixed.uuids.is_none(), "{other:?} turns the set into text");
             assert_eq!(mixed.len(), 3);
             assert_eq!(mixed.to_strings().unwrap(), [a, other, b], "{other:?}");
+            assert!(mixed.slice_uuids(0, 1).is_none(), "{other:?}: recorded as text");
         }
     }
 
