@@ -57,10 +57,7 @@ impl Instance {
     /// `auth` for the first replica, `auth-2`, `auth-3`, … for the others: the names of its log,
     /// pid and restart files and of its `mfe status` row.
     pub fn name(&self) -> String {
-        match self.replica {
-            0 => self.process.name.to_string(),
-            k => format!("{}-{}", self.process.name, k + 1),
-        }
+        mfe_core::replica_name(self.process.name, self.replica)
     }
 
     /// Its base URL: the process's, with the port of this replica.

@@ -327,21 +327,23 @@ pub async fn record_ids(
     let per_row = IDS_PER_ROW as usize;
     for from in (0..ids.len()).step_by(per_row) {
         let to = (from + per_row).min(ids.len());
-        let (column, uuids, text) = match ids.slice_uuids(from, to) {
-            Some(part) => ("row_uuids", Some(part), None),
-            None => ("row_ids", None, Some(ids.slice_strings(from, to).map_err(|e| anyhow::anyhow!(e))?)),
+        let insert = |column: &str| {
+            format!(
+                "INSERT INTO mfe_migration.imported_ids (batch_id, table_name, chunk, {column}) \
+                 VALUES ($1, $2, nextval('mfe_migration.imported_ids_chunk')::int4, $3)"
+            )
         };
-        let sql = format!(
-            "INSERT INTO mfe_migration.imported_ids (batch_id, table_name, chunk, {column}) \
-             VALUES ($1, $2, nextval('mfe_migration.imported_ids_chunk')::int4, $3)"
-        );
-        let query = sqlx::query(&sql).bind(batch_id).bind(spec.name);
-        match (uuids, text) {
-            (Some(part), _) => query.bind(part),
-            (None, part) => query.bind(part.unwrap_or_default()),
-        }
-        .execute(&mut *conn)
-        .await?;
+        match ids.slice_uuids(from, to) {
+            Some(part) => {
+                let sql = insert("row_uuids");
+                sqlx::query(&sql).bind(batch_id).bind(spec.name).bind(part).execute(&mut *conn).await?
+            }
+            None => {
+                let part = ids.slice_strings(from, to).map_err(|e| anyhow::anyhow!(e))?;
+                let sql = insert("row_ids");
+                sqlx::query(&sql).bind(batch_id).bind(spec.name).bind(part).execute(&mut *conn).await?
+            }
+        };
     }
     Ok(ids.len() as u64)
 }

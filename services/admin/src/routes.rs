@@ -300,8 +300,7 @@ async fn system_health(State(state): State<AppState>, RequireAdmin(_): RequireAd
         [("auth", &urls.auth), ("payments", &urls.payments), ("admin", &urls.admin), ("profile", &urls.profile)]
     {
         for (k, base) in replicas.urls().iter().enumerate() {
-            let name = if k == 0 { service.to_string() } else { format!("{service}-{}", k + 1) };
-            targets.push((name, base.as_str()));
+            targets.push((mfe_core::replica_name(service, k), base.as_str()));
         }
     }
     let checks = targets.into_iter().map(|(name, base)| probe(&state.http, name, base, state.health_timeout));

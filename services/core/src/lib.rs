@@ -17,4 +17,4 @@ pub mod service;
 pub use env::{parse_env, parse_env_ms, parse_env_secs, EnvError};
 pub use redact::{cause_chain, redact_url_password};
 pub use secret::Secret;
-pub use service::{Service, ServiceSpec, SERVICES};
+pub use service::{replica_name, Service, ServiceSpec, SERVICES};

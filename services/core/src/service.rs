@@ -120,6 +120,15 @@ impl Service {
     }
 }
 
+/// The name of replica `k` (from 0) of the process `name`: `auth` for the first, `auth-2`,
+/// `auth-3`, … for the others — the rows of `mfe status` and of admin's system health.
+pub fn replica_name(name: &str, k: usize) -> String {
+    match k {
+        0 => name.to_string(),
+        k => format!("{name}-{}", k + 1),
+    }
+}
+
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -130,6 +139,13 @@ impl fmt::Display for Service {
 mod tests {
     use super::*;
     use crate::env;
+
+    #[test]
+    fn the_first_replica_keeps_the_name_and_the_others_are_numbered_from_2() {
+        assert_eq!(replica_name("auth", 0), "auth");
+        assert_eq!(replica_name("auth", 1), "auth-2");
+        assert_eq!(replica_name("gateway", 2), "gateway-3");
+    }
 
     #[test]
     fn each_service_has_the_spec_default_port() {

@@ -5,9 +5,8 @@
 //!
 //! The check asks the auth service, the owner of the users: first auth's own cache in the
 //! shared Redis (`user:{id}`, which auth fills on every lookup, 5 minutes), then
-//! `GET /api/auth/users/{id}` with a service token, round robin over auth's replicas
-//! ([`crate::replicas`]) ([`crate::JwtKeys::issue_service`], valid
-//! one minute). 404 → 401 `the account of this token no longer exists`. When auth cannot answer
+//! `GET /api/auth/users/{id}` with a service token ([`crate::JwtKeys::issue_service`], valid
+//! one minute), round robin over auth's replicas ([`crate::replicas`]). 404 → 401 `the account of this token no longer exists`. When auth cannot answer
 //! (down, timing out after 2 s, any other status) the write goes on — fail open, with a warning
 //! and `account_checks_unanswered_total` — so that payments and profile keep taking writes
 //! while auth is down, as they do while Redis or the broker is; the token is still a validly
