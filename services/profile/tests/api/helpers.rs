@@ -77,6 +77,16 @@ impl TestApp {
         env
     }
 
+    /// The app's `cache_hits_total` of the profile cache (0 before the first hit).
+    pub async fn profile_cache_hits(&self) -> f64 {
+        let metrics = self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("cache_hits_total{") && l.contains(r#"cache="profile""#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Polls `GET /api/profile/me` until it stops answering 404 (at most `max`).
     pub async fn wait_for_profile(&self, token: &str, max: Duration) -> Response {
         let deadline = tokio::time::Instant::now() + max;
