@@ -21,6 +21,8 @@
 //! - [`trace`]: W3C trace context carried from the emitting request to the consumer.
 //! - [`crash_point`]: the chaos suite's consumer crash between commit and ack (SIGUSR1).
 //! - [`upgrade`]: recreating a service queue whose arguments changed, messages kept.
+//! - [`scenarios`]: the event hub's reliability scenarios, run by `mfe test event-hub` against a
+//!   live broker and by this crate's integration tests.
 //!
 //! The tables (`event_outbox`, `processed_events`) are in `migrations/_shared/event_hub.up.sql`,
 //! which each service's migrations include.
@@ -35,6 +37,7 @@ pub mod hub;
 pub mod idempotency;
 pub mod ops;
 pub mod outbox;
+pub mod scenarios;
 pub mod service_link;
 pub mod tail;
 pub mod topology;
@@ -49,6 +52,7 @@ pub use handler::{handler_fn, Handler};
 pub use hub::{Hub, SubscriptionHandle};
 pub use ops::{Message, QueueCounts};
 pub use outbox::{OutboxRelay, RelayHandle};
+pub use scenarios::{BrokerControl, ScenarioOutcome, Scenarios};
 pub use tail::{Tail, TailedEvent};
 pub use topology::Subscription;
 pub use upgrade::QueueUpgrade;

@@ -1,9 +1,7 @@
 //! The hub against a real RabbitMQ (the test stack of test.env): publish/consume, confirm
 //! failures, retries and dead-lettering.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions};
 use lapin::types::AMQPValue;
 use mfe_events::{handler_fn, types, Envelope, HandlerError, HubError, Subscription};
@@ -13,6 +11,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_published_event_reaches_only_the_subscribers_bound_to_its_type() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let profile = Subscription::durable("profile", &[types::AUTH_USER_REGISTERED]).isolated(&p);
@@ -66,6 +65,7 @@ async fn a_published_event_reaches_only_the_subscribers_bound_to_its_type() {
 
 #[tokio::test]
 async fn a_publish_the_broker_cannot_take_fails_with_a_clear_error() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
 
@@ -108,6 +108,7 @@ fn header_int(props: &lapin::BasicProperties, name: &str) -> Option<i64> {
 
 #[tokio::test]
 async fn a_handler_that_always_fails_is_retried_three_times_with_backoff_then_dead_lettered_with_the_reason() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let failing = Subscription::durable("payments", &["auth.#"]).isolated(&p);
@@ -181,6 +182,7 @@ async fn a_handler_that_always_fails_is_retried_three_times_with_backoff_then_de
 
 #[tokio::test]
 async fn a_fatal_handler_error_goes_straight_to_the_dead_letter_queue() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("admin", &["#"]).isolated(&p);
@@ -218,6 +220,7 @@ async fn a_fatal_handler_error_goes_straight_to_the_dead_letter_queue() {
 // Several worker threads, as in the services: lapin's own tasks may run in any order there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_acks_settle_every_handled_event_once_even_with_retries_in_between() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let mut cfg = hub_config(&p);
     cfg.prefetch = 20; // acks go out in batches of up to 5
@@ -280,6 +283,7 @@ async fn coalesced_acks_settle_every_handled_event_once_even_with_retries_in_bet
 
 #[tokio::test]
 async fn two_replicas_of_a_service_queue_consume_one_at_a_time_in_publication_order() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("admin", &["payments.#"]).isolated(&p);

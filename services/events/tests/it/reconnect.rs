@@ -2,9 +2,7 @@
 //! kept to one. The hub must reconnect, re-declare, resume its consumer, and the outbox must
 //! deliver every event written while the broker was down.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mfe_events::outbox::{self, OutboxRelay};
 use mfe_events::{types, Envelope, Subscription};
 use std::collections::HashSet;
@@ -12,6 +10,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn after_a_broker_outage_the_hub_reconnects_resumes_its_consumer_and_the_outbox_delivers_everything() {
+    let _broker = exclusive_broker().await;
     let db = ScratchDb::create().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
@@ -57,5 +56,29 @@ async fn after_a_broker_outage_the_hub_reconnects_resumes_its_consumer_and_the_o
     relay.shutdown().await;
     h.cancel().await;
     cleanup(&hub, &[sub]).await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_broker_restart_persistence_loses_no_confirmed_event() {
+    let _broker = exclusive_broker().await;
+    let p = prefix();
+    let s = mfe_events::Scenarios::new(connect(hub_config(&p)).await, p);
+    let o = s.broker_restart(500, &MfeInfra).await.expect("broker restart scenario");
+    assert!(o.passed, "{}: {}", o.name, o.detail);
+    assert_eq!(o.metrics["lost"], 0);
+    assert!(s.cleanup().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_outbox_broker_outage_delivers_every_event_committed_while_the_broker_was_down() {
+    let _broker = exclusive_broker().await;
+    let db = ScratchDb::create().await;
+    let p = prefix();
+    let s = mfe_events::Scenarios::new(connect(hub_config(&p)).await, p);
+    let o = s.outbox_outage(&db.pool, &MfeInfra).await.expect("outbox outage scenario");
+    assert!(o.passed, "{}: {}", o.name, o.detail);
+    assert_eq!((o.metrics["delivered"].as_u64(), o.metrics["lost"].as_u64()), (Some(100), Some(0)));
+    assert!(s.cleanup().await);
     db.drop_db().await;
 }

@@ -1,16 +1,31 @@
 //! Shared set-up for the integration tests: an isolated topology per test on the broker of
 //! `RABBITMQ_URL`, and a scratch database on the server of `AUTH_DATABASE_URL`.
 
-#![allow(dead_code)]
-
+use futures::future::BoxFuture;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use mfe_events::topology::{base_plan, subscription_plan};
+use mfe_events::BrokerControl;
 use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription, SubscriptionHandle};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
-use std::str::FromStr;
+use mfe_testkit::START_HINT;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// One binary runs every test at once; the few that stop or restart the shared broker take it
+/// for themselves ([`exclusive_broker`]) while every other test holds [`shared_broker`].
+static BROKER: RwLock<()> = RwLock::const_new(());
+
+/// Held for the whole of a test that needs the broker up.
+pub async fn shared_broker() -> RwLockReadGuard<'static, ()> {
+    BROKER.read().await
+}
+
+/// Held for the whole of a test that stops or restarts the broker.
+pub async fn exclusive_broker() -> RwLockWriteGuard<'static, ()> {
+    BROKER.write().await
+}
 
 /// A unique prefix so tests never share queues with each other or with live services.
 pub fn prefix() -> String {
@@ -30,9 +45,7 @@ pub fn hub_config(prefix: &str) -> HubConfig {
 
 pub async fn connect(cfg: HubConfig) -> Hub {
     let urls = cfg.urls.join(",");
-    Hub::connect(cfg).await.unwrap_or_else(|e| {
-        panic!("{e}\n(tests use RABBITMQ_URL={urls}; start the test stack with `set -a; . ./test.env; set +a; target/debug/mfe infra start`)")
-    })
+    Hub::connect(cfg).await.unwrap_or_else(|e| panic!("{e}\n(tests use RABBITMQ_URL={urls}; {START_HINT})"))
 }
 
 /// Deletes the exchanges and queues of `subs` under `hub`'s configuration.
@@ -55,37 +68,26 @@ pub async fn cleanup(hub: &Hub, subs: &[Subscription]) {
 /// A fresh database with the event hub tables; [`ScratchDb::drop_db`] removes it.
 pub struct ScratchDb {
     pub pool: PgPool,
-    admin: PgConnectOptions,
-    name: String,
+    url: String,
 }
 
 impl ScratchDb {
     pub async fn create() -> ScratchDb {
-        let url = std::env::var("AUTH_DATABASE_URL")
+        let server = std::env::var("AUTH_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/auth_db".into());
-        let admin = PgConnectOptions::from_str(&url).expect("AUTH_DATABASE_URL is a postgres URL").database("postgres");
-        let name = format!("events_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = admin.connect().await.unwrap_or_else(|e| {
-            panic!("auth_db server of AUTH_DATABASE_URL ({url}): {e} — start the test stack: `set -a; . ./test.env; set +a; target/debug/mfe infra start`")
-        });
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.expect("create scratch database");
-        conn.close().await.ok();
+        let url = mfe_testkit::db::create_database(&server, "events_test").await;
         let pool = PgPoolOptions::new()
             .max_connections(5)
-            .connect_with(admin.clone().database(&name))
+            .connect(&url)
             .await
-            .expect("connect to the scratch database");
+            .unwrap_or_else(|e| panic!("connect to the scratch database {url}: {e} — {START_HINT}"));
         sqlx::raw_sql(mfe_events::EVENT_HUB_DDL).execute(&pool).await.expect("apply the event hub DDL");
-        ScratchDb { pool, admin, name }
+        ScratchDb { pool, url }
     }
 
     pub async fn drop_db(self) {
         self.pool.close().await;
-        if let Ok(mut conn) = self.admin.connect().await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
-        }
+        mfe_testkit::db::drop_database(&self.url).await;
     }
 }
 
@@ -106,6 +108,33 @@ pub fn mfe_infra(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The test stack's broker, stopped and restarted through `target/debug/mfe infra`, for the
+/// scenarios that need an outage (hold [`exclusive_broker`] while they run).
+pub struct MfeInfra;
+
+impl BrokerControl for MfeInfra {
+    fn stop(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async {
+            tokio::task::block_in_place(|| mfe_infra(&["stop", "rabbitmq"]));
+            Ok(())
+        })
+    }
+
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async {
+            tokio::task::block_in_place(|| mfe_infra(&["start", "rabbitmq"]));
+            Ok(())
+        })
+    }
+
+    fn restart(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async {
+            tokio::task::block_in_place(|| mfe_infra(&["restart", "rabbitmq"]));
+            Ok(())
+        })
+    }
 }
 
 /// Polls `f` until it is true or `max` passed.

@@ -8,9 +8,7 @@
 //! session is then terminated — what PostgreSQL sees when a relay process is killed there (its
 //! transaction aborts, the row locks go). Runs on the test stack's broker and auth_db server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mfe_events::outbox::{self, RelayError};
 use mfe_events::{handler_fn, idempotency, types, Envelope, HandlerError, Subscription};
 use sqlx::postgres::PgPoolOptions;
@@ -22,6 +20,7 @@ const CONSUMER: &str = "crash-test";
 
 #[tokio::test]
 async fn a_republished_event_keeps_its_id_and_its_consumer_acts_on_it_once() {
+    let _broker = shared_broker().await;
     let db = ScratchDb::create().await;
     sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL)").execute(&db.pool).await.unwrap();
     let p = prefix();

@@ -3,9 +3,7 @@
 //! recreates it with every message kept — those it held and those published during the
 //! upgrade — and a second run finds it current.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mfe_events::topology::{self, subscription_plan, SINGLE_ACTIVE_CONSUMER};
 use mfe_events::upgrade::{holding_plan, holding_queue_name};
 use mfe_events::{types, Envelope, HubError, QueueUpgrade, Subscription};
@@ -38,6 +36,7 @@ async fn drain(hub: &mfe_events::Hub, queue: &str) -> Vec<uuid::Uuid> {
 
 #[tokio::test]
 async fn an_old_queue_is_recreated_with_one_active_consumer_and_no_message_lost() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let cfg = hub_config(&p);
     let hub = connect(cfg.clone()).await;
@@ -102,6 +101,7 @@ async fn an_old_queue_is_recreated_with_one_active_consumer_and_no_message_lost(
 
 #[tokio::test]
 async fn an_upgrade_stopped_half_way_is_finished_by_the_next_run() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let cfg = hub_config(&p);
     let hub = connect(cfg.clone()).await;

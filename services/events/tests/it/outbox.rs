@@ -1,8 +1,6 @@
 //! The outbox relay and idempotent consumption against real PostgreSQL and RabbitMQ.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use mfe_events::outbox::{self, OutboxRelay};
@@ -11,6 +9,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn an_event_id_is_claimed_once_per_consumer_and_a_rolled_back_claim_does_not_count() {
+    let _broker = shared_broker().await;
     let db = ScratchDb::create().await;
     let id = uuid::Uuid::new_v4();
 
@@ -35,6 +34,7 @@ async fn an_event_id_is_claimed_once_per_consumer_and_a_rolled_back_claim_does_n
 
 #[tokio::test]
 async fn the_relay_publishes_committed_outbox_rows_in_order_and_marks_them_sent() {
+    let _broker = shared_broker().await;
     let db = ScratchDb::create().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
@@ -71,6 +71,7 @@ async fn the_relay_publishes_committed_outbox_rows_in_order_and_marks_them_sent(
 
 #[tokio::test]
 async fn two_relays_on_one_outbox_publish_every_row_once() {
+    let _broker = shared_broker().await;
     // Two replicas of a service: two relays over the same table, woken together, batch after
     // batch. One publishes at a time (the relay lock), so no row goes out twice and the
     // outbox's order holds across both.
@@ -145,6 +146,7 @@ fn last_publication_order(seen: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
 
 #[tokio::test]
 async fn a_failed_publish_stops_the_relay_round_so_later_events_never_overtake_it() {
+    let _broker = shared_broker().await;
     let db = ScratchDb::create().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;

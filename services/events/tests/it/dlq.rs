@@ -3,9 +3,7 @@
 //! the failing consumer only and its inbox keeps the effect once, purge, a second scan refused
 //! while one runs, and the tail's own temporary queue.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use mfe_events::{handler_fn, idempotency, types, DeadLetterFilter, Envelope, HandlerError, HubError, Subscription};
@@ -42,6 +40,7 @@ async fn wait_for_dead_letters(hub: &mfe_events::Hub, n: usize) -> mfe_events::D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_dead_letter_reaches_only_its_failing_consumer_and_takes_effect_once() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let db = ScratchDb::create().await;
@@ -215,6 +214,7 @@ async fn a_replayed_dead_letter_reaches_only_its_failing_consumer_and_takes_effe
 
 #[tokio::test]
 async fn a_dead_letter_whose_queue_is_gone_stays_and_purge_removes_what_it_is_told_to() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("profile", &["payments.#"]).isolated(&p);
@@ -257,6 +257,7 @@ async fn a_dead_letter_whose_queue_is_gone_stays_and_purge_removes_what_it_is_to
 
 #[tokio::test]
 async fn a_second_reader_of_the_dead_letter_queue_is_refused_rather_than_shown_half_of_it() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     let sub = Subscription::durable("admin", &["#"]).isolated(&p);
@@ -280,6 +281,7 @@ async fn a_second_reader_of_the_dead_letter_queue_is_refused_rather_than_shown_h
 
 #[tokio::test]
 async fn a_tail_sees_the_matching_events_on_its_own_queue_which_goes_away_with_it() {
+    let _broker = shared_broker().await;
     let p = prefix();
     let hub = connect(hub_config(&p)).await;
     // A consumer so the publishes are routable whatever the tail binds.
