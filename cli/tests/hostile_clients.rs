@@ -11,7 +11,8 @@ mod nginx_support;
 use std::time::Duration;
 
 use mfe_core::Service;
-use mfe_kit::{testing::test_config, JwtKeys, Role};
+use mfe_kit::{JwtKeys, Role};
+use mfe_testkit::test_config;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -58,7 +59,7 @@ async fn spawn_platform() -> Platform {
             "auth" => format!("http://127.0.0.1:{auth_port}"),
             "admin" => format!("http://127.0.0.1:{admin_port}"),
             "payments" => format!("http://127.0.0.1:{payments_port}"),
-            _ => format!("http://127.0.0.1:{}", mfe_kit::testing::closed_port()),
+            _ => format!("http://127.0.0.1:{}", mfe_testkit::closed_port()),
         }];
     }
     let gateway = mfe_gateway::Application::build(cfg).await.expect("the gateway builds");

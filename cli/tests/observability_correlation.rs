@@ -194,9 +194,9 @@ async fn a_correlation_id_and_trace_sent_through_nginx_reach_the_gateway_and_ser
     let (auth_bin, gateway_bin) = binaries();
     let (otlp, bodies) = start_otlp_receiver().await;
     let endpoint = format!("http://{otlp}");
-    let database = mfe_kit::testing::fresh_database(&mfe_core::env::get("AUTH_DATABASE_URL")).await;
-    let auth_port = mfe_kit::testing::closed_port();
-    let gateway_port = mfe_kit::testing::closed_port();
+    let database = mfe_testkit::fresh_database(&mfe_core::env::get("AUTH_DATABASE_URL")).await;
+    let auth_port = mfe_testkit::closed_port();
+    let gateway_port = mfe_testkit::closed_port();
 
     let mut auth = Proc::spawn(
         "auth-service",

@@ -194,7 +194,7 @@ async fn test_proxy_as_written_passes_its_nginx_half_trusting_the_stacks_ca() {
 /// whose other routes lead nowhere; returns the gateway's WebSocket URL.
 async fn admin_behind_gateway() -> (String, String) {
     let mut settings = admin_service::Settings::from_env().expect("admin settings");
-    let (url, db) = mfe_kit::testing::fresh_migrated_database("ADMIN_DATABASE_URL", &admin_service::MIGRATOR).await;
+    let (url, db) = mfe_testkit::fresh_migrated_database("ADMIN_DATABASE_URL", &admin_service::MIGRATOR).await;
     settings.service.port = 0;
     settings.service.database_url = url;
     settings.events_queue = format!("mfe.test.admin.{}", uuid::Uuid::new_v4().simple());
@@ -245,5 +245,5 @@ async fn an_announcement_through_the_admin_api_reaches_every_socket_as_notificat
     let report = mfe::ws::probe::probe(&ctx(), &customer).await.unwrap();
     let trigger = report.checks.iter().find(|c| c.name == "trigger-announcement").expect("a trigger check");
     assert!(!trigger.passed && trigger.detail.contains("403"), "{}", trigger.detail);
-    mfe_kit::testing::drop_database("ADMIN_DATABASE_URL", &db).await;
+    mfe_testkit::drop_database(&mfe_testkit::db::with_database(&mfe_core::env::get("ADMIN_DATABASE_URL"), &db)).await;
 }

@@ -47,7 +47,7 @@ fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
 #[tokio::test]
 async fn a_100_mb_upload_and_download_through_the_gateway_binary_keep_its_memory_flat() {
     let upstream = common::spawn_upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = mfe_testkit::net::closed_port();
     let child = Command::new(env!("CARGO_BIN_EXE_mfe-gateway"))
         .env("PORT", port.to_string())
         .env("GATEWAY_HOST", "127.0.0.1")

@@ -158,8 +158,8 @@ async fn an_unknown_path_is_a_json_404() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_json_502() {
     // A port that was free a moment ago: nothing listens there.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let gw = spawn_gateway(config(&format!("http://{free}"))).await;
+    let free = mfe_testkit::net::closed_port();
+    let gw = spawn_gateway(config(&format!("http://127.0.0.1:{free}"))).await;
     let resp = client().post(format!("{}/api/auth/signin", gw.base)).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 502);
     assert!(resp.headers().contains_key("x-correlation-id"));

@@ -27,10 +27,7 @@ fn replicated(urls: &[&str]) -> GatewayConfig {
 
 /// A port nothing listens on: connections to it are refused.
 async fn dead_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
+    format!("http://127.0.0.1:{}", mfe_testkit::net::closed_port())
 }
 
 /// A server that accepts, reads the request head and closes without answering: the request

@@ -33,7 +33,7 @@ pub fn nginx_bin() -> PathBuf {
 /// closed ports (nothing answers) and the default CORS origins, unless a test says otherwise.
 #[allow(dead_code)] // not every test binary changes the defaults
 pub fn edge_settings(gateway_port: u16) -> mfe::infra::nginx::EdgeSettings {
-    let closed = || format!("127.0.0.1:{}", mfe_kit::testing::closed_port());
+    let closed = || format!("127.0.0.1:{}", mfe_testkit::closed_port());
     mfe::infra::nginx::EdgeSettings {
         gateways: vec![format!("127.0.0.1:{gateway_port}")],
         shell: closed(),
@@ -60,8 +60,8 @@ impl Edge {
         mfe::ssl::generate(&ssl, 30, &[], false).expect("generate a dev CA and certificate");
         let mut cfg = mfe::config::Config::from_env().expect("configuration from the environment");
         cfg.root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        cfg.nginx_http_port = mfe_kit::testing::closed_port();
-        cfg.nginx_https_port = mfe_kit::testing::closed_port();
+        cfg.nginx_http_port = mfe_testkit::closed_port();
+        cfg.nginx_https_port = mfe_testkit::closed_port();
         cfg.ssl_cert_path = ssl.cert.clone();
         cfg.ssl_key_path = ssl.key.clone();
         cfg.gateway_url = format!("http://{}", settings.gateways[0]);

@@ -36,7 +36,7 @@ fn isolated_hub() -> HubConfig {
 
 /// Records every event of `patterns` on `cfg`'s exchange.
 async fn recorder(cfg: &HubConfig, patterns: &[&str]) -> (Hub, Arc<Mutex<Vec<Envelope>>>) {
-    let hub = Hub::connect(cfg.clone()).await.unwrap_or_else(|e| panic!("{e} — {}", mfe_kit::testing::START_HINT));
+    let hub = Hub::connect(cfg.clone()).await.unwrap_or_else(|e| panic!("{e} — {}", mfe_testkit::START_HINT));
     let seen: Arc<Mutex<Vec<Envelope>>> = Arc::default();
     let sink = seen.clone();
     let handle = hub

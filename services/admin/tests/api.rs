@@ -115,7 +115,7 @@ async fn a_redelivered_event_is_audited_once() {
 
 #[tokio::test]
 async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
-    let recorder = mfe_kit::testing::EventRecorder::start("admin-test", &["admin.config.updated"]).await;
+    let recorder = mfe_testkit::events::EventRecorder::start("admin-test", &["admin.config.updated"]).await;
     let app = spawn_app().await;
     let (admin_id, admin) = app.user(Role::Admin);
     let key = format!("fees.rate-{}", uuid::Uuid::new_v4().simple());

@@ -145,6 +145,7 @@ pub const VARS: &[Var] = &[
     hook("MFE_IMAGE_CACHE", "/var/cache/mfe-images", "where `mfe infra images` keeps the downloads it builds local images from"),
     hook("MFE_MIGRATE_FAIL_AFTER_TABLE", "", "test hook: `mfe migrate` fails right after importing this table"),
     hook("MFE_MIGRATE_PAUSE_IN_CHUNK", "", "test hook: `<table>:<k>` holds `mfe migrate` inside chunk k of the table, uncommitted"),
+    hook("TEST_LOG", "", "tests: set (any value) to see the services' logs in the output of `cargo test` (mfe-testkit)"),
     hook("MFE_CUTOVER_PAUSE_IN_BLOCK", "", "test hook: 1 holds `mfe migrate cutover` inside its write block"),
 
     external("PATH", "", "searched for pg_dump, psql and the native runtime's binaries"),

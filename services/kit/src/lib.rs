@@ -29,7 +29,6 @@
 //! - [`run`]: the shared `main` of the service binaries and the gateway (`.env`, runtime,
 //!   tracing, serve, flush, exit code).
 //! - [`shutdown`]: SIGTERM/SIGINT handling for graceful shutdown.
-//! - [`testing`]: fresh per-test databases and test configurations for integration tests.
 pub mod accounts;
 pub mod auth;
 pub mod cache;
@@ -50,7 +49,6 @@ pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
-pub mod testing;
 
 pub use auth::Caller;
 pub use auth::{AuthUser, RequireAdmin};

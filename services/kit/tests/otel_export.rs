@@ -4,91 +4,22 @@
 //!
 //! Its own test binary: the endpoint must be set before the process's one subscriber exists.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{body::Bytes, extract::State, routing::get, routing::post, Router};
+use axum::{routing::get, Router};
 use mfe_events::{handler_fn, Envelope, Hub, HubConfig, Subscription};
 use mfe_kit::{health::Health, metrics::Metrics, server, telemetry};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
+use mfe_testkit::otlp::Collector;
 use tokio::sync::mpsc;
 
 const SERVICE: &str = "otel-test-service";
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const INCOMING_PARENT: &str = "00f067aa0ba902b7";
 
-type Bodies = Arc<Mutex<Vec<Bytes>>>;
-
-/// A minimal OTLP/HTTP receiver: records every `POST /v1/traces` body.
-async fn start_receiver() -> (SocketAddr, Bodies) {
-    let bodies: Bodies = Arc::default();
-    let app = Router::new()
-        .route(
-            "/v1/traces",
-            post(|State(b): State<Bodies>, body: Bytes| async move {
-                b.lock().unwrap().push(body);
-                ""
-            }),
-        )
-        .with_state(bodies.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the otlp receiver");
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    (addr, bodies)
-}
-
-struct ExportedSpan {
-    service: String,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent_span_id: String,
-}
-
-fn decode(bodies: &Bodies) -> Vec<ExportedSpan> {
-    let mut out = Vec::new();
-    for body in bodies.lock().unwrap().iter() {
-        let req = ExportTraceServiceRequest::decode(body.as_ref()).expect("an otlp protobuf body");
-        for rs in req.resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    out.push(ExportedSpan {
-                        service: service.clone(),
-                        name: s.name,
-                        trace_id: hex(&s.trace_id),
-                        span_id: hex(&s.span_id),
-                        parent_span_id: hex(&s.parent_span_id),
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn a_request_and_the_event_it_publishes_are_exported_as_one_trace_to_the_otlp_endpoint() {
-    let (receiver, bodies) = start_receiver().await;
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
+    let collector = Collector::start().await;
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
     std::env::remove_var("OTEL_SERVICE_NAME");
     telemetry::init_tracing(SERVICE);
     assert!(mfe_kit::otel::enabled(), "the otlp exporter is installed when the endpoint is set");
@@ -102,7 +33,7 @@ async fn a_request_and_the_event_it_publishes_are_exported_as_one_trace_to_the_o
     let urls = cfg.urls.join(",");
     let hub = Hub::connect(cfg.clone())
         .await
-        .unwrap_or_else(|e| panic!("{e} (RABBITMQ_URL={urls}) — {}", mfe_kit::testing::START_HINT));
+        .unwrap_or_else(|e| panic!("{e} (RABBITMQ_URL={urls}) — {}", mfe_testkit::START_HINT));
     let event_type = format!("otel.test.{}", uuid::Uuid::new_v4().simple());
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Option<String>>();
     let sub = Subscription::exclusive("otel-test", &[event_type.as_str()]);
@@ -164,7 +95,7 @@ async fn a_request_and_the_event_it_publishes_are_exported_as_one_trace_to_the_o
     let mut spans = Vec::new();
     for _ in 0..40 {
         mfe_kit::otel::flush();
-        spans = decode(&bodies);
+        spans = collector.spans();
         if spans.iter().any(|s| s.name == "request") && spans.iter().any(|s| s.name == "consume") {
             break;
         }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use mfe_kit::{revocation::Revocations, testing, JwtKeys, Role};
+use mfe_kit::{revocation::Revocations, JwtKeys, Role};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -15,7 +15,7 @@ async fn a_valid_token_of_a_user_auth_does_not_know_creates_no_payment() {
     let keys = JwtKeys::new(settings.service.jwt_secret.expose());
     let (known, known_token) = common::user(&keys, Role::Customer);
     settings.service.urls.auth =
-        testing::fake_auth_users(settings.service.jwt_secret.expose(), vec![known]).await.into();
+        mfe_testkit::service::fake_auth_users(settings.service.jwt_secret.expose(), vec![known]).await.into();
     let app = common::spawn_with(settings, name).await;
 
     let (_ghost, ghost_token) = common::user(&keys, Role::Customer);

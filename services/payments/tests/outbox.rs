@@ -8,36 +8,17 @@ use std::time::Duration;
 
 use common::{test_settings, EventLog};
 use mfe_kit::Role;
+use mfe_testkit::net::Forwarder;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A port nothing listens on (bound, then released).
-async fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Forwards every connection on `port` to `upstream`: the broker "returns".
-async fn open_forwarder(port: u16, upstream: String) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("rebind the released port");
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-}
 
 #[tokio::test]
 async fn a_payment_created_while_the_broker_is_unreachable_is_published_once_it_returns() {
     let events = EventLog::start("payments.#").await;
     let real = url::Url::parse(&events.hub.config().urls[0]).expect("RABBITMQ_URL is a URL");
     let upstream = format!("{}:{}", real.host_str().unwrap(), real.port().unwrap_or(5672));
-    let port = closed_port().await;
+    let target = tokio::net::lookup_host(&upstream).await.unwrap().next().expect("the broker's address");
+    let mut forwarder = Forwarder::cut_from_start(target);
+    let port = forwarder.port;
     let mut unreachable = real.clone();
     unreachable.set_port(Some(port)).unwrap();
 
@@ -61,7 +42,7 @@ async fn a_payment_created_while_the_broker_is_unreachable_is_published_once_it_
     assert_eq!(app.outbox_rows(&id).await, vec![("payments.payment.created".to_string(), false)]);
     assert!(events.types_for(&id).is_empty());
 
-    open_forwarder(port, upstream).await;
+    forwarder.restore().await;
     let seen = events.wait_for(&id, 1, Duration::from_secs(30)).await;
     assert_eq!(seen, vec!["payments.payment.created"], "the event is delivered exactly once after the broker returns");
     assert_eq!(app.outbox_rows(&id).await, vec![("payments.payment.created".to_string(), true)]);

@@ -24,3 +24,8 @@ pub mod service;
 /// What to run when the test stack is not reachable.
 pub const START_HINT: &str =
     "start the test stack: `set -a; source test.env; set +a; cargo build -p mfe && target/debug/mfe infra start`";
+
+pub use db::{drop_database, fresh_database, fresh_migrated_database};
+pub use events::EventRecorder;
+pub use net::closed_port;
+pub use service::{fake_auth_users, test_config};

@@ -12,17 +12,16 @@ use sqlx::{migrate::Migrator, PgPool};
 
 /// Creates a database named by a fresh UUID on the server of `$var` and runs `migrator`.
 pub async fn fresh_database(var: &str, migrator: &Migrator) -> (String, String) {
-    mfe_kit::testing::fresh_migrated_database(var, migrator).await
+    mfe_testkit::db::fresh_migrated_database(var, migrator).await
 }
 
 pub async fn drop_database(var: &str, name: &str) {
-    mfe_kit::testing::drop_database(var, name).await
+    mfe_testkit::db::drop_database(&mfe_testkit::db::with_database(&mfe_core::env::get(var), name)).await
 }
 
 /// A base URL nothing answers on (a port bound, then released).
 pub async fn dead_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())
+    format!("http://127.0.0.1:{}", mfe_testkit::net::closed_port())
 }
 
 pub struct TestApp {
@@ -59,7 +58,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(settings: Settings, db_name: String) -> TestApp {
-    mfe_kit::telemetry::init_tracing("admin-test");
+    mfe_testkit::logging::init("admin-test");
     let keys = JwtKeys::new(settings.service.jwt_secret.expose());
     let app = Application::build(settings).await.expect("build the admin app");
     let address = format!("http://127.0.0.1:{}", app.port());

@@ -26,7 +26,7 @@ async fn watch_revocations() -> (Hub, UnboundedReceiver<Envelope>) {
         HubConfig::from_env().expect("event hub configuration").with_connection_name("auth-service-tests"),
     )
     .await
-    .unwrap_or_else(|e| panic!("cannot connect to rabbitmq: {e} — {}", mfe_kit::testing::START_HINT));
+    .unwrap_or_else(|e| panic!("cannot connect to rabbitmq: {e} — {}", mfe_testkit::START_HINT));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     hub.subscribe(
         Subscription::exclusive("auth-tests", &[types::AUTH_SESSION_REVOKED]),

@@ -1,10 +1,10 @@
 //! `spawn_app()` and a `TestApp` whose methods are named after the endpoints.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use auth_service::{Application, Settings};
 use mfe_core::Service;
-use mfe_kit::{testing, ServiceConfig};
+use mfe_kit::ServiceConfig;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -19,16 +19,16 @@ pub struct TestApp {
 /// The auth service on a free port with a fresh, migrated database, with the settings of the
 /// environment (the default refresh grace window, 5 s).
 pub async fn spawn_app() -> TestApp {
-    mfe_kit::telemetry::init_tracing("auth-service-tests");
-    let config = testing::test_config(Service::Auth).await;
+    mfe_testkit::logging::init("auth-service-tests");
+    let config = mfe_testkit::service::test_config(Service::Auth).await;
     spawn_with(config).await
 }
 
 /// [`spawn_app`] with a refresh grace window of `grace`, so a test of "after the window" waits
 /// only that long.
 pub async fn spawn_app_with_grace(grace: Duration) -> TestApp {
-    mfe_kit::telemetry::init_tracing("auth-service-tests");
-    let config = testing::test_config(Service::Auth).await;
+    mfe_testkit::logging::init("auth-service-tests");
+    let config = mfe_testkit::service::test_config(Service::Auth).await;
     let mut settings = Settings::for_service(config).expect("auth settings");
     settings.refresh_grace = grace;
     spawn_settings(settings).await
@@ -42,7 +42,7 @@ pub async fn spawn_settings(settings: Settings) -> TestApp {
     let config = settings.service.clone();
     let app = Application::build(settings)
         .await
-        .unwrap_or_else(|e| panic!("cannot start the auth service: {e:#} — {}", testing::START_HINT));
+        .unwrap_or_else(|e| panic!("cannot start the auth service: {e:#} — {}", mfe_testkit::START_HINT));
     let address = format!("http://127.0.0.1:{}", app.port());
     let broker = app.state().broker.clone();
     tokio::spawn(app.run_until(std::future::pending()));
@@ -50,7 +50,7 @@ pub async fn spawn_settings(settings: Settings) -> TestApp {
     assert!(
         broker.wait_until_connected(Duration::from_secs(20)).await,
         "the auth service never connected to RabbitMQ — is the test stack up (RABBITMQ_URL)? {}",
-        testing::START_HINT
+        mfe_testkit::START_HINT
     );
     let db = PgPool::connect_lazy(&config.database_url).expect("test pool");
     TestApp { address, config, db, client: reqwest::Client::new() }
@@ -117,48 +117,6 @@ impl TestApp {
 
     pub async fn delete(&self, path: &str, token: &str) -> Response {
         self.client.delete(self.url(path)).bearer_auth(token).send().await.expect("request sent")
-    }
-}
-
-/// A TCP forwarder in front of a PostgreSQL server that can be cut and restored, to play a
-/// database outage without touching the shared test stack.
-pub struct PgOutage {
-    pub port: u16,
-    target: SocketAddr,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl PgOutage {
-    pub async fn start(target: SocketAddr) -> Self {
-        let mut proxy = Self { port: 0, target, task: None };
-        proxy.restore().await;
-        proxy
-    }
-
-    /// Accepts and forwards connections (again) on the same port.
-    pub async fn restore(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind proxy port");
-        self.port = listener.local_addr().unwrap().port();
-        let target = self.target;
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Closes the listener and every forwarded connection.
-    pub async fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,11 +1,11 @@
 use std::time::Duration;
 
 use mfe_core::Service;
-use mfe_kit::testing;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_with, PgOutage};
+use crate::helpers::{spawn_app, spawn_with};
+use mfe_testkit::net::Forwarder;
 
 /// The value of the sample of `metric` whose labels include `label`.
 fn sample(text: &str, metric: &str, label: &str) -> Option<f64> {
@@ -100,10 +100,10 @@ async fn a_correlation_id_is_echoed_or_generated() {
 
 #[tokio::test]
 async fn health_is_503_while_postgres_is_unreachable_and_recovers_when_it_returns() {
-    let mut config = testing::test_config(Service::Auth).await;
+    let mut config = mfe_testkit::service::test_config(Service::Auth).await;
     let mut url = url::Url::parse(&config.database_url).unwrap();
     let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()).parse().unwrap();
-    let mut outage = PgOutage::start(target).await;
+    let mut outage = Forwarder::start(target).await;
     url.set_port(Some(outage.port)).unwrap();
     config.database_url = url.to_string();
     let app = spawn_with(config).await;
@@ -136,8 +136,8 @@ async fn health_is_503_while_postgres_is_unreachable_and_recovers_when_it_return
 
 #[tokio::test]
 async fn a_service_started_without_its_database_reports_503_instead_of_failing() {
-    let mut config = testing::test_config(Service::Auth).await;
-    config.database_url = format!("postgres://postgres:postgres@127.0.0.1:{}/auth_db", testing::closed_port());
+    let mut config = mfe_testkit::service::test_config(Service::Auth).await;
+    config.database_url = format!("postgres://postgres:postgres@127.0.0.1:{}/auth_db", mfe_testkit::net::closed_port());
     let app = spawn_with(config).await;
     let res = app.get("/health", None).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use auth_service::{password, throttle::Limits, Settings};
 use mfe_core::Service;
-use mfe_kit::{testing, JwtKeys, Role};
+use mfe_kit::{JwtKeys, Role};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -106,7 +106,7 @@ async fn a_valid_token_of_a_user_that_does_not_exist_is_refused_by_auth() {
 
 #[tokio::test]
 async fn failed_sign_ins_are_throttled_per_email_with_retry_after() {
-    let config = testing::test_config(Service::Auth).await;
+    let config = mfe_testkit::service::test_config(Service::Auth).await;
     let mut settings = Settings::for_service(config).expect("auth settings");
     settings.signin_limits = Limits { per_email: 3, per_ip: 0, window: Duration::from_secs(60) };
     let app = spawn_settings(settings).await;
@@ -209,9 +209,9 @@ impl OwnRedis {
 
 #[tokio::test]
 async fn with_redis_stopped_tokens_still_work_and_sign_ins_are_still_throttled_per_replica() {
-    mfe_kit::telemetry::init_tracing("auth-service-tests");
+    mfe_testkit::logging::init("auth-service-tests");
     let mut redis = OwnRedis::start().await;
-    let mut config = testing::test_config(Service::Auth).await;
+    let mut config = mfe_testkit::service::test_config(Service::Auth).await;
     config.redis_url = redis.url.clone();
     let mut settings = Settings::for_service(config).expect("auth settings");
     settings.signin_limits = Limits { per_email: 2, per_ip: 0, window: Duration::from_secs(60) };

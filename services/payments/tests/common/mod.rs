@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use mfe_events::{Envelope, Hub};
-use mfe_kit::{testing::EventRecorder, JwtKeys, Role};
+use mfe_kit::{JwtKeys, Role};
+use mfe_testkit::events::EventRecorder;
 use payments_service::{AppState, Application, Settings};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -22,7 +23,7 @@ pub struct TestApp {
 
 /// Creates and migrates a database named by a fresh UUID; returns its URL and name.
 pub async fn fresh_database() -> (String, String) {
-    mfe_kit::testing::fresh_migrated_database("PAYMENTS_DATABASE_URL", &payments_service::MIGRATOR).await
+    mfe_testkit::db::fresh_migrated_database("PAYMENTS_DATABASE_URL", &payments_service::MIGRATOR).await
 }
 
 /// Test settings: port 0, a fresh database, everything else from the environment.
@@ -42,7 +43,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(settings: Settings, db_name: String) -> TestApp {
-    mfe_kit::telemetry::init_tracing("payments-test");
+    mfe_testkit::logging::init("payments-test");
     let keys = JwtKeys::new(settings.service.jwt_secret.expose());
     let app = Application::build(settings).await.expect("build the payments app");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -155,7 +156,8 @@ impl TestApp {
 }
 
 pub async fn drop_database(name: &str) {
-    mfe_kit::testing::drop_database("PAYMENTS_DATABASE_URL", name).await
+    mfe_testkit::db::drop_database(&mfe_testkit::db::with_database(&mfe_core::env::get("PAYMENTS_DATABASE_URL"), name))
+        .await
 }
 
 /// Every event published on the shared `events` exchange under `pattern`, collected from a

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mfe_core::Service;
 use mfe_events::{types, Envelope, Hub, Subscription};
-use mfe_kit::{testing, JwtKeys, Role};
+use mfe_kit::{JwtKeys, Role};
 use profile_service::{Application, Settings, CONSUMER};
 use reqwest::Response;
 use serde_json::Value;
@@ -27,14 +27,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// [`spawn_app`] with its configuration changed by `edit` first (e.g. the auth URL).
 pub async fn spawn_app_with(edit: impl FnOnce(&mut mfe_kit::ServiceConfig)) -> TestApp {
-    mfe_kit::telemetry::init_tracing("profile-service-tests");
-    let mut config = testing::test_config(Service::Profile).await;
+    mfe_testkit::logging::init("profile-service-tests");
+    let mut config = mfe_testkit::service::test_config(Service::Profile).await;
     edit(&mut config);
     let mut settings = Settings::for_service(config.clone()).expect("profile settings");
     settings.subscription = Subscription::exclusive(CONSUMER, &[types::AUTH_USER_REGISTERED]);
     let app = Application::build(settings)
         .await
-        .unwrap_or_else(|e| panic!("cannot start the profile service: {e:#} — {}", testing::START_HINT));
+        .unwrap_or_else(|e| panic!("cannot start the profile service: {e:#} — {}", mfe_testkit::START_HINT));
     let address = format!("http://127.0.0.1:{}", app.port());
     let broker = app.state().broker.clone();
     tokio::spawn(app.run_until(std::future::pending()));

@@ -179,7 +179,7 @@ async fn an_oversized_streamed_body_is_answered_413_without_resetting_the_connec
 async fn a_valid_token_of_a_user_auth_does_not_know_writes_no_profile() {
     let known = uuid::Uuid::new_v4().to_string();
     let secret = mfe_kit::ServiceConfig::from_env(mfe_core::Service::Profile).unwrap().jwt_secret;
-    let auth = mfe_kit::testing::fake_auth_users(secret.expose(), vec![known.clone()]).await;
+    let auth = mfe_testkit::service::fake_auth_users(secret.expose(), vec![known.clone()]).await;
     let app = crate::helpers::spawn_app_with(|config| config.urls.auth = auth.into()).await;
 
     let ghost = uuid::Uuid::new_v4().to_string();
