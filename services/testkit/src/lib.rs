@@ -9,7 +9,8 @@
 //! - [`service`]: a service's configuration on port 0 with a fresh database, and a stand-in for
 //!   the auth service's account lookup;
 //! - [`events`]: an [`events::EventRecorder`] of everything published under some patterns;
-//! - [`logging`]: the services' tracing output, shown only when `TEST_LOG` is set.
+//! - [`logging`]: the services' tracing output, shown only when `TEST_LOG` is set;
+//! - [`serial`]: the tests of one former test file at a time inside a crate's one test binary.
 //!
 //! It sits above `mfe-kit` and `mfe-events` (ARCHITECTURE.md, the crate graph): those crates'
 //! own integration tests may use it; their unit tests may not (they would link a second copy).
@@ -19,6 +20,7 @@ pub mod events;
 pub mod logging;
 pub mod net;
 pub mod otlp;
+pub mod serial;
 pub mod service;
 
 /// What to run when the test stack is not reachable.
