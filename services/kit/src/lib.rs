@@ -6,6 +6,7 @@
 //! - [`telemetry`]: tracing setup (log format, OpenTelemetry, Sentry switches) and the
 //!   correlation-id middleware/extractor.
 //! - [`otel`]: OTLP span export and W3C trace-context propagation (HTTP headers, events).
+//! - [`otlp`]: the receiving end: an OTLP/HTTP export body decoded into plain spans.
 //! - [`sentry`]: Sentry error reporting when `SENTRY_DSN` is set.
 //! - [`jwt`]: access tokens (HS256 pinned) and [`jwt::Role`].
 //! - [`auth`]: the `AuthUser` extractor and role guards.
@@ -40,6 +41,7 @@ pub mod input;
 pub mod jwt;
 pub mod metrics;
 pub mod otel;
+pub mod otlp;
 pub mod pagination;
 pub mod replicas;
 pub mod revocation;
