@@ -35,6 +35,9 @@ pub struct TailedEvent {
     /// The body as text, when it is not an envelope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,
+    /// The trace the event belongs to: the trace id of its `traceparent` header, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A running tail; [`Tail::close`] (or dropping the hub) removes its queue.
@@ -95,7 +98,9 @@ impl Tail {
             Ok(env) => (Some(env), None),
             Err(_) => (None, Some(String::from_utf8_lossy(&m.body).into_owned())),
         };
-        Some(Ok(TailedEvent { routing_key: m.routing_key, envelope, raw }))
+        let trace_id =
+            m.headers.get(crate::trace::TRACEPARENT).and_then(|v| v.as_str()).and_then(crate::trace::trace_id);
+        Some(Ok(TailedEvent { routing_key: m.routing_key, envelope, raw, trace_id }))
     }
 
     /// The next message as published (body bytes and AMQP headers, e.g. `traceparent`);

@@ -43,10 +43,36 @@ pub fn current_traceparent() -> Option<String> {
     HOOKS.get().and_then(|h| (h.current)())
 }
 
+/// The trace id (32 lowercase hex digits) of a W3C `traceparent` (`00-<trace>-<span>-<flags>`),
+/// `None` when the value is not one or its trace id is the invalid all-zero one.
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace) = (parts.next()?, parts.next()?);
+    let valid = version.len() == 2
+        && trace.len() == 32
+        && trace.bytes().all(|b| b.is_ascii_hexdigit())
+        && trace.bytes().any(|b| b != b'0');
+    valid.then(|| trace.to_ascii_lowercase())
+}
+
 /// The span to handle an event in; `Span::none()` when no hooks are installed.
 pub fn consumer_span(traceparent: Option<&str>, event_type: &str, correlation_id: Option<&str>) -> tracing::Span {
     match HOOKS.get() {
         Some(h) => (h.consumer_span)(traceparent, event_type, correlation_id),
         None => tracing::Span::none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_id_is_the_second_field_of_a_traceparent() {
+        let tp = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(tp).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id(""), None);
     }
 }
