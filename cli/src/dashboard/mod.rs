@@ -13,11 +13,14 @@
 //! - [`metrics`]: request rate, error rate and p95 per service and route, event rates and
 //!   WebSocket connections, scraped from every `/metrics` every 2 s.
 //! - [`migration`]: the online sync's per-service state (`mfe migrate sync status`).
+//! - [`traces`]: an OTLP/HTTP receiver (`POST /v1/traces`, the one route without the token:
+//!   write-only) and the trace list and waterfall of what the services exported to it.
 //!
 //! Access: a random token (32 bytes, hex) printed in the URL, as Jupyter does. The first page
 //! load with `?token=` sets an HttpOnly, SameSite=Strict cookie; every request without the
-//! cookie, the query token or `Authorization: Bearer <token>` gets 401. The page reads the same
-//! configuration as every other command (`--env-file`, `.env`, the environment) and works with
+//! cookie, the query token or `Authorization: Bearer <token>` gets 401, but the write-only
+//! `POST /v1/traces`. The page reads the same configuration as every other command
+//! (`--env-file`, `.env`, the environment) and works with
 //! either runtime.
 
 mod events;
@@ -26,6 +29,7 @@ mod migration;
 pub mod prom;
 mod resources;
 pub mod sampler;
+mod traces;
 
 use std::sync::Arc;
 
@@ -58,6 +62,10 @@ pub struct DashboardArgs {
     /// Events of the topology under this prefix (as `mfe events --prefix`), as test suites name theirs.
     #[arg(long, hide = true, value_name = "PREFIX")]
     pub prefix: Option<String>,
+    /// Also write the URL (with its token) to this file, mode 0600: how `mfe up --dashboard`
+    /// learns the URL of the dashboard it started in the background.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub url_file: Option<std::path::PathBuf>,
 }
 
 /// What every handler shares.
@@ -69,6 +77,7 @@ pub struct AppState {
     pub hub_cfg: HubConfig,
     hub: tokio::sync::Mutex<Option<Hub>>,
     pub metrics: metrics::Store,
+    pub traces: traces::Store,
     /// One action at a time: two restarts of the same component must not interleave.
     pub action_lock: tokio::sync::Mutex<()>,
 }
@@ -126,6 +135,21 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Writes `text` to `path`, readable by its owner only (the URL carries the access token).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("dashboard: cannot write {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// 32 random bytes, hex: URL-safe as it is.
@@ -209,7 +233,11 @@ pub fn router(state: Shared) -> Router {
         .route("/api/events/dlq/purge", post(events::purge))
         .route("/api/metrics", get(metrics::get))
         .route("/api/migration", get(migration::get))
+        .route("/api/traces", get(traces::list))
+        .route("/api/traces/{trace_id}", get(traces::get))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        // The OTLP receiver: outside the token (exporters cannot carry it), write-only.
+        .route("/v1/traces", post(traces::receive).layer(axum::extract::DefaultBodyLimit::max(traces::MAX_BODY)))
         .with_state(state)
 }
 
@@ -232,6 +260,7 @@ pub async fn run(ctx: &Ctx, args: DashboardArgs) -> anyhow::Result<()> {
         hub_cfg,
         hub: tokio::sync::Mutex::new(None),
         metrics: metrics::Store::default(),
+        traces: traces::Store::default(),
         action_lock: tokio::sync::Mutex::new(()),
     });
     let scraper = tokio::spawn(metrics::scrape_forever(state.clone()));
@@ -241,6 +270,9 @@ pub async fn run(ctx: &Ctx, args: DashboardArgs) -> anyhow::Result<()> {
         state.runtime.name()
     );
     println!("{url}");
+    if let Some(path) = &args.url_file {
+        write_private(path, &format!("{url}\n"))?;
+    }
     if args.open {
         let opened = std::process::Command::new("xdg-open")
             .arg(&url)

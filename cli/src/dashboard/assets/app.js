@@ -136,9 +136,10 @@ function flushEvents() {
     for (const e of batch) {
       const env = e.envelope || {};
       const corr = env.correlationId ? el("a", { class: "corr", onclick: (ev) => { ev.stopPropagation(); filterLogs(env.correlationId); } }, env.correlationId) : "";
-      const row = el("tr", { "data-type": env.type || e.routingKey, "data-id": env.id || "" },
+      const trace = e.traceId ? el("a", { class: "trace", onclick: (ev) => { ev.stopPropagation(); openTrace(e.traceId); } }, e.traceId.slice(0, 8)) : "";
+      const row = el("tr", { "data-type": env.type || e.routingKey, "data-id": env.id || "", "data-trace": e.traceId || "" },
         el("td", { title: env.timestamp || "" }, (env.timestamp || "").slice(11, 23)), el("td", {}, env.type || e.routingKey),
-        el("td", {}, env.source || ""), el("td", {}, corr), el("td", { class: "muted" }, env.id || "(not an envelope)"));
+        el("td", {}, env.source || ""), el("td", {}, corr), el("td", {}, trace), el("td", { class: "muted" }, env.id || "(not an envelope)"));
       row.addEventListener("click", () => { const p = $("#ev-payload"); p.classList.remove("hidden"); p.textContent = JSON.stringify(e.envelope || e.raw, null, 2); });
       frag.prepend(row);
     }
@@ -183,6 +184,60 @@ $("#q-refresh").addEventListener("click", loadQueues);
 $("#dlq-refresh").addEventListener("click", loadDlq);
 $("#dlq-replay-all").addEventListener("click", () => dlq("replay", { all: true }));
 $("#dlq-purge-all").addEventListener("click", () => dlq("purge", { all: true }));
+
+// ---- traces -----------------------------------------------------------------------------
+const SERVICE_COLORS = {};
+function serviceColor(name) {
+  if (!SERVICE_COLORS[name]) SERVICE_COLORS[name] = COLORS[Object.keys(SERVICE_COLORS).length % COLORS.length];
+  return SERVICE_COLORS[name];
+}
+let openTraceId = null;
+async function loadTraces() {
+  try {
+    const q = new URLSearchParams();
+    const svc = $("#tr-service").value, text = $("#tr-q").value.trim();
+    if (svc) q.set("service", svc);
+    if (text) q.set("q", text);
+    const r = await api("/api/traces?" + q);
+    $("#tr-info").textContent = `${r.stored} traces kept (newest ${r.maxTraces}) · ${r.received} spans received` +
+      (r.dropped ? ` · ${r.dropped} dropped` : "") + (r.stored ? "" : " — services export here when OTEL_EXPORTER_OTLP_ENDPOINT is " + location.origin);
+    const known = new Set([...$("#tr-service").options].map((o) => o.value));
+    for (const t of r.traces) for (const s of t.services) if (!known.has(s)) { known.add(s); $("#tr-service").append(el("option", { value: s }, s)); }
+    $("#tr-table tbody").replaceChildren(...r.traces.map((t) => el("tr", { "data-trace": t.traceId, class: t.traceId === openTraceId ? "open" : "", onclick: () => openTrace(t.traceId) },
+      el("td", { title: t.traceId }, new Date(t.startUnixNano / 1e6).toISOString().slice(11, 23)),
+      el("td", { class: t.errors ? "bad" : "" }, t.root || ""), el("td", {}, t.services.join(", ")), el("td", {}, t.spans), el("td", {}, t.durationMs))));
+  } catch (e) { $("#tr-info").textContent = e.message; }
+}
+async function openTrace(id) {
+  openTraceId = id;
+  if (activeTab !== "traces") showTab("traces");
+  try {
+    const r = await api("/api/traces/" + encodeURIComponent(id));
+    $("#wf-title").textContent = `trace ${r.traceId} · ${r.spans.length} spans · ${r.durationMs} ms`;
+    const total = Math.max(r.durationMs, 0.001);
+    $("#waterfall").replaceChildren(...r.spans.map((s) => {
+      const bar = el("div", { class: "wf-bar" + (s.error != null ? " err" : "") });
+      bar.style.left = (100 * s.offsetMs / total) + "%";
+      bar.style.width = Math.max(0.3, 100 * s.durationMs / total) + "%";
+      bar.style.background = serviceColor(s.service);
+      const label = el("div", { class: "wf-label" }, el("span", { class: "wf-svc", style: "color:" + serviceColor(s.service) }, s.service), " ", s.name,
+        s.parentMissing ? el("span", { class: "muted", title: "its parent span was not received" }, " ↑?") : "");
+      label.style.paddingLeft = (s.depth * 14) + "px";
+      return el("div", { class: "wf-row", "data-service": s.service, "data-kind": s.kind, "data-span": s.spanId, onclick: () => {
+        const p = $("#wf-span"); p.classList.remove("hidden");
+        p.textContent = JSON.stringify({ service: s.service, name: s.name, kind: s.kind, spanId: s.spanId, parentSpanId: s.parentSpanId,
+          startMs: s.offsetMs, durationMs: s.durationMs, error: s.error, attributes: Object.fromEntries(s.attributes) }, null, 2);
+      } }, label, el("div", { class: "wf-track" }, bar), el("div", { class: "wf-ms muted" }, s.durationMs + " ms"));
+    }));
+  } catch (e) {
+    $("#wf-title").textContent = e.message;
+    $("#waterfall").replaceChildren();
+  }
+  loadTraces();
+}
+$("#tr-refresh").addEventListener("click", loadTraces);
+$("#tr-q").addEventListener("change", loadTraces);
+$("#tr-service").addEventListener("change", loadTraces);
 
 // ---- charts -----------------------------------------------------------------------------
 const COLORS = ["#58a6ff", "#f85149", "#3fb950", "#d29922", "#bc8cff"];
@@ -305,11 +360,12 @@ $("#log-comp").addEventListener("change", loadLogs);
 
 // ---- start ------------------------------------------------------------------------------
 const refreshers = { resources: loadResources, events: () => { if (!source) startTail(); loadQueues(); loadDlq(); },
-  metrics: loadMetrics, migration: loadMigration, logs: loadLogs };
+  traces: loadTraces, metrics: loadMetrics, migration: loadMigration, logs: loadLogs };
 every(5000, "resources", loadResources);
 every(5000, "events", loadQueues);
 every(10000, "events", loadDlq);
 every(2000, "metrics", loadMetrics);
+every(3000, "traces", () => { loadTraces(); if (openTraceId) openTrace(openTraceId); });
 every(2000, "migration", loadMigration);
 every(2000, "logs", () => { if ($("#log-follow").checked) loadLogs(); });
 const initial = (location.hash || "#resources").slice(1);
