@@ -132,6 +132,10 @@ pub struct UpArgs {
     pub bin_dir: Option<PathBuf>,
     #[command(flatten)]
     pub observability: infra::ObservabilityArg,
+    /// Also run `mfe dashboard` in the background (127.0.0.1:DASHBOARD_PORT) and have every
+    /// service and the gateway export their traces to it; `mfe down` stops it.
+    #[arg(long)]
+    pub dashboard: bool,
     /// Processes of each service and of the gateway (native runtime): replica k listens 100 × k
     /// ports above the first, nginx balances over the gateways, each gateway over the replicas.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=crate::config::MAX_REPLICAS as i64))]
@@ -246,7 +250,22 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     // On the HA broker the services get every node as a failover candidate and quorum queues.
     upgrade_event_queues(rt.broker_hub_config(mfe_events::HubConfig::from_env()?.with_connection_name("mfe up"))?)
         .await?;
-    start_supervisor(ctx, &bin_dir, &rt.broker_env()?)?;
+    let mut app_env = rt.broker_env()?;
+    let dashboard_url = if args.dashboard {
+        let (endpoint, url) = start_dashboard(ctx).await?;
+        if read_pid(&supervisor_pid_file(ctx)).is_some()
+            && std::env::var(mfe_kit::otel::ENDPOINT_VAR).ok() != Some(endpoint.clone())
+        {
+            eprintln!(
+                "up: the services already run without the dashboard's trace endpoint: `mfe down --keep-infra`, then `mfe up --dashboard`, to see their traces"
+            );
+        }
+        app_env.push((mfe_kit::otel::ENDPOINT_VAR, endpoint));
+        Some(url)
+    } else {
+        None
+    };
+    start_supervisor(ctx, &bin_dir, &app_env)?;
     wait_apps_healthy(replicas, Duration::from_secs(90)).await?;
     wait_front_door_routes(replicas).await?;
     if args.observability.observability {
@@ -260,6 +279,9 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
         ctx.config.nginx_https_port,
         mfe_core::env::get("GATEWAY_URL")
     );
+    if let Some(url) = dashboard_url {
+        eprintln!("up: dashboard {url} (also in {})", dashboard_url_file(ctx).display());
+    }
     report.emit(ctx.json)
 }
 
@@ -283,6 +305,7 @@ async fn upgrade_event_queues(cfg: mfe_events::HubConfig) -> anyhow::Result<()> 
 pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<()> {
     infra::prometheus::Prometheus::new(&ctx.config)?.stop();
     stop_supervisor(ctx)?;
+    stop_dashboard(ctx);
     if !args.keep_infra {
         // Kept with the infrastructure: nginx still lists that many gateways, and the next
         // `mfe up` restarts it when it asks for another count.
@@ -312,6 +335,10 @@ async fn status_report(ctx: &Ctx, rt: &Runtime) -> anyhow::Result<Report> {
     }
     if let Some(check) = infra::prometheus::Prometheus::new(&ctx.config)?.check().await {
         report.push(check);
+    }
+    if let Some(pid) = read_pid(&dashboard_pid_file(ctx)) {
+        let detail = format!("up (pid {pid}); its URL with the access token: {}", dashboard_url_file(ctx).display());
+        report.push(Check::new("dashboard", true, detail));
     }
     report.metric("runtime", rt.name());
     Ok(report)
@@ -475,6 +502,74 @@ fn read_pid(path: &Path) -> Option<u32> {
     let pid: u32 = fs::read_to_string(path).ok()?.trim().parse().ok()?;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     (!stat.contains(") Z ")).then_some(pid)
+}
+
+fn dashboard_pid_file(ctx: &Ctx) -> PathBuf {
+    stack_dir(ctx).join("dashboard.pid")
+}
+
+fn dashboard_url_file(ctx: &Ctx) -> PathBuf {
+    stack_dir(ctx).join("dashboard.url")
+}
+
+/// `mfe up --dashboard`: `mfe dashboard` on DASHBOARD_PORT in its own process group, its log in
+/// `<state>/stack/dashboard.log`; one already running is kept. Returns the OTLP endpoint the
+/// services export to and the page's URL (with its token).
+async fn start_dashboard(ctx: &Ctx) -> anyhow::Result<(String, String)> {
+    let port = crate::config::port_var("DASHBOARD_PORT")?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let url_file = dashboard_url_file(ctx);
+    if read_pid(&dashboard_pid_file(ctx)).is_some() {
+        let url = fs::read_to_string(&url_file).with_context(|| format!("cannot read {}", url_file.display()))?;
+        return Ok((endpoint, url.trim().to_string()));
+    }
+    if crate::infra::ports::in_use(port) {
+        bail!(
+            "the dashboard cannot start: {} — stop it or set DASHBOARD_PORT",
+            crate::infra::ports::describe_taken(port)
+        );
+    }
+    let _ = fs::remove_file(&url_file);
+    let log = fs::OpenOptions::new().create(true).append(true).open(stack_dir(ctx).join("dashboard.log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("dashboard").arg("--port").arg(port.to_string()).arg("--url-file").arg(&url_file);
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+    let mut child = cmd.spawn().context("cannot start the dashboard")?;
+    fs::write(dashboard_pid_file(ctx), format!("{}\n", child.id()))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(url) = fs::read_to_string(&url_file) {
+            if url.ends_with('\n') {
+                return Ok((endpoint, url.trim().to_string()));
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the dashboard exited ({status}) — see {}", stack_dir(ctx).join("dashboard.log").display());
+        }
+        if Instant::now() > deadline {
+            bail!("the dashboard did not listen within 15 s — see {}", stack_dir(ctx).join("dashboard.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the dashboard `mfe up --dashboard` started (SIGINT: it stops as on Ctrl-C).
+fn stop_dashboard(ctx: &Ctx) {
+    use nix::sys::signal::{kill, Signal};
+    let Some(pid) = read_pid(&dashboard_pid_file(ctx)) else { return };
+    eprintln!("down: stopping the dashboard (pid {pid})");
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_pid(&dashboard_pid_file(ctx)).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if read_pid(&dashboard_pid_file(ctx)).is_some() {
+        let _ = kill(target, Signal::SIGKILL);
+    }
+    let _ = fs::remove_file(dashboard_pid_file(ctx));
+    let _ = fs::remove_file(dashboard_url_file(ctx));
 }
 
 fn start_supervisor(ctx: &Ctx, bin_dir: &Path, env: &[(&'static str, String)]) -> anyhow::Result<()> {
