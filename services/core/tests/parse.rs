@@ -1,5 +1,7 @@
 //! The one rule of every environment read, against the real process environment. Each test owns
 //! the variables it sets (tests of one binary run in parallel, sharing the environment).
+//! Its own test binary, not a module of `tests/it`: the variables it sets would leak into every
+//! other test of a shared process.
 
 use std::time::Duration;
 

@@ -2,17 +2,18 @@
 //! controls (a TCP forwarder to the test stack's RabbitMQ), which stays closed while the payment
 //! is created and opens afterwards. The shared broker itself is never stopped.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{test_settings, EventLog};
+use crate::common::{test_settings, EventLog};
 use mfe_kit::Role;
 use mfe_testkit::net::Forwarder;
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn a_payment_created_while_the_broker_is_unreachable_is_published_once_it_returns() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let events = EventLog::start("payments.#").await;
     let real = url::Url::parse(&events.hub.config().urls[0]).expect("RABBITMQ_URL is a URL");
     let upstream = format!("{}:{}", real.host_str().unwrap(), real.port().unwrap_or(5672));

@@ -2,7 +2,7 @@
 //! receives an event published to RabbitMQ. The package is installed into a venv under /tmp on
 //! first use; without network access to PyPI the test fails and says so.
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},
@@ -57,6 +57,7 @@ fn python_with_websockets() -> PathBuf {
 
 #[tokio::test]
 async fn python_websockets_connects_with_a_token_and_receives_a_payment_event() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let python = python_with_websockets();
     let upstream = common::spawn_upstream().await;
     let mut cfg = common::config(&upstream.url);

@@ -1,11 +1,11 @@
 //! The reverse proxy against a real HTTP upstream on a free port: methods, bodies, headers,
 //! streaming, and the 404/502/503/504 error mapping.
 
-mod common;
+use crate::common;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use common::{config, spawn_gateway, spawn_upstream};
+use crate::common::{config, spawn_gateway, spawn_upstream};
 use serde_json::Value;
 
 fn client() -> reqwest::Client {
@@ -14,6 +14,7 @@ fn client() -> reqwest::Client {
 
 #[tokio::test]
 async fn every_method_reaches_the_upstream_with_path_query_and_body_unchanged() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
@@ -37,6 +38,7 @@ async fn every_method_reaches_the_upstream_with_path_query_and_body_unchanged() 
 
 #[tokio::test]
 async fn forwarding_headers_are_added_and_the_correlation_id_is_propagated_and_echoed() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let resp = client()
@@ -67,6 +69,7 @@ async fn forwarding_headers_are_added_and_the_correlation_id_is_propagated_and_e
 
 #[tokio::test]
 async fn a_client_that_is_not_a_trusted_proxy_cannot_forge_its_forwarded_address() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     // 127.0.0.2 is loopback but not in the default TRUSTED_PROXIES (127.0.0.1, ::1).
@@ -90,6 +93,7 @@ async fn a_client_that_is_not_a_trusted_proxy_cannot_forge_its_forwarded_address
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_in_both_directions() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let v: Value = client()
@@ -119,6 +123,7 @@ async fn hop_by_hop_headers_are_dropped_in_both_directions() {
 
 #[tokio::test]
 async fn a_large_body_streams_through_in_both_directions() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let size: u64 = 20 * 1024 * 1024;
@@ -145,6 +150,7 @@ async fn a_large_body_streams_through_in_both_directions() {
 
 #[tokio::test]
 async fn an_unknown_path_is_a_json_404() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     for path in ["/api/unknown/x", "/api/authx/echo", "/"] {
@@ -157,6 +163,7 @@ async fn an_unknown_path_is_a_json_404() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_json_502() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     // A port that was free a moment ago: nothing listens there.
     let free = mfe_testkit::net::closed_port();
     let gw = spawn_gateway(config(&format!("http://127.0.0.1:{free}"))).await;
@@ -170,6 +177,7 @@ async fn an_unreachable_upstream_is_a_json_502() {
 
 #[tokio::test]
 async fn an_upstream_slower_than_the_timeout_is_a_json_504() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let mut cfg = config(&upstream.url);
     cfg.upstream_timeout = Duration::from_millis(300);
@@ -186,6 +194,7 @@ async fn an_upstream_slower_than_the_timeout_is_a_json_504() {
 
 #[tokio::test]
 async fn an_upstream_failing_its_health_check_is_a_json_503_until_it_recovers() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let mut cfg = config(&upstream.url);
     cfg.health_interval = Duration::from_millis(100);
@@ -207,6 +216,7 @@ async fn an_upstream_failing_its_health_check_is_a_json_503_until_it_recovers() 
 
 #[tokio::test]
 async fn metrics_count_requests_per_route_and_status_and_time_the_upstream() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     for _ in 0..3 {
@@ -235,6 +245,7 @@ fn sample(text: &str, metric: &str, label: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn http_metrics_use_the_seeds_names_with_the_route_template_never_the_raw_path() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let id = uuid::Uuid::new_v4().to_string();
@@ -280,6 +291,7 @@ async fn http_metrics_use_the_seeds_names_with_the_route_template_never_the_raw_
 
 #[tokio::test]
 async fn a_shutdown_lets_the_request_in_flight_finish_then_stops_accepting() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let app = mfe_gateway::Application::build(config(&upstream.url)).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -1,11 +1,9 @@
 //! `/ws` end to end: the token check before the upgrade, the ack, ping/pong, the heartbeat, and
 //! event routing from the real RabbitMQ `events` exchange (test stack, `RABBITMQ_URL`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{config, spawn_gateway, spawn_upstream, TestGateway, SECRET};
+use crate::common::{config, spawn_gateway, spawn_upstream, TestGateway, SECRET};
 use futures::{SinkExt, StreamExt};
 use mfe_events::{Envelope, Hub, HubConfig};
 use mfe_kit::Role;
@@ -88,6 +86,7 @@ fn unique(prefix: &str) -> String {
 
 #[tokio::test]
 async fn a_missing_invalid_expired_or_unsigned_token_is_refused_with_401_before_any_upgrade() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let now = chrono::Utc::now().timestamp();
@@ -147,6 +146,7 @@ async fn a_missing_invalid_expired_or_unsigned_token_is_refused_with_401_before_
 
 #[tokio::test]
 async fn a_valid_token_in_the_query_or_header_gets_the_ack_and_a_pong() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let token = gw.token("u-7", Role::Vendor, None);
@@ -167,6 +167,7 @@ async fn a_valid_token_in_the_query_or_header_gets_the_ack_and_a_pong() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_by_the_heartbeat_and_a_responsive_one_stays() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let mut cfg = config(&upstream.url);
     cfg.ws_ping_interval = Duration::from_millis(200);
@@ -205,6 +206,7 @@ async fn a_silent_client_is_closed_by_the_heartbeat_and_a_responsive_one_stays()
 
 #[tokio::test]
 async fn a_payment_event_reaches_the_sender_and_an_admin_but_not_another_user() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let gw = gateway_with_events().await;
     let (sender, admin, other) = (unique("sender"), unique("admin"), unique("other"));
     let mut sender_socket = connect(&gw.ws_url(&gw.token(&sender, Role::Customer, None))).await;
@@ -237,6 +239,7 @@ async fn a_payment_event_reaches_the_sender_and_an_admin_but_not_another_user() 
 
 #[tokio::test]
 async fn a_revoked_session_notifies_the_user_and_closes_only_that_devices_socket() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let gw = gateway_with_events().await;
     let user = unique("user");
     let mut phone = connect(&gw.ws_url(&gw.token(&user, Role::Customer, Some("phone")))).await;
@@ -264,6 +267,7 @@ async fn a_revoked_session_notifies_the_user_and_closes_only_that_devices_socket
 
 #[tokio::test]
 async fn login_and_admin_events_reach_their_rooms_under_spec_names() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let gw = gateway_with_events().await;
     let (user, admin) = (unique("user"), unique("admin"));
     let mut user_socket = connect(&gw.ws_url(&gw.token(&user, Role::Customer, None))).await;

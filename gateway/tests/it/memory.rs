@@ -2,7 +2,7 @@
 //! through it leave its resident memory (read from /proc/<pid>/status) within 20 MB of where
 //! it started — the proxy streams and never buffers a body.
 
-mod common;
+use crate::common;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -46,6 +46,7 @@ fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
 
 #[tokio::test]
 async fn a_100_mb_upload_and_download_through_the_gateway_binary_keep_its_memory_flat() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = common::spawn_upstream().await;
     let port = mfe_testkit::net::closed_port();
     let child = Command::new(env!("CARGO_BIN_EXE_mfe-gateway"))

@@ -2,11 +2,9 @@
 //! robin, a replica that refuses connections or fails its health check taken out, requests
 //! that could not reach one replica sent to another when that is safe — and only then.
 
-mod common;
-
 use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
 
-use common::{config, spawn_gateway, spawn_upstream};
+use crate::common::{config, spawn_gateway, spawn_upstream};
 use mfe_gateway::GatewayConfig;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
@@ -68,6 +66,7 @@ async fn health(base: &str) -> Value {
 
 #[tokio::test]
 async fn requests_are_spread_over_every_replica_and_health_lists_each() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (a, b) = (spawn_upstream().await, spawn_upstream().await);
     let gw = spawn_gateway(replicated(&[&a.url, &b.url])).await;
     let seen = hosts(&gw.base, "GET", 10).await;
@@ -81,6 +80,7 @@ async fn requests_are_spread_over_every_replica_and_health_lists_each() {
 
 #[tokio::test]
 async fn a_replica_that_refuses_connections_costs_no_request_not_even_a_post() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (dead, alive) = (dead_url().await, spawn_upstream().await);
     let mut cfg = replicated(&[&dead, &alive.url]);
     cfg.health_interval = Duration::from_secs(3600);
@@ -96,6 +96,7 @@ async fn a_replica_that_refuses_connections_costs_no_request_not_even_a_post() {
 
 #[tokio::test]
 async fn a_replica_failing_its_health_check_leaves_the_rotation_and_returns() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (a, b) = (spawn_upstream().await, spawn_upstream().await);
     let gw = spawn_gateway(replicated(&[&a.url, &b.url])).await;
     a.state.unhealthy.store(true, Ordering::Relaxed);
@@ -109,6 +110,7 @@ async fn a_replica_failing_its_health_check_leaves_the_rotation_and_returns() {
 
 #[tokio::test]
 async fn a_request_lost_after_sending_is_retried_only_when_sending_it_twice_is_harmless() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (hang_up, alive) = (hang_up_url().await, spawn_upstream().await);
     let mut cfg = replicated(&[&hang_up, &alive.url]);
     cfg.health_interval = Duration::from_secs(3600);
@@ -129,6 +131,7 @@ async fn a_request_lost_after_sending_is_retried_only_when_sending_it_twice_is_h
 
 #[tokio::test]
 async fn a_route_whose_replicas_are_all_down_answers_503() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (a, b) = (spawn_upstream().await, spawn_upstream().await);
     let gw = spawn_gateway(replicated(&[&a.url, &b.url])).await;
     a.state.unhealthy.store(true, Ordering::Relaxed);

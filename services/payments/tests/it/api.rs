@@ -1,15 +1,16 @@
 //! The payments API over real HTTP against a fresh database, the test stack's RabbitMQ and Redis.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{spawn_app, test_settings, EventLog};
+use crate::common::{spawn_app, test_settings, EventLog};
 use mfe_kit::Role;
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn a_created_payment_is_listed_and_fetched_by_its_sender() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (sender, token) = app.user(Role::Customer);
     let recipient = uuid::Uuid::new_v4().to_string();
@@ -46,6 +47,7 @@ async fn a_created_payment_is_listed_and_fetched_by_its_sender() {
 
 #[tokio::test]
 async fn another_users_payment_is_not_found_while_its_recipient_and_admins_see_it() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, sender) = app.user(Role::Customer);
     let (recipient_id, recipient) = app.user(Role::Vendor);
@@ -75,6 +77,7 @@ async fn another_users_payment_is_not_found_while_its_recipient_and_admins_see_i
 
 #[tokio::test]
 async fn zero_negative_five_decimal_and_unknown_currency_payments_are_rejected_with_422() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, token) = app.user(Role::Customer);
     for body in [
@@ -101,6 +104,7 @@ async fn zero_negative_five_decimal_and_unknown_currency_payments_are_rejected_w
 
 #[tokio::test]
 async fn an_illegal_status_transition_is_rejected_with_409_and_changes_nothing() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, sender) = app.user(Role::Customer);
     let (_, admin) = app.user(Role::Admin);
@@ -123,6 +127,7 @@ async fn an_illegal_status_transition_is_rejected_with_409_and_changes_nothing()
 
 #[tokio::test]
 async fn the_sender_may_cancel_a_payment_but_not_complete_it() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, sender) = app.user(Role::Customer);
     let id = app.create_ok(&sender, "9.99").await["id"].as_str().unwrap().to_string();
@@ -135,6 +140,7 @@ async fn the_sender_may_cancel_a_payment_but_not_complete_it() {
 
 #[tokio::test]
 async fn every_status_change_writes_a_transaction_row_and_publishes_exactly_one_event() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let events = EventLog::start("payments.#").await;
     let app = spawn_app().await;
     let (sender_id, sender) = app.user(Role::Customer);
@@ -173,6 +179,7 @@ async fn every_status_change_writes_a_transaction_row_and_publishes_exactly_one_
 
 #[tokio::test]
 async fn a_cached_list_shows_a_new_payment_immediately_after_the_write() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     assert!(app.state.service.cache.is_some(), "the test stack's Redis must be reachable (REDIS_URL)");
     let (_, sender) = app.user(Role::Customer);
@@ -203,6 +210,7 @@ async fn a_cached_list_shows_a_new_payment_immediately_after_the_write() {
 
 #[tokio::test]
 async fn list_pages_run_newest_first_and_the_cursor_neither_skips_nor_repeats() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, token) = app.user(Role::Customer);
     let mut created = Vec::new();
@@ -229,6 +237,7 @@ async fn list_pages_run_newest_first_and_the_cursor_neither_skips_nor_repeats() 
 
 #[tokio::test]
 async fn requests_without_a_valid_token_are_rejected_with_401() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let response = reqwest::Client::new()
         .post(format!("{}/api/payments", app.address))
@@ -243,6 +252,7 @@ async fn requests_without_a_valid_token_are_rejected_with_401() {
 
 #[tokio::test]
 async fn health_and_business_metrics_are_served() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, token) = app.user(Role::Customer);
     app.create_payment(&token, &json!({"amount": "10.25", "currency": "JPY", "type": "recurring"})).await;
@@ -276,6 +286,7 @@ async fn health_and_business_metrics_are_served() {
 
 #[tokio::test]
 async fn the_psp_stub_completes_a_payment_when_configured_and_says_so_in_events() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let events = EventLog::start("payments.#").await;
     let (mut settings, name) = test_settings().await;
     settings.psp_step = Some(Duration::from_millis(100));
@@ -294,6 +305,7 @@ async fn the_psp_stub_completes_a_payment_when_configured_and_says_so_in_events(
 
 #[tokio::test]
 async fn a_create_body_over_the_kit_limit_is_refused_with_413_and_nothing_is_stored() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, token) = app.user(Role::Customer);
     let limit = mfe_kit::server::MAX_BODY_BYTES as usize;

@@ -1,12 +1,12 @@
 //! The admin API over real HTTP against fresh databases, the test stack's RabbitMQ and Redis,
 //! and the real payments and auth services where a test needs them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{fresh_database, spawn_app, spawn_with, test_settings, token};
 use admin_service::audit::AuditHandler;
-use common::{fresh_database, spawn_app, spawn_with, test_settings, token};
 use mfe_events::{Envelope, Handler, Hub, HubConfig};
 use mfe_kit::{JwtKeys, Role};
 use serde_json::{json, Value};
@@ -21,6 +21,7 @@ const ROUTES: &[&str] = &[
 
 #[tokio::test]
 async fn admin_endpoints_answer_401_without_a_token_and_403_for_customers_and_vendors() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, customer) = app.user(Role::Customer);
     let (_, vendor) = app.user(Role::Vendor);
@@ -54,6 +55,7 @@ async fn spawn_payments() -> (String, JwtKeys) {
 
 #[tokio::test]
 async fn creating_a_payment_produces_an_audit_log_row_in_admin_db_through_the_bus() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let admin = spawn_app().await;
     let (payments, keys) = spawn_payments().await;
     let (sender_id, sender) = token(&keys, Role::Customer);
@@ -88,6 +90,7 @@ async fn creating_a_payment_produces_an_audit_log_row_in_admin_db_through_the_bu
 
 #[tokio::test]
 async fn a_redelivered_event_is_audited_once() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let hub = Hub::connect(HubConfig::from_env().expect("event hub configuration").with_connection_name("admin-tests"))
         .await
@@ -115,6 +118,7 @@ async fn a_redelivered_event_is_audited_once() {
 
 #[tokio::test]
 async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let recorder = mfe_testkit::events::EventRecorder::start("admin-test", &["admin.config.updated"]).await;
     let app = spawn_app().await;
     let (admin_id, admin) = app.user(Role::Admin);
@@ -159,6 +163,7 @@ async fn a_config_change_is_stored_announced_on_the_bus_and_audited_once() {
 
 #[tokio::test]
 async fn audit_logs_filter_by_user_action_resource_and_time_and_page_newest_first() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let handler = AuditHandler { db: app.db.clone(), metrics: app.state.metrics.clone(), wake: Default::default() };
     let user = format!("filter-user-{}", uuid::Uuid::new_v4().simple());
@@ -199,6 +204,7 @@ async fn audit_logs_filter_by_user_action_resource_and_time_and_page_newest_firs
 
 #[tokio::test]
 async fn system_health_lists_every_service_with_its_state() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (payments, _) = spawn_payments().await;
     let (mut settings, name) = test_settings().await;
     // Two payments replicas: the live one, then one that is down.
@@ -225,6 +231,7 @@ async fn system_health_lists_every_service_with_its_state() {
 
 #[tokio::test]
 async fn users_are_listed_through_the_auth_service_and_its_outage_is_a_503() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (mut auth_cfg, auth_db) = {
         let mut cfg = mfe_kit::config::ServiceConfig::from_env(mfe_core::Service::Auth).unwrap();
         let (url, name) = fresh_database("AUTH_DATABASE_URL", &auth_service::MIGRATOR).await;
@@ -266,6 +273,7 @@ async fn users_are_listed_through_the_auth_service_and_its_outage_is_a_503() {
 
 #[tokio::test]
 async fn a_config_body_over_the_kit_limit_is_refused_with_413_even_for_an_admin() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, admin) = app.user(Role::Admin);
     let body = json!({"value": "x".repeat(mfe_kit::server::MAX_BODY_BYTES as usize + 1)});

@@ -10,12 +10,10 @@
 //! every event, so an admin of a test running beside this one would audit (and announce) this
 //! test's events too, in its own database.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{dead_url, spawn_with, test_settings};
+use crate::common::{dead_url, spawn_with, test_settings};
 use futures::StreamExt;
 use mfe_events::{handler_fn, types, Envelope, Hub, HubConfig, Subscription};
 use mfe_gateway::{Application as Gateway, GatewayConfig, Route};
@@ -139,6 +137,7 @@ async fn first(s: &mut Socket, kind: &str, field: &str, value: &str, max: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announcement_reaches_every_socket_and_every_audit_row_reaches_the_admins() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let hub_cfg = isolated_hub();
     let (mut settings, db_name) = test_settings().await;
     settings.service.hub = hub_cfg.clone();
@@ -223,6 +222,7 @@ async fn an_announcement_reaches_every_socket_and_every_audit_row_reaches_the_ad
 
 #[tokio::test]
 async fn a_config_change_announces_its_audit_row_in_the_same_transaction() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let hub_cfg = isolated_hub();
     let (hub, seen) = recorder(&hub_cfg, &["admin.audit.created"]).await;
     let (mut settings, db_name) = test_settings().await;

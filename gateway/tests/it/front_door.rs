@@ -1,11 +1,9 @@
 //! The gateway's defences towards its clients before a request is read: the header read timeout
 //! (a slowloris socket is closed), the head size limit (431) and the per-user WebSocket cap.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{config, spawn_gateway, spawn_upstream};
+use crate::common::{config, spawn_gateway, spawn_upstream};
 use mfe_gateway::config::FrontDoor;
 use mfe_kit::Role;
 use tokio::{
@@ -31,6 +29,7 @@ async fn read_until_closed(tcp: &mut TcpStream, max: Duration) -> Option<String>
 
 #[tokio::test]
 async fn a_socket_sending_its_headers_slowly_is_closed_after_the_header_read_timeout() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let mut cfg = config(&upstream.url);
     cfg.front = FrontDoor { header_read_timeout: Duration::from_millis(1500), ..FrontDoor::default() };
@@ -70,6 +69,7 @@ async fn a_socket_sending_its_headers_slowly_is_closed_after_the_header_read_tim
 
 #[tokio::test]
 async fn a_200_kb_header_is_answered_431_and_a_normal_one_passes() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let gw = spawn_gateway(config(&upstream.url)).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -92,6 +92,7 @@ async fn a_200_kb_header_is_answered_431_and_a_normal_one_passes() {
 
 #[tokio::test]
 async fn a_users_websocket_over_the_cap_is_refused_with_429_and_closing_one_frees_a_slot() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let upstream = spawn_upstream().await;
     let mut cfg = config(&upstream.url);
     cfg.front = FrontDoor { ws_max_per_user: 2, ..FrontDoor::default() };

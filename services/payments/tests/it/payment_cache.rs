@@ -2,11 +2,9 @@
 //! and a miss counted, and no read after a write (API, payment provider, concurrent readers)
 //! ever served the record from before it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_app, spawn_with, test_settings, TestApp};
+use crate::common::{spawn_app, spawn_with, test_settings, TestApp};
 use mfe_kit::Role;
 use serde_json::Value;
 
@@ -30,6 +28,7 @@ async fn payment(app: &TestApp, token: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_payment_is_cached_under_payment_id_for_one_minute_and_counted_by_route_template() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     assert!(app.state.service.cache.is_some(), "the test stack's Redis must be reachable (REDIS_URL)");
     let (_, token) = app.user(Role::Customer);
@@ -62,6 +61,7 @@ async fn a_payment_is_cached_under_payment_id_for_one_minute_and_counted_by_rout
 
 #[tokio::test]
 async fn a_read_after_a_status_change_never_serves_the_old_record_even_under_concurrent_reads() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, sender) = app.user(Role::Customer);
     let (_, admin) = app.user(Role::Admin);
@@ -116,6 +116,7 @@ async fn a_read_after_a_status_change_never_serves_the_old_record_even_under_con
 
 #[tokio::test]
 async fn a_fill_with_a_record_read_before_a_write_never_replaces_the_written_one() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = spawn_app().await;
     let (_, sender) = app.user(Role::Customer);
     let id = app.create_ok(&sender, "9").await["id"].as_str().unwrap().to_string();
@@ -131,6 +132,7 @@ async fn a_fill_with_a_record_read_before_a_write_never_replaces_the_written_one
 
 #[tokio::test]
 async fn the_payment_providers_status_changes_reach_a_cached_payment() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (mut settings, name) = test_settings().await;
     settings.psp_step = Some(Duration::from_millis(150));
     let app = spawn_with(settings, name).await;

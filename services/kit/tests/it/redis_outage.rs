@@ -51,6 +51,7 @@ impl Drop for Redis {
 
 #[tokio::test]
 async fn a_redis_outage_costs_a_read_at_most_a_second_and_the_cache_recovers_by_itself() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let redis = Redis::start();
     let url = format!("redis://127.0.0.1:{PORT}");
     let conn = connect_redis(&url).await.expect("redis answers");

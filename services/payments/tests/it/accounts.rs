@@ -1,7 +1,7 @@
 //! Tokens that are validly signed but must not act (issue 23): a user that does not exist
 //! creates no payment, and a token of an ended session (logout) is refused here too.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_valid_token_of_a_user_auth_does_not_know_creates_no_payment() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let (mut settings, name) = common::test_settings().await;
     let keys = JwtKeys::new(settings.service.jwt_secret.expose());
     let (known, known_token) = common::user(&keys, Role::Customer);
@@ -32,6 +33,7 @@ async fn a_valid_token_of_a_user_auth_does_not_know_creates_no_payment() {
 
 #[tokio::test]
 async fn a_token_of_an_ended_session_is_refused_by_payments() {
+    let _serial = mfe_testkit::serial::group(module_path!());
     let app = common::spawn_app().await;
     let settings = payments_service::Settings::from_env().expect("settings from the environment");
     let keys = JwtKeys::new(settings.service.jwt_secret.expose());
