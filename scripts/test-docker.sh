@@ -2,7 +2,7 @@
 # The Docker runtime's tests against a real daemon, on a project and ports of their own
 # (mfedockertest, 28432-28436, 28672/28673, 28379, 30080/30443) beside the native test stack.
 #
-#   scripts/test-docker.sh            prepare, then run cli/tests/docker_*.rs
+#   scripts/test-docker.sh            prepare, then run cli/tests/it/docker_runtime.rs
 #   scripts/test-docker.sh --prepare  only prepare: start dockerd (userland-proxy off) if it is
 #                                     installed but not running (log /tmp/mfe-dockerd.log), build the local images
 #                                     (mfe-local/*, offline, from Debian packages) if missing
@@ -35,5 +35,5 @@ target/debug/mfe infra build-images >/dev/null
 echo "test-docker: local images ready in $(( $(date +%s) - t0 )) s" >&2
 
 if [[ "${1:-}" != "--prepare" ]]; then
-    cargo test -p mfe --test docker_runtime -- --nocapture
+    cargo test -p mfe --test it docker_runtime:: -- --nocapture
 fi
