@@ -86,7 +86,7 @@ pub const VARS: &[Var] = &[
     platform("CORS_ALLOWED_ORIGINS", "http://localhost:4200,http://localhost:4201,http://localhost:4202,http://localhost:4203", "origins nginx lets call /api/ cross-origin with credentials, comma-separated; `none` allows none"),
     platform("WS_URL", "wss://localhost/ws", "public WebSocket URL (through nginx)"),
     platform("PROMETHEUS_PORT", "9090", "Prometheus of `mfe up --observability` / `mfe infra start --observability` (127.0.0.1)"),
-    platform("DASHBOARD_PORT", "18888", "`mfe up --dashboard`: the dashboard (127.0.0.1), also the services' OTLP endpoint"),
+    platform("DASHBOARD_PORT", "9400", "`mfe up --dashboard`: the dashboard (127.0.0.1), also the services' OTLP endpoint"),
     platform("MFE_STATE_DIR", ".mfe", "where the native runtime keeps data, logs and pid files (gitignored)"),
     platform("MFE_RUNTIME", "auto", "infrastructure runtime: auto, docker or native"),
     platform("COMPOSE_PROJECT_NAME", "mfe", "docker compose project name used for labels and resource names"),
