@@ -192,6 +192,7 @@ fn hub_failed(e: mfe_events::HubError) -> ApiError {
 /// `GET /api/events/dlq?consumer=&type=&id=&limit=`: the dead letters (`mfe events dlq list`).
 pub async fn dead_letters(State(st): State<Shared>, Query(q): Query<Selection>) -> Result<Json<Value>, ApiError> {
     let hub = st.hub().await?;
+    let _one_reader = st.dlq_lock.lock().await;
     let list = hub.dead_letters(&q.filter(), q.limit.unwrap_or(200).min(5000)).await.map_err(hub_failed)?;
     Ok(Json(serde_json::to_value(&list).unwrap_or_default()))
 }
@@ -199,6 +200,7 @@ pub async fn dead_letters(State(st): State<Shared>, Query(q): Query<Selection>) 
 /// The 409 a replay or purge gets without `confirm`: how many it would touch, per consumer.
 async fn preview(st: &Shared, f: &DeadLetterFilter, verb: &str, consequence: &str) -> Result<ApiError, ApiError> {
     let hub = st.hub().await?;
+    let _one_reader = st.dlq_lock.lock().await;
     let list = hub.dead_letters(f, usize::MAX).await.map_err(hub_failed)?;
     let mut per: std::collections::BTreeMap<String, usize> = Default::default();
     for d in &list.dead_letters {
@@ -235,6 +237,7 @@ pub async fn replay(State(st): State<Shared>, Json(sel): Json<Selection>) -> Res
         return Err(preview(&st, &f, "replay", " to the consumers that failed them").await?);
     }
     let hub = st.hub().await?;
+    let _one_reader = st.dlq_lock.lock().await;
     let r = hub.replay_dead_letters(&f).await.map_err(hub_failed)?;
     Ok(Json(serde_json::to_value(&r).unwrap_or_default()))
 }
@@ -246,6 +249,7 @@ pub async fn purge(State(st): State<Shared>, Json(sel): Json<Selection>) -> Resu
         return Err(preview(&st, &f, "purge", ", deleted for good").await?);
     }
     let hub = st.hub().await?;
+    let _one_reader = st.dlq_lock.lock().await;
     let r = hub.purge_dead_letters(&f).await.map_err(hub_failed)?;
     Ok(Json(serde_json::to_value(&r).unwrap_or_default()))
 }

@@ -80,6 +80,9 @@ pub struct AppState {
     pub traces: traces::Store,
     /// One action at a time: two restarts of the same component must not interleave.
     pub action_lock: tokio::sync::Mutex<()>,
+    /// One dead-letter read at a time: each reads the DLQ as its only (exclusive) consumer, so
+    /// the page's periodic listing would otherwise make a replay it raced fail.
+    pub dlq_lock: tokio::sync::Mutex<()>,
 }
 
 type Shared = Arc<AppState>;
@@ -262,6 +265,7 @@ pub async fn run(ctx: &Ctx, args: DashboardArgs) -> anyhow::Result<()> {
         metrics: metrics::Store::default(),
         traces: traces::Store::default(),
         action_lock: tokio::sync::Mutex::new(()),
+        dlq_lock: tokio::sync::Mutex::new(()),
     });
     let scraper = tokio::spawn(metrics::scrape_forever(state.clone()));
     let url = format!("http://127.0.0.1:{port}/?token={token}");
