@@ -30,6 +30,9 @@ have python3 || need+=(python3)
 # The chaos suite's broker partition (cli/src/chaos/partition.rs).
 have /usr/sbin/iptables || need+=(iptables)
 id postgres >/dev/null 2>&1 || need+=(postgresql)
+# The dashboard's browser tests (cli/tests/it/dashboard_browser.rs): headless Chromium over WebDriver.
+have chromium || need+=(chromium)
+have chromedriver || need+=(chromium-driver)
 # Benchmarks (`make bench`): load generators, peers and meters.
 have wrk || need+=(wrk)
 have /usr/bin/time || need+=(time)

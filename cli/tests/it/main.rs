@@ -8,6 +8,7 @@
 
 mod chaos;
 mod dashboard;
+mod dashboard_browser;
 mod db_migrations;
 mod degraded;
 mod docker_runtime;
