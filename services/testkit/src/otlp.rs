@@ -5,21 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::{body::Bytes, extract::State, routing::post, Router};
-use opentelemetry_proto::tonic::{collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value};
-use prost::Message;
 
 type Bodies = Arc<Mutex<Vec<Bytes>>>;
 
-/// One span as a test compares it: ids in lowercase hex (empty parent: a root span).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportedSpan {
-    /// The `service.name` of the span's resource.
-    pub service: String,
-    pub name: String,
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: String,
-}
+/// One span as received: the kit's decoding of an export body ([`mfe_kit::otlp`]).
+pub use mfe_kit::otlp::ReceivedSpan as ExportedSpan;
 
 /// The collector: listening on a free port of 127.0.0.1 until dropped with its runtime.
 pub struct Collector {
@@ -64,46 +54,19 @@ impl Collector {
 }
 
 fn decode(bodies: &[Bytes]) -> Vec<ExportedSpan> {
-    let mut out = Vec::new();
-    for body in bodies {
-        let req = ExportTraceServiceRequest::decode(body.as_ref()).expect("an otlp protobuf body");
-        for rs in req.resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
-                out.push(ExportedSpan {
-                    service: service.clone(),
-                    name: s.name,
-                    trace_id: hex(&s.trace_id),
-                    span_id: hex(&s.span_id),
-                    parent_span_id: hex(&s.parent_span_id),
-                });
-            }
-        }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bodies.iter().flat_map(|b| mfe_kit::otlp::decode_traces(b).expect("an otlp protobuf body")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::{
-        common::v1::{AnyValue, KeyValue},
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{any_value, AnyValue, KeyValue},
         resource::v1::Resource,
         trace::v1::{ResourceSpans, ScopeSpans, Span},
     };
+    use prost::Message;
 
     #[tokio::test]
     async fn a_posted_export_request_is_decoded_into_spans_with_hex_ids() {
