@@ -52,7 +52,9 @@ fn hist() -> Histogram<u64> {
 }
 
 async fn ours(url: &str, rate: u64, n: usize, fail_every: usize) -> anyhow::Result<Outcome> {
-    let prefix = format!("mfe.bench.{}", uuid::Uuid::new_v4().simple());
+    // BENCH_PREFIX: a topology another process watches (scripts/bench-dashboard.sh's tails).
+    let prefix =
+        std::env::var("BENCH_PREFIX").unwrap_or_else(|_| format!("mfe.bench.{}", uuid::Uuid::new_v4().simple()));
     let mut cfg = HubConfig::default().isolated(&prefix);
     cfg.urls = vec![url.to_string()];
     // RABBITMQ_QUEUE_TYPE=quorum measures the HA broker's queues (scripts/bench-ha.sh).
