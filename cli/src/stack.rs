@@ -253,8 +253,8 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     let mut app_env = rt.broker_env()?;
     let dashboard_url = if args.dashboard {
         let (endpoint, url) = start_dashboard(ctx).await?;
-        if read_pid(&supervisor_pid_file(ctx)).is_some()
-            && std::env::var(mfe_kit::otel::ENDPOINT_VAR).ok() != Some(endpoint.clone())
+        let supervised = read_pid(&supervisor_pid_file(ctx));
+        if supervised.is_some_and(|pid| env_of(pid, mfe_kit::otel::ENDPOINT_VAR).as_deref() != Some(endpoint.as_str()))
         {
             eprintln!(
                 "up: the services already run without the dashboard's trace endpoint: `mfe down --keep-infra`, then `mfe up --dashboard`, to see their traces"
@@ -556,20 +556,21 @@ async fn start_dashboard(ctx: &Ctx) -> anyhow::Result<(String, String)> {
 
 /// Stops the dashboard `mfe up --dashboard` started (SIGINT: it stops as on Ctrl-C).
 fn stop_dashboard(ctx: &Ctx) {
-    use nix::sys::signal::{kill, Signal};
     let Some(pid) = read_pid(&dashboard_pid_file(ctx)) else { return };
     eprintln!("down: stopping the dashboard (pid {pid})");
-    let target = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = kill(target, Signal::SIGINT);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while read_pid(&dashboard_pid_file(ctx)).is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if read_pid(&dashboard_pid_file(ctx)).is_some() {
-        let _ = kill(target, Signal::SIGKILL);
-    }
+    crate::infra::native::stop_process(pid, nix::sys::signal::Signal::SIGINT, Duration::from_secs(10));
     let _ = fs::remove_file(dashboard_pid_file(ctx));
     let _ = fs::remove_file(dashboard_url_file(ctx));
+}
+
+/// The value of `name` in the environment process `pid` was started with (what the running
+/// supervisor passed to the services).
+fn env_of(pid: u32, name: &str) -> Option<String> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        kv.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
+    })
 }
 
 fn start_supervisor(ctx: &Ctx, bin_dir: &Path, env: &[(&'static str, String)]) -> anyhow::Result<()> {
@@ -730,6 +731,15 @@ fn spawn_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_variable_is_read_from_the_environment_a_process_started_with() {
+        let me = std::process::id();
+        assert_eq!(env_of(me, "PATH"), std::env::var("PATH").ok(), "the test runner starts with a PATH");
+        assert_eq!(env_of(me, "PAT"), None, "a prefix of a name is not the name");
+        assert_eq!(env_of(me, "MFE_NO_SUCH_VARIABLE_SET"), None);
+        assert_eq!(env_of(u32::MAX, "PATH"), None, "no such process");
+    }
 
     /// A stand-in gateway on a free port: its `/health` lists `auth` down for the first
     /// `down_for` requests, then up. Returns its URL and the count of requests it answered.

@@ -1022,10 +1022,15 @@ fn spawn_detached(mut cmd: Command, dir: &Path, log: &Path) -> anyhow::Result<()
 
 /// SIGTERM, then SIGKILL after `grace`.
 fn terminate(pid: u32, grace: Duration) {
+    stop_process(pid, nix::sys::signal::Signal::SIGTERM, grace);
+}
+
+/// `signal` (the one the process stops gracefully on), then SIGKILL if it still runs after `grace`.
+pub(crate) fn stop_process(pid: u32, signal: nix::sys::signal::Signal, grace: Duration) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let pid = Pid::from_raw(pid as i32);
-    let _ = kill(pid, Signal::SIGTERM);
+    let _ = kill(pid, signal);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if kill(pid, None).is_err() || is_zombie(pid.as_raw()) {
