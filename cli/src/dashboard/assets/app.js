@@ -365,7 +365,7 @@ every(5000, "resources", loadResources);
 every(5000, "events", loadQueues);
 every(10000, "events", loadDlq);
 every(2000, "metrics", loadMetrics);
-every(3000, "traces", () => { loadTraces(); if (openTraceId) openTrace(openTraceId); });
+every(3000, "traces", () => (openTraceId ? openTrace(openTraceId) : loadTraces())); // openTrace reloads the list too
 every(2000, "migration", loadMigration);
 every(2000, "logs", () => { if ($("#log-follow").checked) loadLogs(); });
 const initial = (location.hash || "#resources").slice(1);
